@@ -1,0 +1,29 @@
+# The README's two commands: `make reproduce` (the main job) and `make test`.
+# Each creates its own virtual environment in .venv (override with VENV=...).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.clipkit-installed
+
+.PHONY: venv test reproduce lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --user --name python3 >/dev/null 2>&1 || true
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+reproduce: $(STAMP)
+	$(PY) -m clipkit reproduce
+
+lint: $(STAMP)
+	$(PY) -m ruff check clipkit tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

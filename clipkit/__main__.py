@@ -1,0 +1,3 @@
+from clipkit.cli import main
+
+raise SystemExit(main())

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 
+from .models import _seeded
 from .regularizers import Method, Run, Standard, Step
 
 __all__ = ["NonFiniteLossError", "TrainSetup", "fit", "resolve_device", "train_loop"]
@@ -268,8 +269,8 @@ def _check_output(out: Tensor, y: Tensor, task: str) -> None:
     if task == "regression":
         if out.shape != y.shape:
             raise ValueError(
-                f"model output shape {tuple(out.shape[1:])} does not match the labels' shape "
-                f"{tuple(y.shape[1:])} (batch first); for regression they must be equal"
+                f"model output shape {tuple(out.shape[2:])} does not match the labels' shape "
+                f"{tuple(y.shape[2:])} (per sample); for regression they must be equal"
             )
     else:
         if out.dim() != 3:
@@ -368,8 +369,8 @@ def fit(
         progress=bool(progress),
         desc=f"fit {method.name}",
     )
-    seeds_for(seed)
-    model = method.prepare(model).to(setup.device)
+    with _seeded(seeds_for(seed)[1]):  # a method's own random set-up (spectral norm's u)
+        model = method.prepare(model).to(setup.device)
     dtype = next(model.parameters()).dtype
     x = x.to(setup.device, dtype)
     y = y.to(setup.device, dtype if task == "regression" else torch.long)

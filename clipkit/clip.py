@@ -21,7 +21,9 @@ import torch
 from .regularizers import Method, Run, Step
 from .schedules import Warmup
 
-__all__ = ["CLIP", "PairState", "ascend", "init_pairs", "quotients"]
+__all__ = [
+    "CLIP", "PairState", "accept", "ascend", "init_pairs", "propose", "quotients", "quotients_from",
+]
 
 Tensor = torch.Tensor
 _TINY = 1e-12
@@ -33,10 +35,13 @@ def _expand(t: Tensor, like: Tensor) -> Tensor:
 
 def quotients(forward: Callable[[Tensor], Tensor], u: Tensor, v: Tensor) -> Tensor:
     """q = ‖f(u) − f(v)‖ / ‖u − v‖ per pair; u, v: (K, P, *in) → (K, P). One forward."""
+    return quotients_from(forward(torch.cat([u, v], dim=1)), u, v)
+
+
+def quotients_from(out: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """The quotients from the outputs ``out = f(cat[u, v])`` (K, 2P, *out)."""
     p = u.shape[1]
-    out = forward(torch.cat([u, v], dim=1))
-    fu, fv = out[:, :p], out[:, p:]
-    num = (fu - fv).flatten(2).norm(dim=2)
+    num = (out[:, :p] - out[:, p:]).flatten(2).norm(dim=2)
     den = (u - v).flatten(2).norm(dim=2).clamp_min(_TINY)
     return num / den
 
@@ -53,12 +58,39 @@ def _value_and_grad(forward, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tens
 
 @dataclass
 class PairState:
-    """The pair set of a run: pairs, their quotients, gradients and step sizes."""
+    """The pair set of a run: pairs (K, P, *in), step sizes and quotients (K, P), and the
+    gradients ∇_u q, ∇_v q that give the next proposal."""
 
     u: Tensor
     v: Tensor
     tau: Tensor
     q: Tensor | None = None
+    gu: Tensor | None = None
+    gv: Tensor | None = None
+
+
+def propose(pairs: PairState, data_range: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
+    """The proposal u' = Π(u + τ ∇_u q), v' = Π(v + τ ∇_v q); Π clamps to the data range."""
+    t = _expand(pairs.tau, pairs.u)
+    u_new, v_new = pairs.u + t * pairs.gu, pairs.v + t * pairs.gv
+    if data_range is not None:
+        u_new, v_new = u_new.clamp(*data_range), v_new.clamp(*data_range)
+    return u_new, v_new
+
+
+def accept(
+    pairs: PairState, u_new: Tensor, v_new: Tensor, q_new: Tensor, gu_new: Tensor,
+    gv_new: Tensor, factor: float,
+) -> PairState:
+    """Keep the proposal where it raised q (τ ×= factor), else the old pair (τ ÷= factor)."""
+    ok = q_new > pairs.q
+    a = _expand(ok, pairs.u)
+    return PairState(
+        u=torch.where(a, u_new, pairs.u), v=torch.where(a, v_new, pairs.v),
+        tau=torch.where(ok, pairs.tau * factor, pairs.tau / factor),
+        q=torch.where(ok, q_new, pairs.q),
+        gu=torch.where(a, gu_new, pairs.gu), gv=torch.where(a, gv_new, pairs.gv),
+    )
 
 
 def ascend(
@@ -73,25 +105,16 @@ def ascend(
     u ← Π(u + τ ∇_u q), v ← Π(v + τ ∇_v q) (Π: clamp to the data range); accepted where
     q rises (τ ×= factor), rejected otherwise (τ ÷= factor). The forward that tests a
     step also gives the next step's gradient, so a step costs one forward and one
-    backward over the pairs (plus one at the start, since θ changed since the last call).
+    backward over the pairs, plus one at the start to evaluate the pairs under the
+    current θ (with ``steps=0``, only that evaluation).
     """
-    if steps == 0:
-        return pairs
     q, gu, gv = _value_and_grad(forward, pairs.u, pairs.v)
-    u, v, tau = pairs.u.detach(), pairs.v.detach(), pairs.tau
+    pairs = PairState(pairs.u.detach(), pairs.v.detach(), pairs.tau, q, gu, gv)
     for _ in range(steps):
-        t = _expand(tau, u)
-        u_new, v_new = u + t * gu, v + t * gv
-        if data_range is not None:
-            u_new, v_new = u_new.clamp(*data_range), v_new.clamp(*data_range)
+        u_new, v_new = propose(pairs, data_range)
         q_new, gu_new, gv_new = _value_and_grad(forward, u_new, v_new)
-        accept = q_new > q
-        a = _expand(accept, u)
-        u, v = torch.where(a, u_new, u), torch.where(a, v_new, v)
-        gu, gv = torch.where(a, gu_new, gu), torch.where(a, gv_new, gv)
-        q = torch.where(accept, q_new, q)
-        tau = torch.where(accept, tau * factor, tau / factor)
-    return PairState(u=u, v=v, tau=tau, q=q)
+        pairs = accept(pairs, u_new, v_new, q_new, gu_new, gv_new, factor)
+    return pairs
 
 
 def init_pairs(
@@ -150,7 +173,7 @@ class CLIP(Method):
     """
 
     lam: float = 0.1
-    pairs: int = 64
+    pairs: int = 16
     init: str = "noise"
     noise: float = 0.1
     noise_dist: str = "normal"
@@ -235,12 +258,19 @@ class CLIP(Method):
         return self._draw(run)
 
     def before_step(self, run, lam):
+        """Ascent on the pairs with θ fixed (redrawn every ``refresh`` steps)."""
+        state: PairState = run.state
         if self.refresh is not None and run.step > 0 and run.step % self.refresh == 0:
-            run.state = self._draw(run)
-        run.state = ascend(run.forward, run.state, self.ascent_steps, self.factor, self.data_range)
+            state = self._draw(run)
+        run.state = ascend(run.forward, state, self.ascent_steps, self.factor, self.data_range)
+
+    def extra_inputs(self, run):
+        """The pairs ride along in the batch's forward pass (one forward for both)."""
+        return torch.cat([run.state.u, run.state.v], dim=1)
 
     def penalty(self, run, step: Step):
+        """R = Lip_X^p, Lip_X = max (or mean) over the pairs of the quotient."""
         pairs: PairState = run.state
-        q = quotients(run.forward, pairs.u, pairs.v)
+        q = quotients_from(step.extra_out, pairs.u, pairs.v)
         lip = q.amax(dim=1) if self.reduction == "max" else q.mean(dim=1)
         return lip**self.power, {"lip": q.detach().amax(dim=1)}

@@ -66,6 +66,7 @@ class Step:
     out: Tensor  # (K, B, *out)
     sample_loss: Tensor  # (K, B)
     lam: Tensor  # (K,)
+    extra_out: Tensor | None = None  # the model's outputs on ``Method.extra_inputs``
 
 
 @dataclass
@@ -121,6 +122,15 @@ class Method:
     def inputs(self, run: Run, x: Tensor, y: Tensor) -> Tensor:
         """The inputs to train on (adversarial training replaces them)."""
         return x
+
+    def extra_inputs(self, run: Run) -> Tensor | None:
+        """Inputs (K, M, *in) to evaluate in the same forward pass as the batch.
+
+        One forward over the batch and these inputs together costs less than two; their
+        outputs reach ``penalty`` as ``step.extra_out``. (A model with batch norm in
+        training mode would see them in its batch statistics.)
+        """
+        return None
 
     def penalty(self, run: Run, step: Step) -> tuple[Tensor | None, dict[str, Tensor]]:
         """R(θ) per copy (K,), added as λ·R, and per-copy metrics for the history."""

@@ -217,12 +217,17 @@ def train_loop(
             xin = method.inputs(run, xb, yb)
             if method.input_grad:
                 xin = xin.detach().requires_grad_(True)
-            out = forward(xin)
+            extra = method.extra_inputs(run)
+            if extra is None:
+                out, extra_out = forward(xin), None
+            else:
+                both = forward(torch.cat([xin, extra], dim=1))
+                out, extra_out = both[:, : xin.shape[1]], both[:, xin.shape[1] :]
             if run.step == 0:
                 _check_output(out, yb, task)
             sl = loss_fn(out, yb)
             data_loss = sl.mean(1)
-            reg, metrics = method.penalty(run, Step(xin, yb, out, sl, lam_e))
+            reg, metrics = method.penalty(run, Step(xin, yb, out, sl, lam_e, extra_out))
             objective = data_loss if reg is None else data_loss + lam_e * reg
             finite = torch.isfinite(objective)
             if not bool(finite.all()):

@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from . import data, models, schedules  # noqa: E402
 from .clip import CLIP  # noqa: E402
+from .path import fit_path  # noqa: E402
 from .regularizers import (  # noqa: E402
     AdversarialTraining,
     GradientPenalty,
@@ -35,6 +36,7 @@ __all__ = [
     "WeightDecay",
     "data",
     "fit",
+    "fit_path",
     "models",
     "schedules",
 ]

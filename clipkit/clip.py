@@ -82,8 +82,14 @@ def accept(
     pairs: PairState, u_new: Tensor, v_new: Tensor, q_new: Tensor, gu_new: Tensor,
     gv_new: Tensor, factor: float,
 ) -> PairState:
-    """Keep the proposal where it raised q (τ ×= factor), else the old pair (τ ÷= factor)."""
-    ok = q_new > pairs.q
+    """Keep the proposal where it raised q (τ ×= factor), else the old pair (τ ÷= factor).
+
+    "Raised" means by more than √eps relative (1.5e-8 in float64, 3.5e-4 in float32).
+    A pair inside one linear piece of a ReLU network has a constant quotient, and its
+    rounding error is amplified by the cancellation in f(u) − f(v); deciding on that
+    noise would make runs that differ only in summation order (vmap or not) drift apart.
+    """
+    ok = q_new > pairs.q * (1 + torch.finfo(q_new.dtype).eps ** 0.5)
     a = _expand(ok, pairs.u)
     return PairState(
         u=torch.where(a, u_new, pairs.u), v=torch.where(a, v_new, pairs.v),

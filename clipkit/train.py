@@ -253,7 +253,7 @@ def train_loop(
         set_mode(False)
         put("loss", sums["loss"])
         put("penalty", sums["penalty"] if reg is not None else float("nan"))
-        put("lam", lam_e)
+        put("lam_epoch", lam_e)
         if task == "classification":
             acc_prev = sums["acc"]
             put("acc", sums["acc"])
@@ -304,7 +304,7 @@ def provenance(device: torch.device, config: dict, wall_time: float, status: str
 DESCRIPTIONS = {
     "loss": "mean training loss (data term) over the epoch",
     "penalty": "mean penalty R(θ) over the epoch (CLIP: Lip_X^p)",
-    "lam": "λ used in the epoch",
+    "lam_epoch": "λ used in the epoch (the schedule applied to the base λ)",
     "lip": "CLIP estimate Lip_X = max over pairs of the quotient, mean over the epoch's steps",
     "acc": "training accuracy over the epoch's batches",
     "test_loss": "test loss at the end of the epoch",

@@ -26,9 +26,9 @@ def _fit(method, data, epochs=5, seed=0, model_seed=0, **kw):
 def test_history_is_an_xarray_dataset_over_epochs(regression):
     _, hist = _fit(ck.CLIP(lam=0.1), regression, epochs=4)
     assert dict(hist.sizes) == {"epoch": 4}
-    for name in ("loss", "penalty", "lam", "lip", "time"):
+    for name in ("loss", "penalty", "lam_epoch", "lip", "time"):
         assert name in hist and bool(hist[name].notnull().all()), name
-    assert float(hist.lam[0]) == pytest.approx(0.1)
+    assert float(hist.lam_epoch[0]) == pytest.approx(0.1)
     assert hist.attrs["status"] == "done" and '"method": "CLIP"' in hist.attrs["config"]
     assert bool((hist.time.diff("epoch") > 0).all())
 
@@ -103,7 +103,7 @@ def test_classification_with_test_data_and_discrepancy_schedule():
                   test=(x[:64], y[:64]), progress=False)
     assert {"acc", "test_acc", "test_loss"} <= set(hist.data_vars)
     assert float(hist.acc[-1]) > 0.9
-    lam = hist.lam.values
+    lam = hist.lam_epoch.values
     assert lam[0] == pytest.approx(0.01)
     acc = hist.acc.values
     for e in range(1, len(lam)):  # raise by Δ above the goal accuracy, lower (>= 0) below it
@@ -113,12 +113,12 @@ def test_classification_with_test_data_and_discrepancy_schedule():
     unreachable = ck.CLIP(lam=0.1, schedule=ck.Discrepancy(goal_acc=1.0, delta=0.04))
     hist = ck.fit(ck.models.mlp([2, 16, 2], seed=0), (x, y), method=unreachable, epochs=4,
                   batch_size=64, lr=1e-2, progress=False)
-    assert hist.lam.values == pytest.approx([0.1, 0.06, 0.02, 0.0])  # lowered, never below 0
+    assert hist.lam_epoch.values == pytest.approx([0.1, 0.06, 0.02, 0.0])  # lowered, never below 0
 
 
 def test_warmup_schedule_keeps_lambda_zero_first(regression):
     _, hist = _fit(ck.CLIP(lam=0.3, schedule=ck.Warmup(2)), regression, epochs=4)
-    assert hist.lam.values.tolist() == [0.0, 0.0, pytest.approx(0.3), pytest.approx(0.3)]
+    assert hist.lam_epoch.values.tolist() == [0.0, 0.0, pytest.approx(0.3), pytest.approx(0.3)]
 
 
 def test_bad_inputs_raise_clear_errors(regression):

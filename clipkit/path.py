@@ -1,0 +1,213 @@
+"""Train a whole λ-path at once: K = |λ| × |seed| copies in one vectorised run.
+
+The copies' parameters are stacked along a model axis; one forward is
+``vmap(functional_call)`` over that axis, and the same loop as ``ck.fit`` trains them.
+Each copy keeps its own λ, its own generators (data order, the method's draws) and, since
+SGD and Adam act elementwise, its own optimizer state in effect. So a path equals K
+separate ``fit`` calls (tested), at the cost of one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .models import _seeded
+from .regularizers import Method, Standard
+from .schedules import check_lam
+from .train import (
+    NonFiniteLossError,
+    TrainSetup,
+    _positive_int,
+    check_data,
+    history_dataset,
+    infer_task,
+    provenance,
+    resolve_device,
+    seeds_for,
+    train_loop,
+)
+
+__all__ = ["fit_path", "init_copy", "model_at"]
+
+Tensor = torch.Tensor
+
+
+def init_copy(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """The copy that ``fit_path`` trains for ``seed``: ``model_fn()`` after ``manual_seed(seed)``.
+
+    ``ck.fit(init_copy(model_fn, s), data, seed=s, ...)`` is the one-model run that the
+    path's copy (λ, s) equals.
+    """
+    with _seeded(seed):
+        model = model_fn()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model_fn must return a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _as_list(value, name: str) -> list:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = list(value)
+    else:
+        values = [value]
+    if not values:
+        raise ValueError(f"fit_path: {name} must not be empty")
+    if len(set(values)) != len(values):
+        raise ValueError(f"fit_path: {name} has repeated values {values}")
+    return values
+
+
+def _param_name(name: str) -> str:
+    return "param_" + name.replace(".", "_")
+
+
+def fit_path(
+    model_fn: Callable[[], nn.Module],
+    data: tuple[Tensor, Tensor],
+    method: Method | None = None,
+    *,
+    lam: float | Sequence[float] | None = None,
+    seed: int | Sequence[int] = 0,
+    epochs: int = 10,
+    batch_size: int = 128,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    momentum: float = 0.9,
+    device: str | torch.device = "auto",
+    test: tuple[Tensor, Tensor] | None = None,
+    task: str = "auto",
+    max_models: int | None = None,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Train one copy of ``model_fn()`` per (λ, seed), vectorised; return one Dataset.
+
+    The result has dims (lam, seed, epoch) for the history, and the trained parameters
+    as variables ``param_<name>`` over (lam, seed, …) (see :func:`model_at`).
+    ``max_models`` splits the K copies into chunks trained one after another (memory).
+    """
+    method = Standard() if method is None else method
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be a clipkit method (ck.CLIP, ...), got {method!r}")
+    if not method.vectorizable:
+        raise ValueError(
+            f"{method.name} cannot be trained as a vectorised path (it changes the model's "
+            "parametrization); train each λ with ck.fit"
+        )
+    lams = [check_lam(v, "fit_path: lam") for v in _as_list(method.lam if lam is None else lam,
+                                                             "lam")]
+    seeds = [int(s) for s in _as_list(seed, "seed")]
+    for s in seeds:
+        seeds_for(s)
+    if max_models is not None:
+        max_models = _positive_int(max_models, "max_models")
+    x, y = check_data(data)
+    task = infer_task(y, task)
+    if method.schedule.needs_accuracy and task != "classification":
+        raise ValueError(f"{type(method.schedule).__name__} needs a classification task")
+    setup = TrainSetup(
+        method=method, epochs=_positive_int(epochs, "epochs"),
+        batch_size=_positive_int(batch_size, "batch_size"), optimizer=optimizer, lr=lr,
+        momentum=momentum, task=task, device=resolve_device(device), progress=bool(progress),
+        desc=f"fit_path {method.name}",
+    )
+    copies = list(itertools.product(lams, seeds))
+    chunk = max_models or len(copies)
+    t0 = time.perf_counter()
+    arrays: dict[str, list[np.ndarray]] = {}
+    params: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(copies), chunk):
+        part = copies[start : start + chunk]
+        hist, trained = _train_chunk(model_fn, part, x, y, test, setup)
+        for key, value in hist.items():
+            arrays.setdefault(key, []).append(value)
+        for key, value in trained.items():
+            params.setdefault(key, []).append(value)
+    merged = {key: np.concatenate(v, axis=0) for key, v in arrays.items()}
+    ds = history_dataset(merged, {"lam": lams, "seed": seeds})
+    for name, parts in params.items():
+        value = np.concatenate(parts, axis=0)
+        value = value.reshape(len(lams), len(seeds), *value.shape[1:])
+        dims = ["lam", "seed", *[f"{_param_name(name)}_dim{i}" for i in range(value.ndim - 2)]]
+        ds[_param_name(name)] = xr.Variable(dims, value, attrs={"parameter": name})
+    config = {
+        **method.config(), "lam": lams, "seed": seeds, "epochs": setup.epochs,
+        "batch_size": setup.batch_size, "optimizer": optimizer, "lr": lr,
+        "momentum": momentum, "task": task, "n_train": int(x.shape[0]),
+        "max_models": max_models,
+    }
+    ds.attrs.update(provenance(setup.device, config, time.perf_counter() - t0, "done"))
+    ds.attrs["method"] = method.name
+    return ds
+
+
+def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup):
+    device = setup.device
+    models = [init_copy(model_fn, s).to(device) for _, s in copies]
+    template = models[0]
+    dtype = next(template.parameters()).dtype
+    names = [n for n, _ in template.named_parameters()]
+    params = {
+        n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).requires_grad_()
+        for n in names
+    }
+    buffers = {
+        n: torch.stack([dict(m.named_buffers())[n] for m in models])
+        for n, _ in template.named_buffers()
+    }
+
+    def one(p, b, xi):
+        return functional_call(template, (p, b), (xi,))
+
+    batched = vmap(one, in_dims=(0, 0, 0), randomness="different")
+
+    def forward(xk: Tensor) -> Tensor:
+        return batched(params, buffers, xk)
+
+    xd = x.to(device, dtype)
+    yd = y.to(device, dtype if setup.task == "regression" else torch.long)
+    testd = None
+    if test is not None:
+        tx, ty = check_data(test, "test")
+        testd = (tx.to(device, dtype), ty.to(device, yd.dtype))
+    lam = torch.tensor([c[0] for c in copies], dtype=dtype, device=device)
+    try:
+        hist = train_loop(
+            forward=forward, opt_params=list(params.values()), param_dict=lambda: params,
+            set_mode=template.train, x=xd, y=yd, test=testd, lam=lam,
+            seeds=[c[1] for c in copies], setup=setup,
+            describe=lambda k: f"{setup.method.name}, lam={copies[k][0]}, seed={copies[k][1]}",
+        )
+    except NonFiniteLossError as exc:
+        exc.history = None  # a path has no single history; the message names the copy
+        raise
+    template.eval()
+    trained = {n: p.detach().cpu().numpy() for n, p in params.items()}
+    return hist, trained
+
+
+def model_at(ds: xr.Dataset, model_fn: Callable[[], nn.Module], **where) -> nn.Module:
+    """A model built by ``model_fn`` with the parameters a path trained at, e.g. lam=0.1, seed=0."""
+    model = model_fn()
+    state = {}
+    for name, p in model.named_parameters():
+        var = _param_name(name)
+        if var not in ds:
+            raise KeyError(f"the dataset has no parameter {name!r} ({var}); was it made by fit_path?")
+        value = ds[var].sel(**where).values
+        if value.shape != tuple(p.shape):
+            raise ValueError(
+                f"select one copy: {name} has shape {value.shape} after sel({where}), "
+                f"the model needs {tuple(p.shape)}"
+            )
+        state[name] = torch.as_tensor(value, dtype=p.dtype)
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    return model

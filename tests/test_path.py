@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+import clipkit as ck
+from clipkit.path import init_copy, model_at
+
+
+@pytest.fixture(scope="module")
+def data64():
+    x, y = ck.data.regression(n=96, noise=0.1, seed=0)
+    return x.double(), y.double()
+
+
+def model_fn():
+    return ck.models.mlp([1, 12, 12, 1], activation="relu").double()
+
+
+KW = dict(epochs=3, batch_size=32, lr=1e-2, progress=False)
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize(
+    "method, lams",
+    [
+        (ck.Standard(), [0.0]),
+        (ck.WeightDecay(), [1e-3, 1e-1]),
+        (ck.CLIP(), [0.0, 0.1, 1.0]),
+        (ck.CLIP(init="points", reduction="mean", power=2, ascent_steps=2, refresh=4), [0.05]),
+        (ck.GradientPenalty(), [0.01, 0.1]),
+        (ck.AdversarialTraining(eps=0.05, steps=2, data_range=None), [0.0]),
+    ],
+    ids=lambda v: v.name if isinstance(v, ck.Method) else str(len(v)),
+)
+def test_a_path_equals_separate_fits(method, lams, data64):
+    seeds = [0, 5]
+    ds = ck.fit_path(model_fn, data64, method, lam=lams, seed=seeds, **KW)
+    assert dict(ds.sizes)["lam"] == len(lams) and dict(ds.sizes)["seed"] == 2
+    assert ds.loss.dims == ("lam", "seed", "epoch")
+    for lam in lams:
+        for seed in seeds:
+            model = init_copy(model_fn, seed)
+            hist = ck.fit(model, data64, method.replace(lam=lam), seed=seed, **KW)
+            trained = model_at(ds, model_fn, lam=lam, seed=seed)
+            for p, q in zip(model.parameters(), trained.parameters(), strict=True):
+                assert _rel(q.detach(), p.detach()) <= 1e-6
+            path_loss = torch.tensor(ds.loss.sel(lam=lam, seed=seed).values)
+            assert _rel(path_loss, torch.tensor(hist.loss.values)) <= 1e-6
+
+
+def test_copies_differ_by_lambda_and_seed(data64):
+    ds = ck.fit_path(model_fn, data64, ck.CLIP(), lam=[0.0, 1.0], seed=[0, 1], **KW)
+    last = ds.loss.isel(epoch=-1)
+    assert float(last.sel(lam=1.0, seed=0)) > float(last.sel(lam=0.0, seed=0))
+    assert float(last.sel(lam=0.0, seed=0)) != float(last.sel(lam=0.0, seed=1))
+    assert ds.lam_epoch.sel(lam=1.0).values.tolist() == [[1.0] * 3] * 2
+
+
+def test_max_models_chunks_give_the_same_result(data64):
+    a = ck.fit_path(model_fn, data64, ck.CLIP(), lam=[0.0, 0.1, 1.0], seed=0, **KW)
+    b = ck.fit_path(model_fn, data64, ck.CLIP(), lam=[0.0, 0.1, 1.0], seed=0, max_models=2, **KW)
+    assert float(abs(a.loss - b.loss).max()) <= 1e-9
+    assert float(abs(a["param_0_weight"] - b["param_0_weight"]).max()) <= 1e-9
+
+
+def test_classification_path_with_test_data():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 2, generator=gen)
+    y = (x[:, 0] > 0).long()
+    ds = ck.fit_path(lambda: ck.models.mlp([2, 8, 2]), (x, y), ck.CLIP(), lam=[0.0, 0.5],
+                     seed=[0], test=(x[:32], y[:32]), epochs=10, batch_size=32, lr=5e-2,
+                     progress=False)
+    assert {"acc", "test_acc"} <= set(ds.data_vars)
+    assert float(ds.acc.sel(lam=0.0, seed=0).isel(epoch=-1)) > 0.8
+
+
+def test_path_errors_are_clear(data64):
+    with pytest.raises(ValueError, match="SpectralNorm cannot be trained as a vectorised path"):
+        ck.fit_path(model_fn, data64, ck.SpectralNorm(), **KW)
+    with pytest.raises(ValueError, match="lam has repeated values"):
+        ck.fit_path(model_fn, data64, ck.CLIP(), lam=[0.1, 0.1], **KW)
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0, got -1"):
+        ck.fit_path(model_fn, data64, ck.CLIP(), lam=[0.1, -1.0], **KW)
+    with pytest.raises(TypeError, match="model_fn must return a torch.nn.Module"):
+        ck.fit_path(lambda: None, data64, ck.CLIP(), **KW)

@@ -1,4 +1,4 @@
-"""Epoch time (best of --repeat) of each training method as a ratio to standard training, in one run.
+"""Epoch time (best of --repeat) of each training method as a ratio to standard training.
 
 MNIST-shaped data: real MNIST / Fashion-MNIST training images when the data root has them
 (CLIPKIT_DATA), else random images of the same shape. Model: MLP 784-200-80-10 (sigmoid

@@ -200,7 +200,7 @@ def model_at(ds: xr.Dataset, model_fn: Callable[[], nn.Module], **where) -> nn.M
     for name, p in model.named_parameters():
         var = _param_name(name)
         if var not in ds:
-            raise KeyError(f"the dataset has no parameter {name!r} ({var}); was it made by fit_path?")
+            raise KeyError(f"no parameter {name!r} ({var}) in the dataset; made by fit_path?")
         value = ds[var].sel(**where).values
         if value.shape != tuple(p.shape):
             raise ValueError(

@@ -11,7 +11,6 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m ipykernel install --user --name python3 >/dev/null 2>&1 || true
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -20,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 reproduce: $(STAMP)
-	$(PY) -m clipkit reproduce
+	$(PY) -m clipkit.reproduce
 
 lint: $(STAMP)
 	$(PY) -m ruff check clipkit tests benchmarks

@@ -1,0 +1,193 @@
+"""Data: the 1-D regression problem, and MNIST / Fashion-MNIST from a data root or torchvision.
+
+Image data sets come back as tensors ``x`` of shape (N, 1, 28, 28), float32 in [0, 1],
+and ``y`` of shape (N,), int64 class labels.
+
+The data root is, in order: the ``root`` argument, the environment variable
+``CLIPKIT_DATA``, or ``~/.cache/clipkit``. Under it, the IDX files (gzip or not) are
+looked for in ``<root>/<name>/`` (``fashion-mnist``, ``mnist``) and in torchvision's
+layout ``<root>/<Class>/raw/``. When they are missing, torchvision downloads them
+(where a network exists); when it cannot, the error names the missing files and where
+to put them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DATASETS",
+    "DataNotFoundError",
+    "data_root",
+    "fashion_mnist",
+    "load",
+    "mnist",
+    "regression",
+    "regression_target",
+]
+
+DATASETS = ("mnist", "fashion-mnist")
+_TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The files of a data set are neither on disk nor downloadable."""
+
+
+def regression_target(x: torch.Tensor) -> torch.Tensor:
+    """The noise-free 1-D target g(x) = 1 + sin(2πx) + x², on x ∈ [−1, 1].
+
+    Nonlinear, with a mean clearly away from 0 (≈ 1.33 on [−1, 1]), so that the
+    limit of CLIP (the label mean) and of weight decay (the zero network) differ.
+    """
+    return 1.0 + torch.sin(2 * math.pi * x) + x**2
+
+
+def regression(
+    n: int = 200,
+    noise: float = 0.1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1-D regression problem: x ~ U[−1, 1] (sorted), y = g(x) + noise·N(0, 1).
+
+    Returns ``x`` and ``y`` of shape (n, 1). ``g`` is :func:`regression_target`.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise ValueError(f"regression: n must be an int >= 2, got {n!r}")
+    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"regression: noise must be a finite number >= 0, got {noise!r}")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, generator=gen, dtype=torch.float64) * 2 - 1
+    x, _ = torch.sort(x, dim=0)
+    y = regression_target(x) + noise * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: ``root``, else ``$CLIPKIT_DATA``, else ``~/.cache/clipkit``."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("CLIPKIT_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "clipkit"
+
+
+def _check_name(name: str) -> str:
+    key = str(name).lower().replace("_", "-")
+    if key == "fashionmnist":
+        key = "fashion-mnist"
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+    return key
+
+
+def _candidates(root: Path, name: str, stem: str) -> list[Path]:
+    folders = [root / name, root / _TORCHVISION_CLASS[name] / "raw", root / name / "raw"]
+    return [f / (stem + ext) for f in folders for ext in ("", ".gz")]
+
+
+def _find(root: Path, name: str, stem: str) -> Path | None:
+    return next((p for p in _candidates(root, name, stem) if p.is_file()), None)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (gzip or not).
+
+    Written by hand because torchvision's reader takes only uncompressed files at its
+    own paths; the format is a 4-byte magic (dtype code, ndim), then big-endian sizes.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: expected {shape} values, found {data.size} (truncated?)")
+    return data.reshape(shape)
+
+
+def _download(root: Path, name: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, _TORCHVISION_CLASS[name])
+    ds = cls(str(root), train=train, download=True)
+    return ds.data.numpy(), ds.targets.numpy()
+
+
+def load(
+    name: str,
+    train: bool = True,
+    *,
+    root: str | os.PathLike | None = None,
+    n: int | None = None,
+    download: bool = True,
+    seed: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load MNIST or Fashion-MNIST as (x, y): x (N, 1, 28, 28) float32 in [0, 1], y (N,) int64.
+
+    ``n`` keeps a subset: the first ``n`` images, or ``n`` images drawn without
+    replacement when a ``seed`` is given.
+    """
+    key = _check_name(name)
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"load: n must be a positive int or None, got {n!r}")
+    base = data_root(root)
+    stems = _FILES[bool(train)]
+    paths = [_find(base, key, s) for s in stems]
+    if all(paths):
+        images, labels = (_read_idx(p) for p in paths)
+    else:
+        missing = [s for s, p in zip(stems, paths, strict=True) if p is None]
+        error = None
+        if download:
+            try:
+                images, labels = _download(base, key, bool(train))
+            except Exception as exc:  # network, permissions, ... : report below
+                error = exc
+        if not download or error is not None:
+            where = base / key
+            msg = (
+                f"{key} ({'train' if train else 'test'} split): missing "
+                f"{', '.join(m + '[.gz]' for m in missing)} in {where} "
+                f"(or {base / _TORCHVISION_CLASS[key] / 'raw'}). Put the IDX files there, "
+                "or set CLIPKIT_DATA / pass root= to a folder that has them"
+            )
+            if error is not None:
+                msg += f"; downloading through torchvision failed: {error}"
+            raise DataNotFoundError(msg)
+    if len(images) != len(labels):
+        raise ValueError(f"{key}: {len(images)} images but {len(labels)} labels")
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    y = torch.from_numpy(labels.astype(np.int64))
+    if n is not None and n < len(y):
+        if seed is None:
+            idx = torch.arange(n)
+        else:
+            idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
+        x, y = x[idx], y[idx]
+    return x, y
+
+
+def mnist(train: bool = True, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST as (x, y); see :func:`load`."""
+    return load("mnist", train, **kwargs)
+
+
+def fashion_mnist(train: bool = True, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST as (x, y); see :func:`load`."""
+    return load("fashion-mnist", train, **kwargs)

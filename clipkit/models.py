@@ -1,0 +1,99 @@
+"""Model builders: plain ``torch.nn`` modules (MLP, small CNN for 28×28 images)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+__all__ = ["ACTIVATIONS", "activation", "cnn", "mlp"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+}
+
+
+def activation(name: str) -> nn.Module:
+    """The activation module called ``name`` (relu, sigmoid, tanh)."""
+    try:
+        return ACTIVATIONS[str(name).lower()]()
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; accepted: {', '.join(ACTIVATIONS)}"
+        ) from None
+
+
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Seed torch's global generator for an initialisation, then restore it."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def mlp(
+    sizes: Sequence[int],
+    activation: str = "relu",
+    *,
+    last_activation: bool = False,
+    seed: int | None = None,
+) -> nn.Sequential:
+    """A fully connected network: Linear(sizes[0], sizes[1]), act, …, Linear(sizes[-2], sizes[-1]).
+
+    No activation after the last layer, unless ``last_activation=True``: the authors'
+    public CLIP code applies it there too (sigmoid logits squeezed into (0, 1)); the
+    option exists to reproduce their published numbers, and is off by default.
+    ``seed`` seeds the initialisation (torch's default) without touching the global RNG.
+    """
+    sizes = list(sizes)
+    if len(sizes) < 2 or not all(isinstance(s, int) and s > 0 for s in sizes):
+        raise ValueError(f"mlp: sizes must be >= 2 positive ints, got {sizes!r}")
+    act = globals()["activation"]
+    act(activation)  # validate the name before building anything
+    layers: list[nn.Module] = []
+    with _seeded(seed):
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(n_in, n_out))
+            if i < len(sizes) - 2 or last_activation:
+                layers.append(act(activation))
+    return nn.Sequential(*layers)
+
+
+def cnn(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    activation: str = "relu",
+    *,
+    width: int = 16,
+    image_size: int = 28,
+    seed: int | None = None,
+) -> nn.Sequential:
+    """A small CNN for ``image_size``×``image_size`` images (28 for MNIST).
+
+    conv 4×4 stride 2 (width) → act → conv 4×4 stride 2 (2·width) → act → flatten →
+    linear 100 → act → linear ``num_classes``. No batch norm, so it trains the same
+    one model at a time and as a vectorised λ-path.
+    """
+    act = globals()["activation"]
+    act(activation)
+    if image_size % 4:
+        raise ValueError(f"cnn: image_size must be a multiple of 4, got {image_size}")
+    side = image_size // 4
+    with _seeded(seed):
+        return nn.Sequential(
+            nn.Conv2d(in_channels, width, 4, stride=2, padding=1),
+            act(activation),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
+            act(activation),
+            nn.Flatten(),
+            nn.Linear(2 * width * side * side, 100),
+            act(activation),
+            nn.Linear(100, num_classes),
+        )

@@ -1,0 +1,19 @@
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def data_root() -> Path:
+    """A folder with the MNIST / Fashion-MNIST IDX files, or skip.
+
+    Taken from CLIPKIT_DATA, else ../shared/data beside the checkout (these machines).
+    """
+    env = os.environ.get("CLIPKIT_DATA")
+    root = Path(env) if env else SHARED_DATA
+    if not (root / "fashion-mnist").is_dir() and not (root / "FashionMNIST").is_dir():
+        pytest.skip(f"no image data under {root} (set CLIPKIT_DATA to run real-data tests)")
+    return root

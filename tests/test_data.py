@@ -1,0 +1,94 @@
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+import clipkit as ck
+
+
+def test_regression_is_seeded_sorted_and_noisy_around_the_target():
+    x, y = ck.data.regression(n=300, noise=0.1, seed=3)
+    x2, y2 = ck.data.regression(n=300, noise=0.1, seed=3)
+    assert x.shape == (300, 1) and y.shape == (300, 1)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert bool((x[1:] >= x[:-1]).all()) and float(x.min()) >= -1 and float(x.max()) <= 1
+    residual = y - ck.data.regression_target(x)
+    assert 0.07 < float(residual.std()) < 0.13
+    assert float(y.mean()) > 1.0  # the offset that separates the label mean from 0
+    assert not torch.equal(y, ck.data.regression(n=300, noise=0.1, seed=4)[1])
+
+
+@pytest.mark.parametrize("bad", [dict(n=1), dict(n=2.5), dict(noise=-0.1)])
+def test_regression_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError, match="regression"):
+        ck.data.regression(**bad)
+
+
+def _write_idx(path, array, compress):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(s).to_bytes(4, "big") for s in array.shape
+    )
+    raw = header + array.astype(np.uint8).tobytes()
+    if compress:
+        raw = gzip.compress(raw)
+        path = path.with_name(path.name + ".gz")
+    path.write_bytes(raw)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+@pytest.mark.parametrize("layout", ["fashion-mnist", "FashionMNIST/raw"])
+def test_load_reads_local_idx_files(tmp_path, compress, layout):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(12, 28, 28))
+    labels = rng.integers(0, 10, size=12)
+    folder = tmp_path / layout
+    folder.mkdir(parents=True)
+    _write_idx(folder / "t10k-images-idx3-ubyte", images, compress)
+    _write_idx(folder / "t10k-labels-idx1-ubyte", labels, compress)
+    x, y = ck.data.fashion_mnist(train=False, root=tmp_path, download=False)
+    assert x.shape == (12, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    np.testing.assert_allclose(x[:, 0].numpy(), images / 255.0, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(y.numpy(), labels)
+    xs, ys = ck.data.fashion_mnist(train=False, root=tmp_path, download=False, n=5, seed=1)
+    assert xs.shape[0] == 5 and len(set(ys.tolist())) >= 1
+
+
+def test_data_root_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPKIT_DATA", str(tmp_path))
+    assert ck.data.data_root() == tmp_path
+    assert ck.data.data_root("/elsewhere") != tmp_path
+
+
+def test_missing_files_name_the_files_and_the_folder(tmp_path):
+    with pytest.raises(ck.data.DataNotFoundError) as err:
+        ck.data.mnist(train=True, root=tmp_path, download=False)
+    msg = str(err.value)
+    assert "train-images-idx3-ubyte" in msg and str(tmp_path / "mnist") in msg
+    assert "CLIPKIT_DATA" in msg
+
+
+def test_unknown_dataset_is_named():
+    with pytest.raises(ValueError, match="cifar.*accepted: mnist, fashion-mnist"):
+        ck.data.load("cifar")
+
+
+@pytest.mark.realdata
+def test_real_fashion_mnist(data_root):
+    x, y = ck.data.fashion_mnist(train=True, root=data_root, download=False)
+    assert x.shape == (60000, 1, 28, 28) and y.shape == (60000,)
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert torch.bincount(y).tolist() == [6000] * 10
+    xt, yt = ck.data.fashion_mnist(train=False, root=data_root, download=False, n=100)
+    assert xt.shape == (100, 1, 28, 28)
+
+
+@pytest.mark.realdata
+def test_real_mnist_test_split_and_missing_train_images(data_root):
+    if not (data_root / "mnist").is_dir():
+        pytest.skip("no mnist folder")
+    x, y = ck.data.mnist(train=False, root=data_root, download=False)
+    assert x.shape == (10000, 1, 28, 28) and int(y.max()) == 9
+    if not any((data_root / "mnist").glob("train-images*")):
+        with pytest.raises(ck.data.DataNotFoundError, match="train-images"):
+            ck.data.mnist(train=True, root=data_root, download=False)

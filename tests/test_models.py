@@ -1,0 +1,49 @@
+import pytest
+import torch
+from torch import nn
+
+import clipkit as ck
+
+
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh"])
+def test_mlp_layers_and_no_activation_after_the_last_layer(act):
+    model = ck.models.mlp([3, 5, 4, 2], activation=act)
+    kinds = [type(m) for m in model]
+    expected = ck.models.ACTIVATIONS[act]
+    assert kinds == [nn.Linear, expected, nn.Linear, expected, nn.Linear]
+    assert model(torch.zeros(7, 3)).shape == (7, 2)
+    with_last = ck.models.mlp([3, 5, 2], activation=act, last_activation=True)
+    assert isinstance(with_last[-1], expected)
+
+
+def test_mlp_seed_fixes_the_initialisation_without_touching_the_global_rng():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = ck.models.mlp([2, 8, 1], seed=5)
+    after = torch.rand(1)
+    b = ck.models.mlp([2, 8, 1], seed=5)
+    assert torch.equal(before, after)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_cnn_shapes():
+    model = ck.models.cnn(activation="tanh")
+    assert model(torch.rand(4, 1, 28, 28)).shape == (4, 10)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: ck.models.mlp([2, 3, 1], activation="gelu"),
+        lambda: ck.models.cnn(activation="swish"),
+    ],
+)
+def test_unknown_activation_is_named(call):
+    with pytest.raises(ValueError, match="unknown activation .*accepted: relu, sigmoid, tanh"):
+        call()
+
+
+def test_mlp_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="sizes"):
+        ck.models.mlp([4])

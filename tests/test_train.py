@@ -1,0 +1,170 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import clipkit as ck
+
+
+@pytest.fixture(scope="module")
+def regression():
+    return ck.data.regression(n=200, noise=0.1, seed=0)
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _fit(method, data, epochs=5, seed=0, model_seed=0, **kw):
+    model = ck.models.mlp([1, 16, 16, 1], activation="relu", seed=model_seed)
+    hist = ck.fit(model, data, method=method, epochs=epochs, seed=seed, lr=1e-2,
+                  batch_size=32, progress=False, **kw)
+    return model, hist
+
+
+def test_history_is_an_xarray_dataset_over_epochs(regression):
+    _, hist = _fit(ck.CLIP(lam=0.1), regression, epochs=4)
+    assert dict(hist.sizes) == {"epoch": 4}
+    for name in ("loss", "penalty", "lam", "lip", "time"):
+        assert name in hist and bool(hist[name].notnull().all()), name
+    assert float(hist.lam[0]) == pytest.approx(0.1)
+    assert hist.attrs["status"] == "done" and '"method": "CLIP"' in hist.attrs["config"]
+    assert bool((hist.time.diff("epoch") > 0).all())
+
+
+def test_clip_with_zero_lambda_gives_exactly_the_weights_of_standard_training(regression):
+    a, _ = _fit(ck.Standard(), regression, epochs=6, seed=3)
+    b, hist = _fit(ck.CLIP(lam=0.0, ascent_steps=2), regression, epochs=6, seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(b), strict=True))
+    assert bool((hist.lip > 0).all())  # the pairs were really worked on
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        ck.Standard(),
+        ck.WeightDecay(1e-3),
+        ck.CLIP(lam=0.1),
+        ck.CLIP(lam=0.1, init="points", reduction="mean", power=2, refresh=3),
+        ck.GradientPenalty(0.01),
+        ck.SpectralNorm(),
+        ck.AdversarialTraining(eps=0.05, steps=2, data_range=None),
+    ],
+    ids=lambda m: m.name,
+)
+def test_same_seed_same_result_for_every_method(method, regression):
+    a, ha = _fit(method, regression, epochs=3, seed=7)
+    b, hb = _fit(method, regression, epochs=3, seed=7)
+    c, _ = _fit(method, regression, epochs=3, seed=8)
+    assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(b), strict=True))
+    assert ha.loss.values.tolist() == hb.loss.values.tolist()
+    assert not all(torch.equal(p, q) for p, q in zip(_params(a), _params(c), strict=True))
+
+
+def _spread(model, x):
+    with torch.no_grad():
+        out = model(x)
+    return float(out.max() - out.min()), float(out.mean())
+
+
+def test_large_lambda_drives_clip_to_the_label_mean_and_weight_decay_to_zero(regression):
+    x, y = regression
+    y_spread, y_mean = float(y.max() - y.min()), float(y.mean())
+    kw = dict(epochs=150, batch_size=128, lr=1e-2, seed=0, progress=False)
+
+    clip = ck.models.mlp([1, 64, 64, 1], activation="relu", seed=0)
+    ck.fit(clip, regression, method=ck.CLIP(lam=2.0, power=1), **kw)
+    spread, mean = _spread(clip, x)
+    assert spread < 0.05 * y_spread
+    assert abs(mean - y_mean) < 0.05 * y_spread
+
+    wd = ck.models.mlp([1, 64, 64, 1], activation="relu", seed=0)
+    ck.fit(wd, regression, method=ck.WeightDecay(lam=10.0), **kw)
+    spread, mean = _spread(wd, x)
+    assert spread < 0.05 * y_spread
+    assert abs(mean) < 0.2 * y_mean  # the zero network's output, not the label mean
+
+    small = ck.models.mlp([1, 64, 64, 1], activation="relu", seed=0)
+    hist = ck.fit(small, regression, method=ck.CLIP(lam=0.001), **kw)
+    with torch.no_grad():
+        mse = float((small(x) - y).pow(2).mean())
+    assert mse < 0.1 * float(y.var())  # a small λ fits the data
+    assert float(hist.lip[-1]) > 3.0
+
+
+def test_classification_with_test_data_and_discrepancy_schedule():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 2, generator=gen)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    model = ck.models.mlp([2, 16, 2], seed=0)
+    method = ck.CLIP(lam=0.01, schedule=ck.Discrepancy(goal_acc=0.8, delta=0.05))
+    hist = ck.fit(model, (x, y), method=method, epochs=6, batch_size=64, lr=1e-2,
+                  test=(x[:64], y[:64]), progress=False)
+    assert {"acc", "test_acc", "test_loss"} <= set(hist.data_vars)
+    assert float(hist.acc[-1]) > 0.9
+    lam = hist.lam.values
+    assert lam[0] == pytest.approx(0.01)
+    acc = hist.acc.values
+    for e in range(1, len(lam)):  # raise by Δ above the goal accuracy, lower (>= 0) below it
+        expected = max(lam[e - 1] + (0.05 if acc[e - 1] > 0.8 else -0.05), 0.0)
+        assert lam[e] == pytest.approx(expected, abs=1e-6)
+    assert lam[-1] > lam[0]
+    unreachable = ck.CLIP(lam=0.1, schedule=ck.Discrepancy(goal_acc=1.0, delta=0.04))
+    hist = ck.fit(ck.models.mlp([2, 16, 2], seed=0), (x, y), method=unreachable, epochs=4,
+                  batch_size=64, lr=1e-2, progress=False)
+    assert hist.lam.values == pytest.approx([0.1, 0.06, 0.02, 0.0])  # lowered, never below 0
+
+
+def test_warmup_schedule_keeps_lambda_zero_first(regression):
+    _, hist = _fit(ck.CLIP(lam=0.3, schedule=ck.Warmup(2)), regression, epochs=4)
+    assert hist.lam.values.tolist() == [0.0, 0.0, pytest.approx(0.3), pytest.approx(0.3)]
+
+
+def test_bad_inputs_raise_clear_errors(regression):
+    x, y = regression
+    model = ck.models.mlp([1, 8, 1])
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0, got -0.5"):
+        ck.WeightDecay(lam=-0.5)
+    with pytest.raises(ValueError, match="different lengths"):
+        ck.fit(model, (x, y[:-1]), progress=False)
+    with pytest.raises(ValueError, match=r"output shape \(2,\) does not match .* \(1,\)"):
+        ck.fit(ck.models.mlp([1, 8, 2]), (x, y), progress=False)
+    with pytest.raises(TypeError, match="method must be a clipkit method"):
+        ck.fit(model, (x, y), method="clip", progress=False)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        ck.fit(lambda t: t, (x, y), progress=False)
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
+        ck.fit(model, (x, y), optimizer="lbfgs", progress=False)
+    with pytest.raises(ValueError, match="epochs must be an int >= 1"):
+        ck.fit(model, (x, y), epochs=0, progress=False)
+    with pytest.raises(ValueError, match="Discrepancy needs a classification task"):
+        ck.fit(model, (x, y), method=ck.CLIP(schedule=ck.Discrepancy()), progress=False)
+    with pytest.raises(ValueError, match=r"class labels must lie in \[0, 2\)"):
+        ck.fit(ck.models.mlp([1, 4, 2]), (x, torch.full((200,), 5)), progress=False)
+    with pytest.raises(ValueError, match="unknown device"):
+        ck.fit(model, (x, y), device="tpu:9", progress=False)
+
+
+class _NaNAfter(nn.Module):
+    """Returns NaN from the ``after``-th forward call on."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.lin, self.calls, self.after = nn.Linear(1, 1), 0, after
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.lin(x)
+        return out * math.nan if self.calls > self.after else out
+
+
+def test_nan_loss_names_epoch_and_step_and_keeps_the_history():
+    x, y = ck.data.regression(n=64, seed=0)
+    model = _NaNAfter(after=9)  # 4 steps per epoch: forward 10 is epoch 2, step 1
+    with pytest.raises(ck.NonFiniteLossError, match="at epoch 2, step 1") as err:
+        ck.fit(model, (x, y), epochs=5, batch_size=16, progress=False)
+    assert (err.value.epoch, err.value.step) == (2, 1)
+    hist = err.value.history
+    assert hist.sizes["epoch"] == 2 and hist.attrs["status"] == "failed"
+    assert bool(hist.loss.notnull().all())

@@ -117,6 +117,7 @@ def test_const_gap_of_a_model_and_of_outputs():
     assert gap.rms == pytest.approx(math.sqrt(np.mean(np.linspace(-1, 1, 11) ** 2)))
     assert gap.max == pytest.approx(1.0)
     np.testing.assert_allclose(gap.spread, [2.0, 0.0], atol=1e-6)
+    assert theory.const_gap(model, torch.linspace(-1, 1, 11), c=[0.0, 5.0]).rms == gap.rms
     flat = theory.const_gap(np.full(7, 3.0), c=1.0)
     assert flat.rms == pytest.approx(2.0) and flat.spread[0] == 0.0
 
@@ -157,11 +158,14 @@ def test_threshold_with_equal_inputs_matches_unmerged_lp():
     assert theory.threshold(x, y) == pytest.approx(unmerged, rel=1e-6)
 
 
-def test_threshold_accepts_torch_and_column_shapes():
+def test_accepts_torch_and_column_shapes():
     x, y = data_1d(n=30)
     ref = theory.threshold(x, y)
     got = theory.threshold(torch.tensor(x)[:, None], torch.tensor(y)[:, None])
     assert got == pytest.approx(ref, rel=1e-12)
+    sol = theory.solve(torch.tensor(x)[:, None], torch.tensor(y)[:, None], torch.tensor(0.1))
+    assert sol.z.shape == (30, 1) and sol.z.dtype == np.float64
+    np.testing.assert_allclose(sol.z[:, 0], theory.solve(x, y, 0.1).z, atol=1e-9)
 
 
 # --------------------------------------------------------------------------- solve
@@ -335,6 +339,7 @@ def test_check_rate_cross_entropy_on_a_model():
         (lambda: theory.threshold([[0, 1], [1, 0]], [0, 1], method="closed_form"), r"1-D inputs"),
         (lambda: theory.threshold([0, 1], [0, 1], method="exact"), r"method must be .*'exact'"),
         (lambda: theory.min_interpolation_constant([0, np.nan], [0, 1]), r"x must be finite"),
+        (lambda: theory.solve([0, 1], [[[0]], [[1]]], 0.1), r"y must have shape .*\(2, 1, 1\)"),
     ],
 )
 def test_clear_errors(call, match):

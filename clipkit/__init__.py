@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from . import data, models, schedules  # noqa: E402
+from . import data, models, schedules, theory  # noqa: E402
 from .clip import CLIP  # noqa: E402
 from .path import fit_path  # noqa: E402
 from .regularizers import (  # noqa: E402
@@ -39,4 +39,5 @@ __all__ = [
     "fit_path",
     "models",
     "schedules",
+    "theory",
 ]

@@ -338,14 +338,14 @@ def operator_norm(
     k_max = min(iters, n)
     q = torch.randn(*shape, generator=generator, dtype=dtype, device=device).reshape(-1)
     q = q / q.norm()
-    basis: list[Tensor] = []
+    basis = torch.empty(k_max, n, dtype=dtype, device=device)  # preallocated Krylov basis
     alphas: list[float] = []
     betas: list[float] = []
-    for _ in range(k_max):
+    for j in range(k_max):
         w = adjoint(forward(q.reshape(shape))).reshape(-1)
         alphas.append(float(q @ w))
-        basis.append(q)
-        Q = torch.stack(basis)
+        basis[j] = q
+        Q = basis[: j + 1]
         for _ in range(2):  # re-orthogonalise twice ("twice is enough")
             w = w - Q.T @ (Q @ w)
         b = float(w.norm())
@@ -613,6 +613,10 @@ def jacobian_norms(
     power iteration v <- J^T J v / ||J^T J v|| with torch.func.jvp and vjp on the batch (J is
     block diagonal over samples in eval mode), sigma = sqrt(<v, J^T J v>) <= sigma_max.
     ``"auto"``: dense when one chunk's Jacobian has at most ``max_dense`` entries.
+
+    Samples must be processed independently (true in eval mode for the supported layers). At a
+    kink of a ReLU/max-pool, autograd's one-sided choice is used; samples hit kinks with
+    probability 0, so this is not guarded against.
     """
     _check_samples(x)
     _check_batch_size(batch_size)
@@ -799,19 +803,20 @@ def random_quotients(
     device, dtype = _device_dtype(model)
     x = x.to(device, dtype)
     s = float(_flat_norm(x).pow(2).mean().sqrt()) or 1.0
-    bshape = (-1, *[1] * (x.ndim - 1))
-    us, vs, qs = [], [], []
+    # keep only the running top candidates, so memory does not grow with samples x directions
+    top_q = torch.empty(0, device=device, dtype=dtype)
+    top_u = top_v = torch.empty(0, *x.shape[1:], device=device, dtype=dtype)
     with _eval_mode(model):
         for r in radii:
             for _ in range(directions):
-                d = torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
-                v = x + (r * s) * d / _flat_norm(d).view(bshape)
-                qs.append(_quotients(model, x, v, batch_size))
-                us.append(x)
-                vs.append(v)
-    q = torch.cat(qs)
-    top = q.topk(min(verify_top, len(q))).indices
-    u, v = torch.cat(us)[top], torch.cat(vs)[top]
+                for xb in x.split(batch_size):
+                    d = torch.randn(xb.shape, generator=generator, device=device, dtype=dtype)
+                    vb = xb + (r * s) * d / _flat_norm(d).view(-1, *[1] * (x.ndim - 1))
+                    q = torch.cat([top_q, _quotients(model, xb, vb, batch_size)])
+                    keep = q.topk(min(verify_top, len(q))).indices
+                    top_q = q[keep]
+                    top_u, top_v = torch.cat([top_u, xb])[keep], torch.cat([top_v, vb])[keep]
+    u, v = top_u, top_v
     return float(_verify64(_float64(model), u, v, batch_size).max())
 
 
@@ -853,6 +858,7 @@ def bracket(
     _check_batch_size(batch_size)
     _check_search(pairs, steps, restarts)
     device, dtype = _device_dtype(model)
+    x = x.to(device)
     gen = _generator(seed, device)
     estimates: list[Estimate] = []
 
@@ -880,7 +886,7 @@ def bracket(
     # The search starts from the samples where the Jacobian is largest: the quotient of a
     # close pair there already nears sigma_max(J), so fewer steps find more.
     t0 = time.perf_counter()
-    starts = x.to(sig.device)[sig.topk(min(pairs, len(sig))).indices]
+    starts = x[sig.topk(min(pairs, len(sig))).indices]
     q, _, _ = quotient_search(model, starts, pairs=pairs, steps=steps, restarts=restarts,
                               domain=domain, generator=gen, batch_size=batch_size)
     estimates.append(Estimate(q, "lower", "adversarial quotient search", steps * restarts, seed,

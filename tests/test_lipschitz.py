@@ -362,3 +362,13 @@ def test_bad_samples_and_intervals():
             lipschitz.exact(net, bad)
     with pytest.raises(ValueError, match="1-D input"):
         lipschitz.exact(tiny_mlp(0, "relu"), (0.0, 1.0))
+
+
+def test_auto_switches_to_power_iteration_for_large_jacobians():
+    model = tiny_mlp(6, "sigmoid").double()
+    x = torch.randn(10, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    dense = lipschitz.jacobian_norms(model, x, method="dense")
+    power = lipschitz.jacobian_norms(model, x, max_dense=1, iters=200,
+                                     generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(power, dense, rtol=1e-7, atol=0)
+    assert (power <= dense * (1 + 1e-12)).all()  # power iteration approaches from below

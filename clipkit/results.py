@@ -172,7 +172,7 @@ def stamp(
         provenance(config if config is not None else params, device=device,
                    wall_time=wall_time, status=status, error=error)
     )
-    out.attrs[SWEPT_ATTR] = json.dumps(sorted(set(swept) | set(scalars)))
+    out.attrs[SWEPT_ATTR] = json.dumps([*swept, *(k for k in scalars if k not in swept)])
     return out
 
 

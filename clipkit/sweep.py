@@ -17,8 +17,10 @@ A sweep is a small YAML file (read with ``yaml.safe_load``)::
 
 Each point runs once through papermill into ``OUT/points/``: the executed notebook
 ``NAME.ipynb`` and the result file ``NAME.nc``, NAME made from the point's swept values.
-The notebook receives the result path as its ``result_path`` parameter and writes its
-Dataset there with :func:`clipkit.results.save`. A point whose result file says ``done``
+The notebook receives a path as its ``result_path`` parameter (``NAME.nc.part``) and
+writes its Dataset there with :func:`clipkit.results.save`; the runner checks it, stamps
+the sweep's coordinates and provenance, and only then writes ``NAME.nc`` (atomically), so
+every ``NAME.nc`` is a checked, final result. A point whose result file says ``done``
 for the same parameters is skipped; a point that raises, reports NaN or times out gets a
 failed record (its error text) and the others go on. The sweep ends by writing
 ``OUT/combined.nc`` (:func:`clipkit.results.combine`) and a summary.
@@ -33,6 +35,7 @@ import ast
 import contextlib
 import hashlib
 import itertools
+import json
 import logging
 import math
 import multiprocessing
@@ -484,6 +487,11 @@ class Task:
     allow_nan: bool
     batch: tuple[str, ...]
 
+    @property
+    def partial(self) -> str:
+        """Where the notebook writes; the runner checks it and writes ``result``."""
+        return f"{self.result}.part"
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -533,14 +541,14 @@ def _error_text(exc: BaseException) -> str:
     ename = getattr(exc, "ename", None)  # papermill's PapermillExecutionError
     if ename is not None:
         cell = getattr(exc, "exec_count", None)
-        where = f" (cell {cell})" if cell is not None else ""
+        where = f" (In [{cell}])" if cell is not None else ""
         return f"{ename}: {getattr(exc, 'evalue', '')}{where}"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _check_result(task: Task) -> tuple[xr.Dataset | None, str]:
-    path = Path(task.result)
+    path = Path(task.partial)
     if not path.is_file():
         return None, (
             f"the notebook wrote no result file; it must save its Dataset to its "
@@ -579,6 +587,8 @@ def _finalize(ds: xr.Dataset, task: Task, wall: float) -> xr.Dataset:
         wall_nb = attrs.get("wall_time")
         if isinstance(wall_nb, (int, float)) and math.isfinite(wall_nb):
             stamped.attrs["wall_time"] = float(wall_nb)  # the notebook's own timing
+    # the grid decides what is swept; a fixed value the notebook stamped stays a scalar coord
+    stamped.attrs[results.SWEPT_ATTR] = json.dumps(list(task.point.swept))
     stamped.attrs[POINT_ATTR] = task.point.key
     return stamped
 
@@ -597,7 +607,7 @@ def run_point(task: Task) -> Outcome:
         papermill.execute_notebook(
             task.notebook,
             task.output,
-            parameters={**task.point.params, task.result_param: task.result},
+            parameters={**task.point.params, task.result_param: task.partial},
             kernel_name=task.kernel,
             execution_timeout=task.timeout,
             progress_bar=False,
@@ -611,16 +621,16 @@ def run_point(task: Task) -> Outcome:
         ds, error = _check_result(task)
         if ds is not None:
             results.save(_finalize(ds, task, wall), task.result)
+            Path(task.partial).unlink()
             return Outcome(task.point.name, results.STATUS_DONE, "", wall)
     results.record_failure(task.result, task.point.swept, error,
                            config=task.point.params, wall_time=wall)
+    with contextlib.suppress(FileNotFoundError):
+        Path(task.partial).unlink()
     return Outcome(task.point.name, results.STATUS_FAILED, error, wall)
 
 
 # --------------------------------------------------------------------------- executors
-
-
-_WORKER_GPU: str | None = None
 
 
 def _init_worker(slots: Any, gpus: Sequence[str], stderr_log: str) -> None:
@@ -629,14 +639,17 @@ def _init_worker(slots: Any, gpus: Sequence[str], stderr_log: str) -> None:
     The kernels inherit this process's stderr; their chatter (and papermill's warnings)
     goes to ``OUT/workers.log`` instead of through the progress bar.
     """
-    global _WORKER_GPU
-    slot = slots.get()
     fd = os.open(stderr_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 2)
     os.close(fd)
-    if gpus:
-        _WORKER_GPU = gpus[slot % len(gpus)]
-        os.environ["CUDA_VISIBLE_DEVICES"] = _WORKER_GPU
+    gpu = gpu_for_worker(slots.get(), gpus)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def gpu_for_worker(slot: int, gpus: Sequence[str]) -> str | None:
+    """The GPU id worker number ``slot`` uses: round robin over ``gpus``; None without GPUs."""
+    return gpus[slot % len(gpus)] if gpus else None
 
 
 def visible_gpus() -> list[str]:
@@ -745,8 +758,8 @@ def _tasks(spec: Spec, points: Sequence[Point], out: Path) -> list[Task]:
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files of writes that a killed sweep never finished (see results.save)."""
-    for tmp in folder.glob(".*.tmp"):
+    """Files of points that a killed sweep never finished: temporaries, unchecked results."""
+    for tmp in [*folder.glob(".*.tmp"), *folder.glob("*.nc.part")]:
         with contextlib.suppress(OSError):
             tmp.unlink()
 

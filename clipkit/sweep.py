@@ -454,6 +454,10 @@ def validate(spec: Spec, points: Sequence[Point] | None = None) -> None:
         for v in values:
             _check_value(nb, name, v, declared[name], "grid")
     _check_kernel(spec.kernel)
+    try:
+        results.check_engine()  # else every point would run, then fail to write its result
+    except ImportError as exc:
+        raise SweepError(str(exc)) from None
     for p in points or []:  # values already checked; this guards hand-made points
         unknown = set(p.params) - set(declared)
         if unknown:

@@ -1,7 +1,14 @@
 import os
 from pathlib import Path
 
-import pytest
+# Tiny models run no faster on two threads, and on a loaded 2-core machine (or with the
+# sweep tests' parallel kernels, which inherit this) oversubscribed threads spin: one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -1,0 +1,72 @@
+"""The ``clipkit`` command line: ``clipkit sweep SPEC.yaml ...``.
+
+Each subcommand is one entry of :data:`COMMANDS`: a help line, a function that adds its
+arguments to a parser, and a function that runs it and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+__all__ = ["main", "COMMANDS", "Command"]
+
+
+class Command(NamedTuple):
+    """A subcommand: its help line, its arguments, and what it runs."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="the sweep's YAML file (notebook, grid, fixed, profiles)")
+    p.add_argument("--profile", help="a profile of the spec, e.g. quick or full")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per GPU, at least 1)")
+    p.add_argument("--out", help="output folder (default: the spec's 'out', or runs/SPEC)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the points on this dask.distributed scheduler, e.g. tcp://host:8786")
+    p.add_argument("--dry-run", action="store_true", help="list the points and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from clipkit import sweep
+
+    try:
+        summary = sweep.run(
+            args.spec, profile=args.profile, workers=args.workers, out=args.out,
+            scheduler=args.scheduler, dry_run=args.dry_run, progress=not args.no_progress,
+        )
+    except sweep.SweepError as exc:
+        print(f"clipkit sweep: error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if summary.failed else 0
+
+
+COMMANDS: dict[str, Command] = {
+    "sweep": Command("run a notebook over a parameter grid with papermill",
+                     _sweep_arguments, _sweep),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="clipkit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``clipkit COMMAND ...``; return the exit status (0 ok, 1 failures, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # "Input Notebook: ..." per call
+    return COMMANDS[args.command].run(args)

@@ -1,0 +1,143 @@
+"""clipkit.results: the run schema, atomic files, combining runs by coordinates."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from clipkit import results
+
+
+def run_ds(lam: float, seed: int, *, epochs: int = 3) -> xr.Dataset:
+    """A run's Dataset as a notebook would build it."""
+    epoch = np.arange(epochs)
+    ds = xr.Dataset(
+        {"loss": ("epoch", lam * (epoch + 1.0) + seed), "lip": ((), 10 * lam + seed)},
+        coords={"epoch": epoch},
+    )
+    return results.stamp(ds, {"lam": lam, "seed": seed}, config={"lam": lam, "seed": seed,
+                                                                  "optimizer": None},
+                         wall_time=1.5)
+
+
+def test_round_trip_keeps_data_and_provenance(tmp_path):
+    ds = run_ds(0.1, 2)
+    ds.attrs["flags"] = {"warmup": True, "schedule": None}  # netCDF cannot hold these as such
+    ds.attrs["debug"] = False
+    path = results.save(ds, tmp_path / "run.nc")
+    back = results.load(path)
+
+    xr.testing.assert_identical(back.drop_attrs(), ds.drop_attrs())
+    assert back.attrs["status"] == "done" and back.attrs["error"] == ""
+    assert back.attrs["python_version"] == platform.python_version()
+    assert back.attrs["clipkit_version"] and back.attrs["torch_version"]
+    assert back.attrs["device"] == "cpu"
+    assert back.attrs["wall_time"] == 1.5
+    assert json.loads(back.attrs["config"]) == {"lam": 0.1, "seed": 2, "optimizer": None}
+    assert back.attrs["flags"] == {"warmup": True, "schedule": None}
+    assert back.attrs["debug"] is False
+    assert float(back["lam"]) == 0.1 and int(back["seed"]) == 2  # scalar coordinates
+    assert back["lam"].ndim == 0
+
+
+def test_stamp_rejects_values_that_are_not_coordinates():
+    with pytest.raises(TypeError, match="'lams'"):
+        results.stamp(xr.Dataset(), {"lams": [0.1, 1.0]})
+    with pytest.raises(TypeError, match="'opt'"):
+        results.stamp(xr.Dataset(), {"opt": None})
+    with pytest.raises(ValueError, match="status"):
+        results.provenance({}, status="ok")
+
+
+def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = results.save(run_ds(0.1, 0), tmp_path / "run.nc")
+    before = path.read_bytes()
+    mixed = xr.Dataset({"x": ("i", np.array([1, "a", None], dtype=object))})  # unencodable
+    with pytest.raises((TypeError, ValueError)):
+        results.save(mixed, path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["run.nc"]
+
+    with pytest.raises((TypeError, ValueError)):
+        results.save(mixed, tmp_path / "new.nc")
+    assert sorted(os.listdir(tmp_path)) == ["run.nc"]
+
+
+def test_an_attr_that_cannot_be_stored_is_named(tmp_path):
+    ds = run_ds(0.1, 0)
+    ds.attrs["model"] = object()
+    with pytest.raises(TypeError, match="attr 'model'"):
+        results.save(ds, tmp_path / "run.nc")
+    assert os.listdir(tmp_path) == []
+
+
+def test_combine_by_coordinates_puts_swept_dims_first(tmp_path):
+    for lam in (0.1, 1.0):
+        for seed in (0, 1, 2):
+            results.save(run_ds(lam, seed), tmp_path / f"lam={lam}_seed={seed}.nc")
+    (tmp_path / ".lam=9_seed=9.nc.abc.tmp").write_bytes(b"half a file")  # a killed write
+    combined = results.open_sweep(tmp_path)
+
+    assert dict(combined.sizes) == {"lam": 2, "seed": 3, "epoch": 3}
+    assert combined["loss"].dims == ("lam", "seed", "epoch")
+    np.testing.assert_allclose(combined["lam"], [0.1, 1.0])
+    np.testing.assert_array_equal(combined["seed"], [0, 1, 2])
+    expected = combined["lam"] * (combined["epoch"] + 1.0) + combined["seed"]
+    np.testing.assert_allclose(combined["loss"], expected.transpose(*combined["loss"].dims))
+    assert (combined["status"] == "done").all()
+    assert combined.attrs["python_version"] == platform.python_version()
+    assert "config" not in combined.attrs  # per-run: a variable instead
+    assert json.loads(str(combined["config"].sel(lam=1.0, seed=2).item()))["seed"] == 2
+
+
+def test_failed_and_missing_runs_stay_visible(tmp_path):
+    results.save(run_ds(0.1, 0), tmp_path / "a.nc")
+    results.save(run_ds(0.1, 1), tmp_path / "b.nc")
+    results.record_failure(tmp_path / "c.nc", {"lam": 1.0, "seed": 0}, "RuntimeError: diverged")
+    combined = results.open_sweep(tmp_path)
+
+    assert dict(combined.sizes) == {"lam": 2, "seed": 2, "epoch": 3}
+    status = combined["status"]
+    assert status.sel(lam=0.1, seed=0) == "done"
+    assert status.sel(lam=1.0, seed=0) == "failed"
+    assert status.sel(lam=1.0, seed=1) == "missing"  # no file at all
+    assert combined["error"].sel(lam=1.0, seed=0) == "RuntimeError: diverged"
+    assert np.isnan(combined["loss"].sel(lam=1.0)).all()
+    # the combined Dataset itself is a valid file
+    back = results.load(results.save(combined, tmp_path / "combined.nc"))
+    xr.testing.assert_identical(back["status"], combined["status"])
+    assert results.open_sweep(tmp_path).sizes == combined.sizes  # combined.nc is not a run
+
+
+def test_batched_dimension_combines_with_swept_ones(tmp_path):
+    for seed in (0, 1):
+        lam = np.array([0.1, 0.5, 1.0])
+        ds = xr.Dataset({"lip": ("lam", lam + seed)}, coords={"lam": lam})
+        results.save(results.stamp(ds, {"seed": seed}), tmp_path / f"seed={seed}.nc")
+    combined = results.open_sweep(tmp_path)
+    assert dict(combined.sizes) == {"seed": 2, "lam": 3}
+    np.testing.assert_allclose(combined["lip"].sel(seed=1), [1.1, 1.5, 2.0])
+
+
+def test_status_of_and_nan_check(tmp_path):
+    assert results.status_of(tmp_path / "none.nc") is None
+    (tmp_path / "bad.nc").write_bytes(b"not netcdf")
+    assert results.status_of(tmp_path / "bad.nc") is None
+    path = results.record_failure(tmp_path / "f.nc", {"seed": 0}, "boom")
+    assert results.status_of(path) == "failed"
+    ds = run_ds(0.1, 0)
+    assert results.has_nan(ds) == []
+    ds["loss"][1] = np.nan
+    assert results.has_nan(ds) == ["loss"]
+
+
+def test_open_sweep_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        results.open_sweep(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no result files"):
+        results.open_sweep(tmp_path)

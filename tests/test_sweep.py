@@ -1,0 +1,300 @@
+"""clipkit.sweep and `clipkit sweep`: checks before running, resume, failures, local pool and dask.
+
+Each executed notebook starts a Jupyter kernel (1-2 s, more on a busy machine), so the
+sweeps here are small and the 2x2 sweep is shared by several tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+import clipkit
+from clipkit import cli, results, sweep
+
+NOTEBOOKS = Path(__file__).parent / "notebooks"
+QUADRATIC = NOTEBOOKS / "quadratic.ipynb"
+PATH_NB = NOTEBOOKS / "quadratic_path.ipynb"
+
+
+def write_spec(folder: Path, notebook: Path = QUADRATIC, name: str = "spec", **fields) -> Path:
+    """A YAML spec in ``folder``; the notebook path is written relative to it."""
+    spec = {"notebook": os.path.relpath(notebook, folder), **fields}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def expected_loss(ds: xr.Dataset) -> xr.DataArray:
+    return (ds["lam"] * (ds["epoch"] + 1.0) ** 2 + ds["seed"]).transpose(*ds["loss"].dims)
+
+
+# --------------------------------------------------------------------------- before running
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"grid": {"lam": [0.1], "sed": [0, 1]}}, "unknown parameter 'sed'"),
+        ({"grid": {"lam": [0.1, "big"]}}, "'lam'.*'big'.*float"),
+        ({"grid": {"seed": [0, 1.5]}}, "'seed'.*1.5.*int"),
+        ({"fixed": {"seed": True}}, "'seed'.*True.*int"),
+        ({"fixed": {"fail": 1}}, "'fail'.*bool"),
+        ({"fixed": {"log_dir": 3}}, "'log_dir'.*str"),
+        ({"grid": {"lam": [0.1, 1.0]}, "batch": ["lam"]}, "'lam' is batched.*list"),
+        ({"grid": {"lam": 0.1}}, "grid.lam must be a non-empty list"),
+        ({"grid": {"lam": [0.1]}, "fixed": {"lam": 1.0}}, "'lam' is in both"),
+        ({"fixed": {"result_path": "x.nc"}}, "'result_path' is set by the sweep"),
+        ({"grid": {"lam": [0.1]}, "gird": {}}, "unknown key.*'gird'"),
+        ({"grid": {"lam": [0.1]}, "kernel": "no-such-kernel"}, "kernel 'no-such-kernel'"),
+    ],
+)
+def test_bad_spec_fails_before_anything_runs(tmp_path, monkeypatch, fields, message):
+    import papermill
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("a notebook was executed")
+
+    monkeypatch.setattr(papermill, "execute_notebook", no_kernel)
+    spec = write_spec(tmp_path, **fields)
+    out = tmp_path / "out"
+    with pytest.raises(sweep.SweepError, match=message):
+        sweep.run(spec, out=out, workers=2)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_missing_notebook_and_profile_are_named(tmp_path):
+    spec = write_spec(tmp_path, notebook=tmp_path / "nowhere.ipynb", grid={"lam": [0.1]})
+    with pytest.raises(sweep.SweepError, match="nowhere.ipynb.*does not exist"):
+        sweep.run(spec, out=tmp_path / "out")
+    spec = write_spec(tmp_path, grid={"lam": [0.1]}, profiles={"quick": {}})
+    with pytest.raises(sweep.SweepError, match="unknown profile 'full'.*quick"):
+        sweep.run(spec, profile="full", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reports_a_bad_parameter_and_exits_2(tmp_path, capsys):
+    spec = write_spec(tmp_path, grid={"lam": [0.1], "seeds": [0]})
+    assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "clipkit sweep: error: unknown parameter 'seeds'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_is_read_safely(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"notebook: {QUADRATIC}\nfixed:\n  lam: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(sweep.SweepError, match="not valid YAML"):
+        sweep.load_spec(spec)
+
+
+def test_dry_run_lists_points_and_writes_nothing(tmp_path, capsys):
+    spec = write_spec(
+        tmp_path,
+        grid={"lam": [0.1, 1.0], "seed": [0, 1, 2]},
+        fixed={"sleep": 0.5},
+        profiles={"quick": {"grid": {"seed": [7]}, "fixed": {"lam": 0.5}}},
+    )
+    assert cli.main(["sweep", str(spec), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("lam=0.1_seed=0: ")
+    assert lines[-1].startswith("6 points")
+    summary = sweep.run(spec, profile="quick", dry_run=True, out=tmp_path / "o")
+    assert [p.name for p in summary.points] == ["seed=7"]
+    assert summary.points[0].params == {"lam": 0.5, "seed": 7, "sleep": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_point_names_are_deterministic_and_safe():
+    assert sweep.point_name({"lam": 0.1, "seed": 0}) == "lam=0.1_seed=0"
+    assert sweep.point_name({"lam": 1e-05}) == "lam=1e-05"
+    odd = sweep.point_name({"method": "clip/v2 x"})
+    assert odd.startswith("method=clip-v2-x-") and "/" not in odd
+    assert odd == sweep.point_name({"method": "clip/v2 x"})
+    assert odd != sweep.point_name({"method": "clip v2/x"})
+    assert sweep.point_name({}) == "run"
+
+
+@pytest.mark.parametrize(
+    ("value", "declared", "ok"),
+    [
+        (1, "float", True), (1.5, "float", True), (True, "float", False),
+        (1, "int", True), (1.0, "int", False), (False, "int", False),
+        (True, "bool", True), (0, "bool", False), ("a", "str", True), (None, "str", False),
+        (None, "Optional[str]", True), (None, "str | None", True),
+        ([0.1, 1], "list[float]", True), ([0.1, "a"], "list[float]", False),
+        ([1, 2], "List[int]", True), (0.1, "list[float]", False), ({"a": 1}, "dict", True),
+        ("anything", "Any", True), ("x", "SomeClass", True),
+    ],
+)
+def test_type_matches(value, declared, ok):
+    assert sweep.type_matches(value, declared) is ok
+
+
+def test_workers_get_their_own_gpu():
+    assert [sweep.gpu_for_worker(i, ["0", "1"]) for i in range(3)] == ["0", "1", "0"]
+    assert sweep.gpu_for_worker(0, []) is None
+
+
+def test_kernels_import_this_clipkit(monkeypatch):
+    import site
+
+    root = Path(clipkit.__file__).resolve().parent.parent
+    assert sweep._kernel_pythonpath() == str(root)  # a checkout: put it first for kernels
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/elsewhere", str(root)]))
+    sweep._prepare_kernel_env()
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(root), "/elsewhere"]
+    monkeypatch.setattr(site, "getsitepackages", lambda: [str(root)])  # pip-installed
+    assert sweep._kernel_pythonpath() is None
+
+
+# --------------------------------------------------------------------------- running
+
+
+@pytest.fixture(scope="module")
+def local_2x2(tmp_path_factory):
+    """The 2x2 sweep on a local pool of 2 workers, run once for several tests."""
+    folder = tmp_path_factory.mktemp("local")
+    spec = write_spec(folder, grid={"lam": [0.1, 1.0], "seed": [0, 1]}, fixed={"sleep": 0.0})
+    summary = sweep.run(spec, workers=2, out=folder / "out", progress=False)
+    return spec, summary
+
+
+def test_sweep_2x2_with_2_workers_combines_into_one_dataset(local_2x2):
+    _, summary = local_2x2
+    ds = summary.dataset
+    assert (len(summary.done), len(summary.skipped), len(summary.failed)) == (4, 0, 0)
+    assert dict(ds.sizes) == {"lam": 2, "seed": 2, "epoch": 3}
+    assert ds["loss"].dims == ("lam", "seed", "epoch")
+    np.testing.assert_allclose(ds["lam"], [0.1, 1.0])
+    np.testing.assert_array_equal(ds["seed"], [0, 1])
+    np.testing.assert_allclose(ds["loss"], expected_loss(ds))
+    assert (ds["status"] == "done").all() and (ds["wall_time"] > 0).all()
+    on_disk = results.load(summary.combined)
+    xr.testing.assert_identical(on_disk, results.load(summary.out / "combined.nc"))
+    names = sorted(p.name for p in (summary.out / "points").iterdir())
+    assert names == sorted(f"lam={lam}_seed={s}.{ext}" for lam in (0.1, 1.0) for s in (0, 1)
+                           for ext in ("ipynb", "nc"))
+    log = (summary.out / "sweep.log").read_text()
+    assert log.count(" done   lam=") == 4 and "4 done, 0 skipped, 0 failed" in log
+
+
+def test_a_finished_sweep_is_not_recomputed(local_2x2):
+    spec, first = local_2x2
+    points = first.out / "points"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in points.iterdir()}
+    again = sweep.run(spec, workers=2, out=first.out, progress=False)
+    assert sorted(again.skipped) == sorted(first.done) and not again.done
+    assert {p.name: p.stat().st_mtime_ns for p in points.iterdir()} == mtimes
+    xr.testing.assert_identical(again.dataset, first.dataset)
+
+
+def test_dask_local_cluster_gives_the_same_dataset(local_2x2, tmp_path):
+    from dask.distributed import LocalCluster
+
+    spec, local = local_2x2
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster:
+        remote = sweep.run(spec, scheduler=cluster, out=tmp_path / "dask", progress=False)
+    assert len(remote.done) == 4
+    per_run = ["wall_time"]  # the only thing that may differ: how long each point took
+    xr.testing.assert_identical(remote.dataset.drop_vars(per_run),
+                                local.dataset.drop_vars(per_run))
+
+
+def test_failing_points_are_recorded_and_the_others_complete(tmp_path):
+    spec = write_spec(tmp_path, grid={"fail": [False, True], "nan": [False, True]},
+                      fixed={"lam": 0.5})
+    summary = sweep.run(spec, workers=2, out=tmp_path / "out", progress=False)
+    assert summary.done == ["fail=False_nan=False"]
+    assert len(summary.failed) == 3
+    ds = results.open_sweep(tmp_path / "out")
+    status, error = ds["status"], ds["error"]
+    assert status.sel(fail=False, nan=False) == "done"
+    assert status.sel(fail=True, nan=False) == "failed"
+    raised = str(error.sel(fail=True, nan=True).item())
+    assert "RuntimeError: deliberate failure at lam=0.5" in raised
+    assert str(error.sel(fail=False, nan=True).item()) == "NaN in loss, final"
+    assert dict(ds.sizes) == {"fail": 2, "nan": 2, "epoch": 3}
+    assert float(ds["lam"]) == 0.5  # fixed: a scalar coordinate, not a dimension
+    np.testing.assert_allclose(ds["loss"].sel(fail=False, nan=False), [0.5, 2.0, 4.5])
+    assert np.isnan(ds["loss"].sel(fail=True)).all()
+    xr.testing.assert_identical(summary.dataset["status"], ds["status"])
+
+
+def test_a_point_over_its_timeout_is_failed(tmp_path):
+    spec = write_spec(tmp_path, grid={"sleep": [0.0, 60.0]}, timeout=4)
+    start = time.perf_counter()
+    summary = sweep.run(spec, workers=2, out=tmp_path / "out", progress=False)
+    assert time.perf_counter() - start < 50
+    assert summary.done == ["sleep=0.0"]
+    assert "timed out" in summary.failed["sleep=60.0"].lower()
+
+
+def test_a_batched_dimension_runs_inside_each_notebook(tmp_path):
+    spec = write_spec(tmp_path, notebook=PATH_NB, grid={"lam": [0.1, 0.5, 1.0], "seed": [0, 1]},
+                      batch=["lam"])
+    summary = sweep.run(spec, workers=2, out=tmp_path / "out", progress=False)
+    assert sorted(p.name for p in summary.points) == ["seed=0", "seed=1"]
+    ds = summary.dataset
+    assert dict(ds.sizes) == {"seed": 2, "lam": 3, "epoch": 3}
+    np.testing.assert_allclose(ds["loss"], expected_loss(ds))
+
+
+def _env_with_clipkit() -> dict[str, str]:
+    root = str(Path(clipkit.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _done(points: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in points.glob("*.nc")
+            if results.status_of(p) == "done"}
+
+
+def test_an_interrupted_sweep_resumes_without_recomputing(tmp_path):
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    spec = write_spec(tmp_path, grid={"lam": [0.1, 1.0], "seed": [0, 1, 2]},
+                      fixed={"sleep": 1.0, "log_dir": str(counts)})
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clipkit", "sweep", str(spec), "--workers", "2",
+         "--out", str(out), "--no-progress"],
+        env=_env_with_clipkit(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not _done(out / "points") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner, its workers (kernels follow within 1 s)
+    proc.wait()
+    done_before = _done(out / "points")
+    assert 1 <= len(done_before) < 6, "kill the sweep while points still run"
+    for f in (out / "points").glob("*.nc"):  # no half-written result
+        results.load(f)
+    time.sleep(1.5)  # let orphaned kernels notice their parent is gone
+
+    summary = sweep.run(spec, workers=2, out=out, progress=False)
+    assert set(done_before) <= {f"{n}.nc" for n in summary.skipped}
+    assert len(summary.skipped) + len(summary.done) == 6 and not summary.failed
+    after = _done(out / "points")
+    assert {k: after[k] for k in done_before} == done_before  # untouched
+    for name in done_before:  # each finished point started exactly once
+        assert (counts / name.replace(".nc", ".count")).read_text().count("started") == 1
+    ds = summary.dataset
+    assert dict(ds.sizes) == {"lam": 2, "seed": 3, "epoch": 3}
+    assert (ds["status"] == "done").all()
+    np.testing.assert_allclose(ds["loss"], expected_loss(ds))
+    assert not list((out / "points").glob(".*.tmp")) + list((out / "points").glob("*.part"))

@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from . import data, models, schedules  # noqa: E402
+from . import attacks, data, lipschitz, models, schedules, theory  # noqa: E402
 from .clip import CLIP  # noqa: E402
 from .path import fit_path  # noqa: E402
 from .regularizers import (  # noqa: E402
@@ -34,9 +34,12 @@ __all__ = [
     "Standard",
     "Warmup",
     "WeightDecay",
+    "attacks",
     "data",
     "fit",
     "fit_path",
+    "lipschitz",
     "models",
     "schedules",
+    "theory",
 ]

@@ -85,3 +85,16 @@ def test_path_errors_are_clear(data64):
         ck.fit_path(model_fn, data64, ck.CLIP(), lam=[0.1, -1.0], **KW)
     with pytest.raises(TypeError, match="model_fn must return a torch.nn.Module"):
         ck.fit_path(lambda: None, data64, ck.CLIP(), **KW)
+
+
+def test_images_train_with_clip_alone_and_as_a_path():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(48, 1, 28, 28, generator=gen)
+    y = torch.randint(10, (48,), generator=gen)
+    method = ck.CLIP(lam=0.1, data_range=(0.0, 1.0), pairs=4)
+    kw = dict(epochs=1, batch_size=16, lr=1e-3, progress=False)
+    model = init_copy(lambda: ck.models.cnn(width=4), 0)
+    hist = ck.fit(model, (x, y), method, seed=0, **kw)
+    ds = ck.fit_path(lambda: ck.models.cnn(width=4), (x, y), method, lam=[0.1, 1.0], seed=0, **kw)
+    assert float(hist.lip[0]) > 0
+    assert float(ds.loss.sel(lam=0.1, seed=0)[0]) == pytest.approx(float(hist.loss[0]), rel=1e-4)

@@ -1,0 +1,260 @@
+"""Robustness evaluation: FGSM, PGD (l2 / linf), Gaussian noise, and accuracy over a grid of eps.
+
+Every attack has the torchattacks call shape ``attack(model, x, y) -> x_adv``: configure it
+once (``PGD(eps=2.0, norm="l2")``), call it on batches. Inputs stay in ``clamp`` (the data
+range, default [0, 1]; None for unbounded data). The model is evaluated in eval mode during
+the attack and its parameters get no gradients. Random starts and noise come from a
+torch.Generator seeded with ``seed`` (one stream per attack object and device).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from torch import Tensor, nn
+
+__all__ = ["FGSM", "PGD", "Attack", "GaussianNoise", "robust_accuracy"]
+
+Loss = Callable[[Tensor, Tensor], Tensor]
+
+
+def _check_eps(eps: object, name: str = "eps") -> float:
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) \
+            or eps < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _check_clamp(clamp: object) -> None:
+    if clamp is None:
+        return
+    if (not isinstance(clamp, tuple | list) or len(clamp) != 2
+            or not all(isinstance(c, int | float) for c in clamp) or not clamp[0] < clamp[1]):
+        raise ValueError(f"clamp must be None or (low, high) with low < high, got {clamp!r}")
+
+
+def _bshape(x: Tensor) -> tuple[int, ...]:
+    return (-1, *[1] * (x.ndim - 1))
+
+
+def _flat_norm(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1).norm(dim=1)
+
+
+@dataclass
+class Attack:
+    """Base class: ``attack(model, x, y) -> x_adv``, x_adv in the eps-ball and the data range.
+
+    Attributes:
+        eps: the radius (or the noise standard deviation).
+        clamp: data range (low, high), or None for unbounded inputs.
+        seed: seed of the attack's torch.Generator (random starts, noise).
+    """
+
+    eps: float
+    clamp: tuple[float, float] | None = (0.0, 1.0)
+    seed: int = 0
+    _generators: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.eps = _check_eps(self.eps)
+        _check_clamp(self.clamp)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+    def with_eps(self, eps: float) -> Attack:
+        """A copy with another eps and a freshly seeded generator."""
+        return replace(self, eps=eps)
+
+    def config(self) -> dict:
+        """The attack's settings (JSON-serialisable)."""
+        d: dict = {"attack": type(self).__name__}
+        for f in fields(self):
+            if f.name.startswith("_"):
+                continue
+            v = getattr(self, f.name)
+            if callable(v):
+                v = getattr(v, "__name__", type(v).__name__)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        return d
+
+    def _gen(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[key]
+
+    def _clamp(self, x: Tensor) -> Tensor:
+        return x if self.clamp is None else x.clamp(*self.clamp)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y):
+            raise ValueError("attack(model, x, y): x and y must be tensors of the same length")
+        flags = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            return self._perturb(model, x.detach(), y.detach()).detach()
+        finally:
+            for m, flag in flags:
+                m.train(flag)
+
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def _loss_grad(model: nn.Module, loss: Loss | None, x: Tensor, y: Tensor) -> Tensor:
+    """d/dx of sum_i loss(model(x_i), y_i) (cross-entropy by default); no parameter gradients."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(x)
+        value = loss(out, y) if loss is not None else F.cross_entropy(out, y, reduction="sum")
+        (g,) = torch.autograd.grad(value, x)
+    return g
+
+
+@dataclass
+class FGSM(Attack):
+    """Fast gradient sign method (linf): x_adv = clamp(x + eps sign(grad_x loss))."""
+
+    loss: Loss | None = None
+
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        if self.eps == 0:
+            return x
+        return self._clamp(x + self.eps * _loss_grad(model, self.loss, x, y).sign())
+
+
+@dataclass
+class PGD(Attack):
+    """Projected gradient ascent of the loss in the l2 or linf ball of radius eps.
+
+    Random start uniform in the ball; ``steps`` steps x <- P(x + a d), d = g/||g|| (l2) or
+    sign(g) (linf), a = ``step_size`` (default 2.5 eps / steps, as in Madry et al.); P projects
+    onto the ball around the clean x, then clamps to the data range (which keeps it in the ball:
+    the clean x is in the range). Returns the last iterate.
+    """
+
+    norm: str = "l2"
+    steps: int = 10
+    step_size: float | None = None
+    random_start: bool = True
+    loss: Loss | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.norm not in ("l2", "linf"):
+            raise ValueError(f"norm must be 'l2' or 'linf', got {self.norm!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        if self.step_size is not None:
+            _check_eps(self.step_size, "step_size")
+
+    def _project(self, x0: Tensor, x: Tensor) -> Tensor:
+        d = x - x0
+        if self.norm == "linf":
+            d = d.clamp(-self.eps, self.eps)
+        else:
+            n = _flat_norm(d).clamp_min(1e-30)
+            d = d * (self.eps / n).clamp(max=1.0).view(_bshape(d))
+        return self._clamp(x0 + d)
+
+    def _start(self, x: Tensor) -> Tensor:
+        g = self._gen(x.device)
+        if self.norm == "linf":
+            d = (torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1)
+            return self._clamp(x + self.eps * d)
+        # uniform in the l2 ball: direction uniform on the sphere, radius eps U^(1/n)
+        d = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+        n = x[0].numel()
+        r = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype) ** (1.0 / n)
+        d = d / _flat_norm(d).clamp_min(1e-30).view(_bshape(d)) * (self.eps * r).view(_bshape(d))
+        return self._clamp(x + d)
+
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        if self.eps == 0:
+            return x
+        a = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        xa = self._start(x) if self.random_start else x
+        for _ in range(self.steps):
+            g = _loss_grad(model, self.loss, xa, y)
+            if self.norm == "linf":
+                step = g.sign()
+            else:
+                step = g / _flat_norm(g).clamp_min(1e-30).view(_bshape(g))
+            xa = self._project(x, xa + a * step)
+        return xa
+
+
+@dataclass
+class GaussianNoise(Attack):
+    """x_adv = clamp(x + eps z), z ~ N(0, I): eps is the noise standard deviation."""
+
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        z = torch.randn(x.shape, generator=self._gen(x.device), device=x.device, dtype=x.dtype)
+        return self._clamp(x + self.eps * z)
+
+
+def robust_accuracy(
+    model: nn.Module,
+    data: tuple[Tensor, Tensor],
+    attack: Attack,
+    eps: Sequence[float],
+    *,
+    batch_size: int = 256,
+) -> xr.DataArray:
+    """Accuracy under ``attack`` for each eps, as a DataArray over ``eps``.
+
+    A point counts when the model classifies both x and attack(x) correctly (the
+    RobustBench/AutoAttack convention: a misclassified point is never 'robust'), so the curve
+    never exceeds the clean accuracy (stored in attrs). Each eps starts from a fresh copy of
+    ``attack`` (``attack.with_eps``), so every value is reproducible on its own.
+    """
+    if not isinstance(attack, Attack):
+        raise TypeError(f"attack must be a clipkit.attacks.Attack, got {type(attack).__name__}")
+    if (not isinstance(data, tuple | list) or len(data) != 2
+            or not all(isinstance(t, Tensor) for t in data) or len(data[0]) != len(data[1])):
+        raise ValueError("data must be a pair (x, y) of tensors with the same length")
+    if isinstance(eps, int | float):
+        raise ValueError("eps must be a sequence of numbers, e.g. eps=[0.0, 0.5, 1.0]")
+    eps_list = [_check_eps(e) for e in eps]
+    if not eps_list:
+        raise ValueError("eps must contain at least one value")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    x, y = data
+    p = next(iter(model.parameters()), None)
+    device = p.device if p is not None else torch.device("cpu")
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        clean_ok = []
+        with torch.no_grad():
+            for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+                clean_ok.append(model(xb.to(device)).argmax(1) == yb.to(device))
+        ok = torch.cat(clean_ok)
+        acc = []
+        for e in eps_list:
+            att = attack.with_eps(e)
+            hits = 0
+            for k, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size),
+                                             strict=True)):
+                xb, yb = xb.to(device), yb.to(device)
+                xa = att(model, xb, yb)
+                with torch.no_grad():
+                    right = model(xa).argmax(1) == yb
+                hits += int((right & ok[k * batch_size:k * batch_size + len(xb)]).sum())
+            acc.append(hits / len(x))
+    finally:
+        for m, flag in flags:
+            m.train(flag)
+    return xr.DataArray(
+        acc, dims=("eps",), coords={"eps": eps_list}, name="robust_accuracy",
+        attrs={"attack": type(attack).__name__, "clean_accuracy": float(ok.float().mean()),
+               "n": len(x), "config": json.dumps(attack.config())},
+    )

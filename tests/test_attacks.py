@@ -1,0 +1,180 @@
+"""clipkit.attacks: balls, data range, seeds, and PGD against the exact margin of a linear model."""
+
+import json
+
+import pytest
+import torch
+import xarray as xr
+from torch import nn
+
+from clipkit import attacks
+
+
+def small_classifier(seed: int = 0, d: int = 12, classes: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, classes))
+
+
+def data(n: int = 64, d: int = 12, classes: int = 3, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, d, generator=g), torch.randint(classes, (n,), generator=g)
+
+
+ATTACKS = [
+    attacks.PGD(eps=0.5, norm="l2", steps=10),
+    attacks.PGD(eps=0.1, norm="linf", steps=10),
+    attacks.PGD(eps=0.5, norm="l2", steps=5, random_start=False, step_size=0.3),
+    attacks.FGSM(eps=0.1),
+    attacks.GaussianNoise(eps=0.2),
+]
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: type(a).__name__)
+def test_stays_in_ball_and_data_range(attack):
+    model = small_classifier()
+    x, y = data()
+    xa = attack(model, x, y)
+    assert xa.shape == x.shape and not xa.requires_grad
+    assert xa.min() >= 0.0 and xa.max() <= 1.0
+    d = (xa - x).reshape(len(x), -1)
+    if isinstance(attack, attacks.PGD) and attack.norm == "l2":
+        assert (d.norm(dim=1) <= attack.eps * (1 + 1e-5)).all()
+    elif not isinstance(attack, attacks.GaussianNoise):
+        assert (d.abs().max(dim=1).values <= attack.eps + 1e-6).all()
+    assert (d != 0).any()  # it did move
+
+
+def test_pgd_without_clamp_reaches_the_boundary_and_respects_it():
+    model = small_classifier()
+    x, y = data()
+    for norm in ("l2", "linf"):
+        xa = attacks.PGD(eps=0.3, norm=norm, steps=20, clamp=None)(model, x, y)
+        d = (xa - x).reshape(len(x), -1)
+        size = d.norm(dim=1) if norm == "l2" else d.abs().max(dim=1).values
+        assert (size <= 0.3 * (1 + 1e-5)).all()
+        assert size.max() >= 0.3 * (1 - 1e-5)  # uses the whole ball
+
+
+def test_fgsm_is_the_signed_gradient_step():
+    model = small_classifier()
+    x, y = data()
+    xa = attacks.FGSM(eps=0.05, clamp=None)(model, x, y)
+    xr_ = x.clone().requires_grad_(True)
+    nn.functional.cross_entropy(model(xr_), y, reduction="sum").backward()
+    torch.testing.assert_close(xa, x + 0.05 * xr_.grad.sign())
+
+
+def test_pgd_raises_the_loss():
+    model = small_classifier()
+    x, y = data()
+    loss = nn.functional.cross_entropy
+    xa = attacks.PGD(eps=0.5, norm="l2", steps=20)(model, x, y)
+    with torch.no_grad():
+        assert loss(model(xa), y) > loss(model(x), y)
+
+
+def test_linear_binary_classifier_pgd_flips_exactly_inside_the_margin():
+    """For f(x) = w.x + b the minimal l2 adversarial distance is |w.x + b| / ||w||."""
+    torch.manual_seed(0)
+    d, eps = 20, 0.5
+    w, b = torch.randn(d), torch.tensor(0.3)
+    lin = nn.Linear(d, 1)
+    lin.weight.data, lin.bias.data = w[None], b[None]
+    model = nn.Sequential(lin, nn.Linear(1, 2))  # logits (-z/2 .. z/2): class 1 iff z > 0
+    model[1].weight.data = torch.tensor([[-0.5], [0.5]])
+    model[1].bias.data.zero_()
+    # points at prescribed signed distances from the hyperplane, spread in [-2 eps, 2 eps]
+    g = torch.Generator().manual_seed(3)
+    n = 400
+    dist = (torch.rand(n, generator=g) * 2 - 1) * 2 * eps
+    base = torch.randn(n, d, generator=g)
+    base = base - ((base @ w + b) / w.norm() ** 2)[:, None] * w  # project onto w.x + b = 0
+    x = base + dist[:, None] * w / w.norm()
+    margin = (x @ w + b).abs() / w.norm()
+    torch.testing.assert_close(margin, dist.abs(), atol=1e-5, rtol=1e-5)
+    y = (x @ w + b > 0).long()  # labelled by the model itself: clean accuracy 1
+    xa = attacks.PGD(eps=eps, norm="l2", steps=50, clamp=None, seed=5)(model, x, y)
+    flipped = model(xa).argmax(1) != y
+    inside, outside = margin < 0.99 * eps, margin > eps
+    assert inside.sum() > 50 and outside.sum() > 50
+    assert flipped[inside].all()
+    assert not flipped[outside].any()
+
+
+def test_robust_accuracy_over_eps():
+    model = small_classifier(2)
+    x, y = data(200)
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).float().mean())
+    eps = [0.0, 0.25, 1.0, 3.0]
+    for attack in (attacks.PGD(eps=0.0, norm="l2", steps=10), attacks.FGSM(eps=0.0),
+                   attacks.GaussianNoise(eps=0.0)):
+        acc = attacks.robust_accuracy(model, (x, y), attack, eps=eps, batch_size=64)
+        assert isinstance(acc, xr.DataArray) and acc.dims == ("eps",)
+        assert acc["eps"].values.tolist() == eps
+        assert acc.sel(eps=0.0).item() == pytest.approx(clean)
+        assert (acc.values <= clean + 1e-12).all()
+        assert acc.attrs["clean_accuracy"] == pytest.approx(clean)
+        assert json.loads(acc.attrs["config"])["attack"] == type(attack).__name__
+    pgd = attacks.robust_accuracy(model, (x, y), attacks.PGD(eps=0, norm="l2", steps=10),
+                                  eps=eps)
+    assert pgd.sel(eps=3.0).item() < clean  # a strong attack does bite
+
+
+def test_robust_accuracy_is_reproducible_and_batch_independent_for_pgd_without_start():
+    model = small_classifier(4)
+    x, y = data(100)
+    att = attacks.PGD(eps=0.0, norm="linf", steps=5, random_start=False)
+    a = attacks.robust_accuracy(model, (x, y), att, eps=[0.05, 0.2], batch_size=7)
+    b = attacks.robust_accuracy(model, (x, y), att, eps=[0.05, 0.2], batch_size=100)
+    xr.testing.assert_equal(a, b)
+
+
+def test_seeded_random_starts_and_noise():
+    model = small_classifier()
+    x, y = data()
+    for make in (lambda s: attacks.GaussianNoise(eps=0.1, seed=s),
+                 lambda s: attacks.PGD(eps=0.3, steps=1, seed=s)):
+        a, b, c = make(0)(model, x, y), make(0)(model, x, y), make(1)(model, x, y)
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_model_mode_and_parameters_untouched():
+    model = nn.Sequential(nn.Linear(12, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model.train()
+    x, y = data()
+    before = model[1].running_mean.clone()
+    attacks.PGD(eps=0.3, steps=3)(model, x, y)
+    assert model.training and torch.equal(before, model[1].running_mean)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: attacks.PGD(eps=-0.1), "eps"),
+    (lambda: attacks.PGD(eps=float("nan")), "eps"),
+    (lambda: attacks.FGSM(eps=True), "eps"),
+    (lambda: attacks.PGD(eps=0.1, norm="l1"), "norm"),
+    (lambda: attacks.PGD(eps=0.1, steps=0), "steps"),
+    (lambda: attacks.PGD(eps=0.1, step_size=-1.0), "step_size"),
+    (lambda: attacks.GaussianNoise(eps=0.1, clamp=(1.0, 0.0)), "clamp"),
+    (lambda: attacks.GaussianNoise(eps=0.1, seed="a"), "seed"),
+])
+def test_bad_configuration(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_robust_accuracy_arguments():
+    model = small_classifier()
+    x, y = data()
+    att = attacks.FGSM(eps=0.1)
+    with pytest.raises(ValueError, match="sequence"):
+        attacks.robust_accuracy(model, (x, y), att, eps=0.1)
+    with pytest.raises(ValueError, match="eps"):
+        attacks.robust_accuracy(model, (x, y), att, eps=[0.1, -1.0])
+    with pytest.raises(ValueError, match="data"):
+        attacks.robust_accuracy(model, (x, y[:3]), att, eps=[0.1])
+    with pytest.raises(TypeError, match="Attack"):
+        attacks.robust_accuracy(model, (x, y), lambda m, a, b: a, eps=[0.1])
+    with pytest.raises(ValueError, match="same length"):
+        att(model, x, y[:3])

@@ -1,0 +1,374 @@
+"""clipkit.lipschitz against exact values: spectral norms, dense convolution matrices,
+dense Jacobians, breakpoints of 1-D ReLU nets, finite differences."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from clipkit import lipschitz
+
+ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+FAST = dict(pairs=32, steps=20, restarts=1, directions=2)  # cheap bracket settings for tests
+
+
+def sigma_max(J: torch.Tensor) -> torch.Tensor:
+    """Largest singular value by SVD (independent of the library's Gram-matrix route)."""
+    return torch.linalg.matrix_norm(J.to(torch.float64), ord=2)
+
+
+def dense_jacobians(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, out, in) Jacobians in float64, one output at a time with plain autograd."""
+    m = lipschitz._float64(model)
+    x = x.to(torch.float64).requires_grad_(True)
+    y = m(x).reshape(len(x), -1)
+    rows = [torch.autograd.grad(y[:, k].sum(), x, retain_graph=True)[0].reshape(len(x), -1)
+            for k in range(y.shape[1])]
+    return torch.stack(rows, 1)
+
+
+def conv_dense(conv: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+    """The matrix of a bias-free linear layer on `shape`, built by applying it to the basis."""
+    n = math.prod(shape)
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
+    m = lipschitz._float64(conv)
+    if getattr(m, "bias", None) is not None:
+        m.bias.zero_()
+    with torch.no_grad():
+        return m(basis).reshape(n, -1).T
+
+
+def tiny_mlp(seed: int, act: str, d_in: int = 5) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, 8), ACTS[act](), nn.Linear(8, 6), ACTS[act](),
+                         nn.Linear(6, 3))
+
+
+def tiny_cnn(seed: int, act: str) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, stride=1, padding=1), ACTS[act](),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), ACTS[act](),
+        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 3),
+    )
+
+
+# ----------------------------------------------------------------------------- exact oracles
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (3, 12), (10, 10)])
+def test_linear_map_lower_and_upper_equal_spectral_norm(shape):
+    torch.manual_seed(0)
+    lin = nn.Linear(shape[1], shape[0])
+    true = float(sigma_max(lin.weight.detach()))
+    b = lipschitz.bracket(lin, torch.randn(64, shape[1]), **FAST)
+    assert b.lower == pytest.approx(true, rel=1e-4)
+    assert b.upper == pytest.approx(true, rel=1e-4)
+    assert lipschitz.exact(lin).value == pytest.approx(true, rel=1e-10)
+    assert lipschitz.exact(lin).kind == "exact"
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (1, 1, 1), (2, 1, 1),
+                                                     (2, 0, 1), (3, 2, 1), (1, 2, 2)])
+def test_conv2d_layer_norm_equals_dense_operator(stride, padding, dilation):
+    torch.manual_seed(stride * 10 + padding + 100 * dilation)
+    conv = nn.Conv2d(3, 4, 3, stride=stride, padding=padding, dilation=dilation)
+    shape = (3, 9, 8)  # 216 inputs: more than the Lanczos iterations, so not trivially exact
+    true = float(sigma_max(conv_dense(conv, shape)))
+    (lb,) = lipschitz.layer_norms(conv, shape, iters=100)
+    assert lb.estimate == pytest.approx(true, rel=1e-3)
+    assert lb.bound >= true * (1 - 1e-9)  # certified margin keeps it above
+    assert lb.bound <= true * 1.01
+    # with overlapping windows the reshaped-kernel norm is a different number, so the test can
+    # tell the true operator from it (with stride = kernel the operator is block diagonal and
+    # the two coincide)
+    kernel = float(sigma_max(conv.weight.detach().reshape(4, -1)))
+    if stride < 3:
+        assert abs(kernel - true) / true > 1e-3
+
+
+@pytest.mark.parametrize("pool", [nn.AvgPool2d(3, stride=1, padding=1),
+                                  nn.AvgPool2d(2, stride=2, ceil_mode=True)])
+def test_avgpool_layer_norm_equals_dense_operator(pool):
+    shape = (2, 7, 7)
+    true = float(sigma_max(conv_dense(pool, shape)))
+    (lb,) = lipschitz.layer_norms(pool, shape, iters=100)
+    assert lb.estimate == pytest.approx(true, rel=1e-3)
+    assert lb.bound >= true * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("pool,expected", [
+    (nn.MaxPool2d(2), 1.0),                          # non-overlapping windows
+    (nn.MaxPool2d(3, stride=1), 3.0),                # 9 windows cover the centre pixels
+    (nn.MaxPool2d(3, stride=2, padding=1), 2.0),     # overlaps of 2 per axis
+    (nn.MaxPool2d(2, stride=1, dilation=2), 2.0),
+])
+def test_maxpool_constant_is_attained(pool, expected):
+    shape = (1, 8, 8)
+    (lb,) = lipschitz.layer_norms(pool, shape)
+    assert lb.bound == pytest.approx(expected)
+    # attained by x = 0, x' = e_i (pool(0) = 0): the constant is exact, not just a bound
+    n = math.prod(shape)
+    basis = torch.eye(n).reshape(n, *shape)
+    attained = pool(basis).reshape(n, -1).norm(dim=1).max()
+    assert float(attained) == pytest.approx(lb.bound)
+
+
+def test_batchnorm_eval_is_affine_with_its_scale():
+    torch.manual_seed(1)
+    bn = nn.BatchNorm1d(4)
+    bn.running_var.uniform_(0.1, 3.0)
+    bn.running_mean.normal_()
+    bn.weight.data.normal_()
+    (lb,) = lipschitz.layer_norms(bn, (4,))
+    bn64 = lipschitz._float64(bn)
+    J = torch.func.jacrev(lambda v: bn64(v[None])[0])(torch.zeros(4, dtype=torch.float64))
+    assert lb.bound == pytest.approx(float(sigma_max(J)), rel=1e-12)
+    assert bn.training  # the caller's mode is restored
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_bracket_contains_dense_jacobian_norms(seed, kind):
+    act = list(ACTS)[seed % 3]
+    model = tiny_mlp(seed, act) if kind == "mlp" else tiny_cnn(seed, act)
+    shape = (5,) if kind == "mlp" else (1, 8, 8)
+    g = torch.Generator().manual_seed(1000 + seed)
+    x = torch.randn(32, *shape, generator=g)
+    b = lipschitz.bracket(model, x, seed=seed, **FAST)
+    # an independent, larger sample at several scales: every Jacobian norm is <= Lip <= upper
+    x_big = torch.cat([torch.randn(400, *shape, generator=g) * s for s in (0.3, 1.0, 3.0)])
+    assert float(sigma_max(dense_jacobians(model, x_big)).max()) <= b.upper
+    assert b.lower >= float(sigma_max(dense_jacobians(model, x)).max()) * (1 - 1e-6)
+    assert b.lower <= b.upper
+    if kind == "mlp":
+        merged = [e for e in b.estimates if e.method.startswith("merged")]
+        product = [e for e in b.estimates if e.method.startswith("product")]
+        assert merged and merged[0].value <= product[0].value
+
+
+def one_hidden_relu(seed: int, width: int = 12) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(1, width), nn.ReLU(), nn.Linear(width, 2))
+
+
+def breakpoint_lipschitz(net: nn.Module, a: float, b: float) -> float:
+    """Independent oracle for W2 relu(w1 t + b1) + b2: kinks at t = -b1/w1, slope W2 (w1 * mask)."""
+    w1 = net[0].weight.detach().double()[:, 0]
+    b1 = net[0].bias.detach().double()
+    W2 = net[2].weight.detach().double()
+    kinks = sorted(float(t) for t in -b1 / w1 if a < t < b)
+    edges = [a, *kinks, b]
+    best = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        mid = (lo + hi) / 2
+        active = (w1 * mid + b1 > 0).double()
+        best = max(best, float((W2 @ (w1 * active)).norm()))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_exact_relu_1d_matches_breakpoints_and_lies_in_bracket(seed):
+    net = one_hidden_relu(seed)
+    kinks = (-net[0].bias / net[0].weight[:, 0]).detach()
+    a, b = float(kinks.min()) - 1.0, float(kinks.max()) + 1.0  # every piece: global Lip
+    oracle = breakpoint_lipschitz(net, a, b)
+    ex = lipschitz.exact(net, (a, b))
+    assert ex.kind == "exact"
+    assert ex.value == pytest.approx(oracle, rel=1e-9)
+    x = torch.linspace(a, b, 64).reshape(-1, 1)
+    br = lipschitz.bracket(net, x, seed=seed, **FAST)
+    assert br.lower <= ex.value * (1 + 1e-9)
+    assert ex.value <= br.upper
+    # a sub-interval with fewer pieces is handled too
+    mid = (a + b) / 2
+    assert lipschitz.exact(net, (a, mid)).value == pytest.approx(
+        breakpoint_lipschitz(net, a, mid), rel=1e-9)
+
+
+def test_exact_deep_piecewise_linear_agrees_with_fine_differences():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(1, 10), nn.LeakyReLU(0.1), nn.Linear(10, 10), nn.ReLU(),
+                        nn.Linear(10, 1))
+    ex = lipschitz.exact(net, (-3.0, 3.0))
+    t = torch.linspace(-3, 3, 200_001, dtype=torch.float64)
+    with torch.no_grad():
+        y = lipschitz._float64(net)(t[:, None])[:, 0]
+    fd = ((y[1:] - y[:-1]) / (t[1:] - t[:-1])).abs().max()
+    assert ex.value >= float(fd) * (1 - 1e-9)  # no difference quotient exceeds the exact value
+    assert ex.value == pytest.approx(float(fd), rel=1e-6)  # and the steepest piece is seen
+
+
+def test_exact_smooth_1d_is_a_grid_value():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1))
+    ex = lipschitz.exact(net, (-2.0, 2.0), grid_points=20_001)
+    assert ex.kind == "grid" and "not a certificate" in ex.method
+    t = torch.linspace(-2, 2, 4001, dtype=torch.float64)
+    with torch.no_grad():
+        y = lipschitz._float64(net)(t[:, None])[:, 0]
+    fd = ((y[1:] - y[:-1]) / (t[1:] - t[:-1])).abs().max()
+    assert ex.value == pytest.approx(float(fd), rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- estimators
+
+
+def finite_difference_jacobian(model: nn.Module, x0: torch.Tensor, h: float = 1e-6):
+    m = lipschitz._float64(model)
+    x0 = x0.double()
+    cols = []
+    with torch.no_grad():
+        for i in range(x0.numel()):
+            e = torch.zeros_like(x0).reshape(-1)
+            e[i] = h
+            e = e.reshape(x0.shape)
+            cols.append(((m(x0[None] + e) - m(x0[None] - e)) / (2 * h)).reshape(-1))
+    return torch.stack(cols, 1)
+
+
+@pytest.mark.parametrize("method", ["dense", "power"])
+def test_jacobian_norms_agree_with_finite_differences(method):
+    model = tiny_cnn(7, "tanh").double()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    est = lipschitz.jacobian_norms(model, x, method=method, iters=300,
+                                   generator=torch.Generator().manual_seed(0))
+    fd = torch.stack([sigma_max(finite_difference_jacobian(model, xi)) for xi in x])
+    torch.testing.assert_close(est, fd, rtol=1e-6, atol=0)
+
+
+def test_quotient_search_improves_on_its_start_and_is_reproducible():
+    model = tiny_mlp(5, "sigmoid")
+    x = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
+    q0, _, _ = lipschitz.quotient_search(model, x, pairs=16, steps=0, restarts=1,
+                                         generator=torch.Generator().manual_seed(0))
+    q1, u, v = lipschitz.quotient_search(model, x, pairs=16, steps=50, restarts=1,
+                                         generator=torch.Generator().manual_seed(0))
+    q2, _, _ = lipschitz.quotient_search(model, x, pairs=16, steps=50, restarts=1,
+                                         generator=torch.Generator().manual_seed(0))
+    assert q1 > q0 and q1 == q2
+    with torch.no_grad():
+        m = lipschitz._float64(model)
+        u, v = u.double(), v.double()
+        direct = (m(u[None]) - m(v[None])).norm() / (u - v).norm()
+    assert q1 == pytest.approx(float(direct), rel=1e-12)
+
+
+def test_bracket_repr_and_provenance():
+    model = tiny_mlp(0, "relu")
+    b = lipschitz.bracket(model, torch.randn(16, 5), seed=3, **FAST)
+    text = repr(b)
+    assert "lower=" in text and "upper=" in text and "adversarial quotient search" in text
+    assert b.lower_by.kind == "lower" and b.upper_by.kind == "upper"
+    assert b.lower_by.seed == 3 or b.lower_by.method == "max Jacobian spectral norm"
+    assert {e.method for e in b.estimates} >= {
+        "adversarial quotient search", "max Jacobian spectral norm",
+        "random-perturbation quotients", "product of layer norms"}
+    assert b.ratio == pytest.approx(b.upper / b.lower)
+    assert b.lower == max(e.value for e in b.estimates if e.kind == "lower")
+
+
+def test_bracket_is_seeded():
+    model = tiny_cnn(2, "relu")
+    x = torch.randn(8, 1, 8, 8)
+    b1 = lipschitz.bracket(model, x, seed=11, **FAST)
+    b2 = lipschitz.bracket(model, x, seed=11, **FAST)
+    assert b1.lower == b2.lower and b1.upper == b2.upper
+
+
+def test_bracket_chunks_give_the_same_values():
+    model = tiny_mlp(9, "tanh")
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(2))
+    sig_a = lipschitz.jacobian_norms(model, x, batch_size=7)
+    sig_b = lipschitz.jacobian_norms(model, x, batch_size=64)
+    torch.testing.assert_close(sig_a, sig_b)
+
+
+def test_nested_sequential_and_batchnorm_bracket():
+    torch.manual_seed(8)
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.LeakyReLU(-1.5)),
+        nn.MaxPool2d(3, stride=1), nn.Dropout(0.5), nn.Flatten(), nn.Linear(2 * 4 * 4, 2),
+    )
+    model[0][1].running_var.uniform_(0.2, 2.0)
+    x = torch.randn(16, 1, 6, 6)
+    b = lipschitz.bracket(model, x, **FAST)
+    names = [lb.name for lb in b.layers]
+    assert names[:3] == ["0.0", "0.1", "0.2"]
+    assert [lb.bound for lb in b.layers if lb.module == "LeakyReLU"] == [1.5]
+    x_big = torch.randn(500, 1, 6, 6) * 2
+    assert float(sigma_max(dense_jacobians(model, x_big)).max()) <= b.upper
+    assert b.lower <= b.upper
+    assert model.training  # restored
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_bracket_on_gpu_matches_cpu():
+    model = tiny_cnn(0, "relu")
+    x = torch.randn(16, 1, 8, 8)
+    cpu = lipschitz.bracket(model, x, **FAST)
+    gpu = lipschitz.bracket(model.cuda(), x.cuda(), **FAST)
+    assert gpu.upper == pytest.approx(cpu.upper, rel=1e-3)
+    assert gpu.lower <= gpu.upper
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.lin(x) + x
+
+
+def test_unsupported_module_is_named():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Softmax(dim=1))
+    with pytest.raises(lipschitz.UnsupportedModuleError, match=r"1 \(Softmax\)"):
+        lipschitz.bracket(model, torch.randn(4, 3))
+    with pytest.raises(lipschitz.UnsupportedModuleError, match="GELU"):
+        lipschitz.layer_norms(nn.Sequential(nn.GELU()), (3,))
+
+
+def test_custom_container_is_an_error_not_a_wrong_bound():
+    with pytest.raises(lipschitz.UnsupportedModuleError, match="Custom"):
+        lipschitz.bracket(nn.Sequential(Custom()), torch.randn(4, 3))
+
+
+def test_batchnorm_without_running_stats_is_an_error():
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3, track_running_stats=False))
+    with pytest.raises(lipschitz.UnsupportedModuleError, match="track_running_stats"):
+        lipschitz.layer_norms(model, (3,))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(batch_size=0), "batch_size"),
+    (dict(pairs=0), "pairs"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        lipschitz.bracket(tiny_mlp(0, "relu"), torch.randn(4, 5), **kwargs)
+
+
+def test_bad_samples_and_intervals():
+    with pytest.raises(ValueError, match="batch dimension"):
+        lipschitz.bracket(tiny_mlp(0, "relu"), torch.randn(5))
+    net = one_hidden_relu(0)
+    for bad in [None, (1.0, 1.0), (0.0, math.inf), (2.0, 1.0)]:
+        with pytest.raises(ValueError, match="interval"):
+            lipschitz.exact(net, bad)
+    with pytest.raises(ValueError, match="1-D input"):
+        lipschitz.exact(tiny_mlp(0, "relu"), (0.0, 1.0))
+
+
+def test_auto_switches_to_power_iteration_for_large_jacobians():
+    model = tiny_mlp(6, "sigmoid").double()
+    x = torch.randn(10, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    dense = lipschitz.jacobian_norms(model, x, method="dense")
+    power = lipschitz.jacobian_norms(model, x, max_dense=1, iters=200,
+                                     generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(power, dense, rtol=1e-7, atol=0)
+    assert (power <= dense * (1 + 1e-12)).all()  # power iteration approaches from below

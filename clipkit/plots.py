@@ -196,7 +196,7 @@ def regression_fits(ds: xr.Dataset) -> plt.Figure:
     ax.scatter(ds.x, ds.y, s=8, color="0.6", label="training data")
     ax.plot(ds.x_grid, ds.target, "k:", lw=1, label="target 1 + sin 2πx + x²")
     for i, m in enumerate(ds.method.values):
-        d = ds.sel(method=m)
+        d = ds.sel({"method": m})
         if "seed" in d.dims:
             d = d.isel(seed=0)
         label = (f"{m}: test MSE {float(d.test_mse):.3f}, "

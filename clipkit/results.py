@@ -40,6 +40,7 @@ __all__ = [
     "record_failure",
     "save",
     "load",
+    "check_engine",
     "status_of",
     "open_sweep",
     "to_json",
@@ -256,6 +257,18 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def check_engine() -> None:
+    """Raise ImportError, saying what to install, when the netCDF engine cannot write files."""
+    import importlib.util
+
+    missing = [m for m in ("h5netcdf", "h5py") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"clipkit.results writes netCDF with {ENGINE}, which needs "
+            f"{' and '.join(missing)}: pip install {' '.join(missing)}"
+        )
 
 
 def save(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:

@@ -41,6 +41,7 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
 import site
 import sys
 import time
@@ -454,6 +455,10 @@ def validate(spec: Spec, points: Sequence[Point] | None = None) -> None:
         for v in values:
             _check_value(nb, name, v, declared[name], "grid")
     _check_kernel(spec.kernel)
+    try:
+        results.check_engine()  # else every point would run, then fail to write its result
+    except ImportError as exc:
+        raise SweepError(str(exc)) from None
     for p in points or []:  # values already checked; this guards hand-made points
         unknown = set(p.params) - set(declared)
         if unknown:
@@ -653,17 +658,19 @@ def gpu_for_worker(slot: int, gpus: Sequence[str]) -> str | None:
 
 
 def visible_gpus() -> list[str]:
-    """The GPU ids the workers may use: CUDA_VISIBLE_DEVICES, else torch's device count."""
+    """The GPU ids the workers may use: CUDA_VISIBLE_DEVICES, else torch's device count.
+
+    torch (seconds to import) is asked only where an NVIDIA driver is installed.
+    """
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    if "torch" not in sys.modules:  # importing torch only to count GPUs is slow; only if cheap
-        with contextlib.suppress(Exception):
-            import torch
-
-            return [str(i) for i in range(torch.cuda.device_count())]
+    if "torch" not in sys.modules and shutil.which("nvidia-smi") is None:
         return []
-    torch = sys.modules["torch"]
+    try:
+        import torch
+    except ImportError:
+        return []
     return [str(i) for i in range(torch.cuda.device_count())]
 
 

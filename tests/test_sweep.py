@@ -98,6 +98,19 @@ def test_yaml_is_read_safely(tmp_path):
         sweep.load_spec(spec)
 
 
+def test_parameters_reach_the_notebook_as_values_never_code():
+    import ast
+
+    from papermill.translators import translate_parameters
+
+    evil = {"s": 'x"; import os; os.system("echo pwned") #\\', "t": "a\\\"\nb", "n": None,
+            "d": {"k'": [1.5, True]}}
+    source = translate_parameters("python3", "python", evil)
+    tree = ast.parse(source)
+    assert all(isinstance(node, ast.Assign) for node in tree.body)  # nothing but a = literal
+    assert {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body} == evil
+
+
 def test_dry_run_lists_points_and_writes_nothing(tmp_path, capsys):
     spec = write_spec(
         tmp_path,
@@ -205,7 +218,8 @@ def test_dask_local_cluster_gives_the_same_dataset(local_2x2, tmp_path):
     spec, local = local_2x2
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                       dashboard_address=None) as cluster:
-        remote = sweep.run(spec, scheduler=cluster, out=tmp_path / "dask", progress=False)
+        remote = sweep.run(spec, scheduler=cluster.scheduler_address,  # as --scheduler does
+                           out=tmp_path / "dask", progress=False)
     assert len(remote.done) == 4
     per_run = ["wall_time"]  # the only thing that may differ: how long each point took
     xr.testing.assert_identical(remote.dataset.drop_vars(per_run),

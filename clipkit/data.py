@@ -243,7 +243,8 @@ def train_test(
         idx = torch.randperm(len(part[1]), generator=torch.Generator().manual_seed(seed + offset))
         return part[0][idx[:n]], part[1][idx[:n]]
 
+    sizes = (len(train[1]), len(test[1]))
     train, test = subset(train, n_train, 1), subset(test, n_test, 2)
-    if n_train is not None or n_test is not None:
+    if (len(train[1]), len(test[1])) != sizes:
         source += f"; seeded subsets: {len(train[1])} train, {len(test[1])} test"
     return train, test, source

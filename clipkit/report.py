@@ -274,12 +274,23 @@ def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
         sections["tradeoff"] = table
         sections["tradeoff_source"] = str(to.attrs.get("data_source", ""))
 
-    sources = sorted({str(d.attrs.get("data_source")) for d in (tb, g97, to)
-                      if d is not None and d.attrs.get("data_source")})
+    sources = sorted(_data_sources(runs, ("table", "table_goal97", "tradeoff")))
     report = paper / "README.md"
     report.write_text(_report(sections, made, paper, profile, device, commands or {},
                               timings or {}, total_seconds, rows_all, sources, data))
     return report
+
+
+def _data_sources(runs: Path, names: Sequence[str]) -> set[str]:
+    """The ``data_source`` sentences of the run files (combining drops differing attrs)."""
+    found = set()
+    for name in names:
+        for path in sorted((runs / name / "points").glob("*.nc")):
+            with xr.open_dataset(path, engine=results.ENGINE) as ds:
+                text = ds.attrs.get("data_source")
+            if text:
+                found.add(str(text))
+    return found
 
 
 def _report(sections, made, paper, profile, device, commands, timings, total, rows, sources,

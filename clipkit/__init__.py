@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from . import attacks, data, lipschitz, models, schedules, theory  # noqa: E402
+from . import attacks, data, lipschitz, models, notebook, schedules, theory  # noqa: E402
 from .clip import CLIP  # noqa: E402
 from .path import fit_path  # noqa: E402
 from .regularizers import (  # noqa: E402
@@ -40,6 +40,7 @@ __all__ = [
     "fit_path",
     "lipschitz",
     "models",
+    "notebook",
     "schedules",
     "theory",
 ]

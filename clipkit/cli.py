@@ -1,4 +1,4 @@
-"""The ``clipkit`` command line: ``clipkit sweep SPEC.yaml ...``.
+"""The ``clipkit`` command line: ``clipkit sweep SPEC.yaml ...``, ``clipkit reproduce``.
 
 Each subcommand is one entry of :data:`COMMANDS`: a help line, a function that adds its
 arguments to a parser, and a function that runs it and returns the exit status.
@@ -49,9 +49,23 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _reproduce_arguments(p: argparse.ArgumentParser) -> None:
+    from clipkit import reproduce
+
+    reproduce.add_arguments(p)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from clipkit import reproduce
+
+    return reproduce.run(args)
+
+
 COMMANDS: dict[str, Command] = {
     "sweep": Command("run a notebook over a parameter grid with papermill",
                      _sweep_arguments, _sweep),
+    "reproduce": Command("run every paper/ sweep (quick profile) and rebuild the report",
+                         _reproduce_arguments, _reproduce),
 }
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "mnist",
     "regression",
     "regression_target",
+    "train_test",
 ]
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -191,3 +192,59 @@ def mnist(train: bool = True, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
 def fashion_mnist(train: bool = True, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST as (x, y); see :func:`load`."""
     return load("fashion-mnist", train, **kwargs)
+
+
+def train_test(
+    name: str,
+    *,
+    root: str | os.PathLike | None = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    split: float = 0.8,
+    download: bool = True,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], str]:
+    """Train and test data of MNIST / Fashion-MNIST, and a sentence saying what they are.
+
+    The official splits when their files are there (or can be downloaded). When only the
+    **test** split is available (MNIST on machines without internet: its training images
+    are not shipped offline), the 10,000 test images are split by a seeded permutation
+    into a training part (``split``, 8,000 by default) and a test part (the rest), and
+    the returned sentence says so: report it with the results.
+
+    ``n_train`` / ``n_test`` keep seeded random subsets of the two parts.
+    """
+    key = _check_name(name)
+    try:
+        train = load(key, True, root=root, download=download)
+        test = load(key, False, root=root, download=download)
+        source = f"{key}: official train ({len(train[1])}) / test ({len(test[1])}) split"
+    except DataNotFoundError as exc:
+        try:
+            x, y = load(key, False, root=root, download=False)
+        except DataNotFoundError:
+            raise exc from None
+        if not 0 < split < 1:
+            raise ValueError(f"train_test: split must be in (0, 1), got {split!r}") from None
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        cut = int(round(split * len(y)))
+        train, test = (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
+        source = (
+            f"{key}: training images not available, so the official TEST split (10,000 "
+            f"images) was split by a seeded permutation (seed {seed}) into {cut} training "
+            f"and {len(y) - cut} test images"
+        )
+
+    def subset(part, n, offset):
+        if n is None or n >= len(part[1]):
+            return part
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"train_test: sizes must be positive ints or None, got {n!r}")
+        idx = torch.randperm(len(part[1]), generator=torch.Generator().manual_seed(seed + offset))
+        return part[0][idx[:n]], part[1][idx[:n]]
+
+    sizes = (len(train[1]), len(test[1]))
+    train, test = subset(train, n_train, 1), subset(test, n_test, 2)
+    if (len(train[1]), len(test[1])) != sizes:
+        source += f"; seeded subsets: {len(train[1])} train, {len(test[1])} test"
+    return train, test, source

@@ -247,6 +247,11 @@ def _with_encoded_attrs(ds: xr.Dataset) -> xr.Dataset:
     out.attrs = _encode_attrs(ds.attrs)
     for name in list(out.variables):
         out[name].attrs = _encode_attrs(ds[name].attrs)
+        if out[name].dtype.kind in "UO":
+            # a string variable loaded from a file keeps that file's fixed width (e.g. <U4
+            # for "clip") in its encoding; after a merge with longer strings ("standard")
+            # writing with it would truncate them, so strings are written at their own width
+            out[name].encoding.pop("dtype", None)
     return out
 
 

@@ -141,3 +141,15 @@ def test_open_sweep_names_what_is_missing(tmp_path):
         results.open_sweep(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="no result files"):
         results.open_sweep(tmp_path)
+
+
+def test_combined_strings_of_different_lengths_survive_a_round_trip(tmp_path):
+    # each run file stores its string coordinate at its own width ("clip": <U4); combining
+    # and saving again must not cut "weight_decay" to four characters
+    for i, m in enumerate(["clip", "weight_decay"]):
+        ds = results.stamp(xr.Dataset({"v": ((), float(i))}), {"method": m})
+        results.save(ds, tmp_path / f"{m}.nc")
+    combined = results.open_sweep(tmp_path)
+    results.save(combined, tmp_path / "out" / "combined.nc")
+    again = results.load(tmp_path / "out" / "combined.nc")
+    assert sorted(again.method.values) == ["clip", "weight_decay"]

@@ -1,0 +1,315 @@
+"""The figures, as functions of result Datasets (matplotlib; each returns its Figure).
+
+Every function takes the Dataset a notebook wrote (or a sweep's combined Dataset) and
+draws from its variables only, so a figure can be regenerated from the result file alone.
+:func:`save` writes a figure as PNG and PDF (what the paper pipeline does).
+
+* theory (``lambda_to_constant.ipynb``): :func:`theory_fits`, :func:`theory_lipschitz`,
+  :func:`theory_distance`, :func:`theory_power`;
+* regression (``regression.ipynb``): :func:`regression_fits`;
+* classification (``classification.ipynb``, one run or a sweep): :func:`robustness`,
+  :func:`history`, :func:`tradeoff`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+
+__all__ = [
+    "save",
+    "theory_fits",
+    "theory_lipschitz",
+    "theory_distance",
+    "theory_power",
+    "regression_fits",
+    "robustness",
+    "history",
+    "tradeoff",
+    "ATTACK_LABELS",
+]
+
+ATTACK_LABELS = {
+    "noise": "Gaussian noise (σ)",
+    "fgsm": "FGSM (ℓ∞ ε)",
+    "pgd_l2": "PGD-ℓ2 (ε)",
+    "pgd_linf": "PGD-ℓ∞ (ε)",
+}
+_FLOOR = 1e-4  # Lipschitz constants below this are drawn at it (log axes have no 0)
+
+
+def save(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 110) -> list[Path]:
+    """Write ``fig`` as ``path.png`` and ``path.pdf`` (any suffix of ``path`` is replaced)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in (".png", ".pdf"):
+        target = path.with_suffix(ext)
+        fig.savefig(target, dpi=dpi, bbox_inches="tight", metadata=_metadata(ext))
+        out.append(target)
+    return out
+
+
+def _metadata(ext: str) -> dict:
+    # no creation dates: regenerated figures differ only when their content does
+    return {"CreationDate": None} if ext == ".pdf" else {"Software": None}
+
+
+def _pick(values: Sequence[float], k: int) -> list[int]:
+    """Indices of up to ``k`` values spread evenly over a grid."""
+    n = len(values)
+    if n <= k:
+        return list(range(n))
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, k)})
+
+
+def _power(ds: xr.Dataset, power: int) -> xr.Dataset:
+    if "power" in ds.dims:
+        if power not in ds.power.values:
+            raise ValueError(f"no power {power} in the result (it has {list(ds.power.values)})")
+        return ds.sel(power=power)
+    return ds
+
+
+# --------------------------------------------------------------------------- theory
+
+
+def theory_fits(ds: xr.Dataset, power: int = 1, n_lam: int = 4) -> plt.Figure:
+    """Fits over x at several λ: exact minimisers, CLIP networks, weight-regularized networks.
+
+    The label mean ȳ (CLIP's limit) and 0 (weight regularization's limit) are drawn.
+    """
+    d = _power(ds, power)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    xg = d.x_grid.values
+    ymean = float(d.label_mean)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, n_lam))
+    for ax, var, title in ((axes[0], "exact_f", "exact minimiser"),
+                           (axes[1], "clip_f", f"CLIP network (p = {power})")):
+        for c, i in zip(colors, _pick(d.lam.values, n_lam), strict=False):
+            rel = float(d.lam_rel[i])
+            ax.plot(xg, d[var].isel(lam=i), color=c, label=f"λ = {rel:g} λ*")
+        ax.set_title(title)
+    for c, i in zip(colors, _pick(d.wd_lam.values, n_lam), strict=False):
+        axes[2].plot(xg, d.wd_f.isel(wd_lam=i), color=c, label=f"λ = {float(d.wd_lam[i]):g}")
+    axes[2].set_title("weight regularization λ‖θ‖²")
+    for ax in axes:
+        ax.scatter(d.x, d.y, s=8, color="0.6", zorder=0, label="data")
+        ax.axhline(ymean, color="C3", ls="--", lw=1, label="label mean ȳ")
+        ax.axhline(0.0, color="k", ls=":", lw=0.8)
+        ax.set_xlabel("x")
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("f(x)")
+    fig.suptitle("As λ grows, CLIP tends to the label mean; weight regularization to 0")
+    fig.tight_layout()
+    return fig
+
+
+def theory_lipschitz(ds: xr.Dataset, power: int = 1) -> plt.Figure:
+    """Lip(f_λ) against λ (log-log) with the rate bound, λ* and L* marked."""
+    d = _power(ds, power)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    lam = d.lam.values
+    ax.loglog(lam, np.maximum(d.exact_lip, _FLOOR), "o-", label="exact minimiser")
+    ax.loglog(lam, np.maximum(d.clip_lip, _FLOOR), "s--", label="CLIP network (exact Lip)")
+    bound = "E(ȳ)/λ" if power == 1 else "sqrt(E(ȳ)/λ)"
+    ax.loglog(lam, d.rate_bound, "k-", lw=1, label=f"rate bound {bound}")
+    ax.loglog(lam, np.maximum(d.rate_bound_sharp, _FLOOR), "k:", lw=1,
+              label="(E(ȳ) − E(f_λ))/λ, exact f_λ" if power == 1 else "sharp bound, exact f_λ")
+    ax.axhline(float(d.L_star), color="C2", lw=0.8, ls="-.", label="L* (interpolation)")
+    if power == 1:
+        ax.axvline(float(d.lam_star), color="C3", lw=1, ls="--", label="λ*")
+    ax.set_ylim(bottom=_FLOOR * 0.5)
+    ax.set_xlabel("λ")
+    ax.set_ylabel("Lip(f_λ)")
+    ax.set_title(f"Lipschitz constant against λ (p = {power}); values < {_FLOOR:g} drawn at it",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def theory_distance(ds: xr.Dataset, power: int = 1) -> plt.Figure:
+    """Distance sup|f_λ − ȳ| / label spread against λ/λ*: the collapse at λ*; and weight
+    regularization, whose network approaches 0 rather than ȳ."""
+    d = _power(ds, power)
+    spread = float(d.label_spread)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    rel = d.lam_rel.values
+    ax.semilogx(rel, d.exact_dist / spread, "o-", label="exact minimiser")
+    ax.semilogx(rel, d.clip_dist / spread, "s--", label="CLIP network")
+    ax.axvline(1.0, color="C3", ls="--", lw=1, label="λ = λ*")
+    ax.axhline(0.05, color="0.5", ls=":", lw=1, label="5 % of the spread")
+    ax.set_xlabel("λ / λ*")
+    ax.set_ylabel("sup |f_λ(x) − ȳ| / spread(y)")
+    ax.set_title(f"distance to the optimal constant (p = {power})")
+    ax.legend(fontsize=8)
+    bx.semilogx(d.wd_lam, d.wd_dist / spread, "o-", label="to ȳ (label mean)")
+    bx.semilogx(d.wd_lam, d.wd_dist_zero / spread, "s--", label="to 0 (zero network)")
+    bx.set_xlabel("λ (weight regularization λ‖θ‖²)")
+    bx.set_ylabel("sup distance / spread(y)")
+    bx.set_title("weight regularization tends to the zero network")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def theory_power(ds: xr.Dataset) -> plt.Figure:
+    """Power 1 against power 2: Lip(f_λ) and the distance to ȳ against λ/λ*."""
+    if "power" not in ds.dims or ds.sizes["power"] < 2:
+        raise ValueError("theory_power needs a result with powers 1 and 2")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    rel = ds.lam_rel.values
+    spread = float(ds.label_spread)
+    for i, p in enumerate(ds.power.values):
+        d = ds.sel(power=p)
+        ax.loglog(rel, np.maximum(d.exact_lip, _FLOOR), "o-", color=f"C{i}", label=f"exact, p={p}")
+        ax.loglog(rel, np.maximum(d.clip_lip, _FLOOR), "s--", color=f"C{i}", label=f"CLIP, p={p}")
+        ax.loglog(rel, d.rate_bound, ":", color=f"C{i}", lw=1, label=f"rate bound, p={p}")
+        bx.semilogx(rel, d.exact_dist / spread, "o-", color=f"C{i}", label=f"exact, p={p}")
+        bx.semilogx(rel, d.clip_dist / spread, "s--", color=f"C{i}", label=f"CLIP, p={p}")
+    for a in (ax, bx):
+        a.axvline(1.0, color="C3", ls="--", lw=1)
+        a.set_xlabel("λ / λ*  (λ* of p = 1)")
+        a.legend(fontsize=7)
+    ax.set_ylim(bottom=_FLOOR * 0.5)
+    ax.set_ylabel("Lip(f_λ)")
+    ax.set_title("p = 1 reaches the constant at λ*; p = 2 only decays like λ^(−1/2)", fontsize=9)
+    bx.set_ylabel("sup |f_λ − ȳ| / spread(y)")
+    bx.set_title("distance to the optimal constant", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- regression
+
+
+def regression_fits(ds: xr.Dataset) -> plt.Figure:
+    """Fits of each method over x with the data and the noise-free target; test errors
+    and Lipschitz brackets in the legend."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.scatter(ds.x, ds.y, s=8, color="0.6", label="training data")
+    ax.plot(ds.x_grid, ds.target, "k:", lw=1, label="target 1 + sin 2πx + x²")
+    for i, m in enumerate(ds.method.values):
+        d = ds.sel({"method": m})
+        if "seed" in d.dims:
+            d = d.isel(seed=0)
+        label = (f"{m}: test MSE {float(d.test_mse):.3f}, "
+                 f"Lip ∈ [{float(d.lip_lower):.2f}, {float(d.lip_upper):.2f}]")
+        ax.plot(ds.x_grid, d.f, color=f"C{i}", label=label)
+    ax.axhline(float(ds.label_mean), color="C3", ls="--", lw=0.8, label="label mean")
+    ax.set_xlabel("x")
+    ax.set_ylabel("f(x)")
+    ax.set_title("1-D nonlinear regression")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def _series(ds: xr.Dataset, var: str, keep: Sequence[str]) -> list[tuple[str, xr.DataArray]]:
+    """Split ``ds[var]`` into labelled lines over the dims not in ``keep`` (NaN lines dropped).
+
+    Seeds are averaged; other dims (method, lam, last_activation, ...) label the lines.
+    """
+    da = ds[var]
+    if "seed" in da.dims:
+        da = da.mean("seed")
+    other = [d for d in da.dims if d not in keep]
+    if not other:
+        return [("", da)]
+    stacked = da.stack(_line=other)
+    lines = []
+    for k in range(stacked.sizes["_line"]):
+        line = stacked.isel(_line=k)
+        if bool(np.isnan(line.values).all()):
+            continue
+        label = ", ".join(f"{_short(d)}={_fmt(line[d].item())}" for d in other)
+        lines.append((label, line.drop_vars(["_line", *other], errors="ignore")))
+    return lines
+
+
+def _short(dim: str) -> str:
+    return {"last_activation": "sigmoid on logits", "lam": "λ"}.get(dim, dim)
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def robustness(ds: xr.Dataset, attacks: Sequence[str] | None = None) -> plt.Figure:
+    """Accuracy under attack against ε, one panel per attack, one line per configuration."""
+    attacks = list(ds.attack.values) if attacks is None else list(attacks)
+    fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3.6), squeeze=False)
+    for ax, att in zip(axes[0], attacks, strict=True):
+        sub = ds.sel(attack=att)
+        for label, line in _series(sub, "robust_acc", ["eps"]):
+            ok = ~np.isnan(line.values)
+            ax.plot(line.eps.values[ok], line.values[ok], "o-", ms=3, label=label)
+        ax.set_title(ATTACK_LABELS.get(str(att), str(att)), fontsize=9)
+        ax.set_xlabel("ε")
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def history(ds: xr.Dataset, var: str = "test_acc") -> plt.Figure:
+    """A history variable (default test accuracy) against the epoch, one line per configuration."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for label, line in _series(ds, var, ["epoch"]):
+        ax.plot(line.epoch, line, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(var)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff(ds: xr.Dataset, attack: str = "pgd_l2", eps: float | None = None) -> plt.Figure:
+    """The accuracy–robustness–Lipschitz trade-off as λ varies.
+
+    Left: clean accuracy and accuracy under ``attack`` at ``eps`` (default: the largest
+    ε) against λ. Right: the Lipschitz bracket [lower, upper] against λ (log scale).
+    """
+    if "lam" not in ds.dims:
+        raise ValueError("tradeoff needs a result over λ (a 'lam' dimension)")
+    sub = ds.sel(attack=attack)
+    eps = float(sub.eps.max()) if eps is None else float(eps)
+    sub = sub.sel(eps=eps, method="nearest")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    lam = ds.lam.values
+    xs = np.where(lam > 0, lam, np.nan)
+    pos = lam[lam > 0]
+    zero_at = pos.min() / 3 if len(pos) else 1.0  # λ = 0 drawn left of the smallest λ
+    xs = np.where(lam > 0, lam, zero_at)
+    for i, (label, line) in enumerate(_series(ds, "clean_acc", ["lam"])):
+        ok = ~np.isnan(line.values)
+        ax.semilogx(xs[ok], line.values[ok], "o-", color=f"C{i}", label=f"clean {label}")
+    for i, (label, line) in enumerate(_series(sub, "robust_acc", ["lam"])):
+        ok = ~np.isnan(line.values)
+        ax.semilogx(xs[ok], line.values[ok], "s--", color=f"C{i}",
+                    label=f"{ATTACK_LABELS.get(attack, attack)} = {eps:g} {label}")
+    for i, (label, line) in enumerate(_series(ds, "lip_lower", ["lam"])):
+        ok = ~np.isnan(line.values)
+        bx.loglog(xs[ok], line.values[ok], "o-", color=f"C{i}", label=f"lower {label}")
+    for i, (label, line) in enumerate(_series(ds, "lip_upper", ["lam"])):
+        ok = ~np.isnan(line.values)
+        bx.loglog(xs[ok], line.values[ok], "v:", color=f"C{i}", label=f"upper {label}")
+    for a in (ax, bx):
+        a.set_xlabel("λ (λ = 0 drawn at the far left)")
+        a.legend(fontsize=6)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    bx.set_ylabel("Lipschitz bracket")
+    fig.suptitle("Accuracy, robustness and Lipschitz constant as λ varies")
+    fig.tight_layout()
+    return fig

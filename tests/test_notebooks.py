@@ -33,6 +33,7 @@ def execute(name: str, out: Path, **params) -> Path:
         str(NOTEBOOKS / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
         parameters={**params, "result_path": str(result)}, kernel_name="python3",
         progress_bar=False, cwd=str(NOTEBOOKS),
+        execution_timeout=600,  # a stalled kernel fails the test instead of hanging the suite
     )
     return result
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import contextvars
 import hashlib
 import itertools
 import json
@@ -707,13 +708,25 @@ def _dask_client(scheduler: Any) -> tuple[Any, bool]:
     )
 
 
+def run_point_in_fresh_context(task: Task) -> Outcome:
+    """``run_point`` in an empty ``contextvars`` context.
+
+    A dask worker thread runs tasks in a copy of its own context, where jupyter_core may
+    already have recorded an event loop (a ContextVar) that is running in another thread;
+    papermill would then fail with "This event loop is already running". An empty context
+    makes it create a loop of its own.
+    """
+    return contextvars.Context().run(run_point, task)
+
+
 def _dask_futures(tasks: Sequence[Task], scheduler: Any) -> Iterator[tuple[Task, Any]]:
     from dask.distributed import as_completed as dask_completed
 
     client, owned = _dask_client(scheduler)
     try:
         futures = {
-            client.submit(run_point, t, key=f"clipkit-sweep-{t.point.name}-{os.getpid()}",
+            client.submit(run_point_in_fresh_context, t,
+                          key=f"clipkit-sweep-{t.point.name}-{os.getpid()}",
                           pure=False): t
             for t in tasks
         }

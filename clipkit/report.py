@@ -33,8 +33,14 @@ ROW_NAMES = {"standard": "none", "weight_decay": "weight decay", "clip": "CLIP (
 
 
 def _load(runs: Path, name: str) -> xr.Dataset | None:
+    """A sweep's combined result, or None when it is missing or has no finished point."""
     path = runs / name / results.COMBINED_NAME
-    return results.load(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    ds = results.load(path)
+    if "status" in ds.variables and not bool((ds["status"] == "done").any()):
+        return None
+    return ds
 
 
 def _first_seed(ds: xr.Dataset) -> xr.Dataset:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "activation", "cnn", "mlp"]
+__all__ = ["ACTIVATIONS", "activation_module", "cnn", "mlp"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -17,7 +17,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def activation(name: str) -> nn.Module:
+def activation_module(name: str) -> nn.Module:
     """The activation module called ``name`` (relu, sigmoid, tanh)."""
     try:
         return ACTIVATIONS[str(name).lower()]()
@@ -55,7 +55,7 @@ def mlp(
     sizes = list(sizes)
     if len(sizes) < 2 or not all(isinstance(s, int) and s > 0 for s in sizes):
         raise ValueError(f"mlp: sizes must be >= 2 positive ints, got {sizes!r}")
-    act = globals()["activation"]
+    act = activation_module
     act(activation)  # validate the name before building anything
     layers: list[nn.Module] = []
     with _seeded(seed):
@@ -81,7 +81,7 @@ def cnn(
     linear 100 → act → linear ``num_classes``. No batch norm, so it trains the same
     one model at a time and as a vectorised λ-path.
     """
-    act = globals()["activation"]
+    act = activation_module
     act(activation)
     if image_size % 4:
         raise ValueError(f"cnn: image_size must be a multiple of 4, got {image_size}")

@@ -20,17 +20,16 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .models import _seeded
-from .regularizers import Method, Standard
+from .regularizers import Method
 from .schedules import check_lam
 from .train import (
     NonFiniteLossError,
     TrainSetup,
     _positive_int,
-    check_data,
     history_dataset,
-    infer_task,
+    place_data,
+    plan_run,
     provenance,
-    resolve_device,
     seeds_for,
     train_loop,
 )
@@ -93,9 +92,11 @@ def fit_path(
     as variables ``param_<name>`` over (lam, seed, …) (see :func:`model_at`).
     ``max_models`` splits the K copies into chunks trained one after another (memory).
     """
-    method = Standard() if method is None else method
-    if not isinstance(method, Method):
-        raise TypeError(f"method must be a clipkit method (ck.CLIP, ...), got {method!r}")
+    setup, x, y = plan_run(
+        method, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+        momentum=momentum, device=device, task=task, progress=progress, desc="fit_path",
+    )
+    method, task = setup.method, setup.task
     if not method.vectorizable:
         raise ValueError(
             f"{method.name} cannot be trained as a vectorised path (it changes the model's "
@@ -108,16 +109,6 @@ def fit_path(
         seeds_for(s)
     if max_models is not None:
         max_models = _positive_int(max_models, "max_models")
-    x, y = check_data(data)
-    task = infer_task(y, task)
-    if method.schedule.needs_accuracy and task != "classification":
-        raise ValueError(f"{type(method.schedule).__name__} needs a classification task")
-    setup = TrainSetup(
-        method=method, epochs=_positive_int(epochs, "epochs"),
-        batch_size=_positive_int(batch_size, "batch_size"), optimizer=optimizer, lr=lr,
-        momentum=momentum, task=task, device=resolve_device(device), progress=bool(progress),
-        desc=f"fit_path {method.name}",
-    )
     copies = list(itertools.product(lams, seeds))
     chunk = max_models or len(copies)
     t0 = time.perf_counter()
@@ -171,12 +162,7 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup):
     def forward(xk: Tensor) -> Tensor:
         return batched(params, buffers, xk)
 
-    xd = x.to(device, dtype)
-    yd = y.to(device, dtype if setup.task == "regression" else torch.long)
-    testd = None
-    if test is not None:
-        tx, ty = check_data(test, "test")
-        testd = (tx.to(device, dtype), ty.to(device, yd.dtype))
+    xd, yd, testd = place_data(setup, dtype, x, y, test)
     lam = torch.tensor([c[0] for c in copies], dtype=dtype, device=device)
     try:
         hist = train_loop(

@@ -24,7 +24,10 @@ from torch import nn
 from .models import _seeded
 from .regularizers import Method, Run, Standard, Step
 
-__all__ = ["NonFiniteLossError", "TrainSetup", "fit", "resolve_device", "train_loop"]
+__all__ = [
+    "NonFiniteLossError", "TrainSetup", "fit", "place_data", "plan_run", "resolve_device",
+    "train_loop",
+]
 
 Tensor = torch.Tensor
 OPTIMIZERS = ("sgd", "adam")
@@ -327,6 +330,49 @@ def history_dataset(arrays: dict[str, np.ndarray], lead_dims: dict[str, Sequence
     return xr.Dataset(data, coords=coords)
 
 
+def plan_run(
+    method: Method | None, data, *, epochs: int, batch_size: int, optimizer: str, lr: float,
+    momentum: float, device: str | torch.device, task: str, progress: bool, desc: str,
+) -> tuple[TrainSetup, Tensor, Tensor]:
+    """Validate what ``fit`` and ``fit_path`` share; return the set-up and the data (x, y)."""
+    method = Standard() if method is None else method
+    if not isinstance(method, Method):
+        raise TypeError(
+            f"method must be a clipkit method (ck.CLIP, ck.Standard, ck.WeightDecay, ...), "
+            f"got {method!r}"
+        )
+    x, y = check_data(data)
+    task = infer_task(y, task)
+    if method.schedule.needs_accuracy and task != "classification":
+        raise ValueError(f"{type(method.schedule).__name__} needs a classification task")
+    setup = TrainSetup(
+        method=method,
+        epochs=_positive_int(epochs, "epochs"),
+        batch_size=_positive_int(batch_size, "batch_size"),
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        task=task,
+        device=resolve_device(device),
+        progress=bool(progress),
+        desc=f"{desc} {method.name}",
+    )
+    return setup, x, y
+
+
+def place_data(
+    setup: TrainSetup, dtype: torch.dtype, x: Tensor, y: Tensor,
+    test: tuple[Tensor, Tensor] | None,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """x, y and test data on the device: inputs in the model's dtype, labels as the task needs."""
+    x = x.to(setup.device, dtype)
+    y = y.to(setup.device, dtype if setup.task == "regression" else torch.long)
+    if test is not None:
+        tx, ty = check_data(test, "test")
+        test = (tx.to(setup.device, dtype), ty.to(setup.device, y.dtype))
+    return x, y, test
+
+
 def fit(
     model: nn.Module,
     data: tuple[Tensor, Tensor],
@@ -352,36 +398,15 @@ def fit(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    method = Standard() if method is None else method
-    if not isinstance(method, Method):
-        raise TypeError(
-            f"method must be a clipkit method (ck.CLIP, ck.Standard, ck.WeightDecay, ...), "
-            f"got {method!r}"
-        )
-    x, y = check_data(data)
-    task = infer_task(y, task)
-    if method.schedule.needs_accuracy and task != "classification":
-        raise ValueError(f"{type(method.schedule).__name__} needs a classification task")
-    setup = TrainSetup(
-        method=method,
-        epochs=_positive_int(epochs, "epochs"),
-        batch_size=_positive_int(batch_size, "batch_size"),
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        task=task,
-        device=resolve_device(device),
-        progress=bool(progress),
-        desc=f"fit {method.name}",
+    setup, x, y = plan_run(
+        method, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+        momentum=momentum, device=device, task=task, progress=progress, desc="fit",
     )
+    method, task = setup.method, setup.task
     with _seeded(seeds_for(seed)[1]):  # a method's own random set-up (spectral norm's u)
         model = method.prepare(model).to(setup.device)
     dtype = next(model.parameters()).dtype
-    x = x.to(setup.device, dtype)
-    y = y.to(setup.device, dtype if task == "regression" else torch.long)
-    if test is not None:
-        tx, ty = check_data(test, "test")
-        test = (tx.to(setup.device, dtype), ty.to(setup.device, y.dtype))
+    x, y, test = place_data(setup, dtype, x, y, test)
 
     def forward(xk: Tensor) -> Tensor:
         out = model(xk.reshape(-1, *xk.shape[2:]))

@@ -8,9 +8,7 @@ since torch's SGD and Adam act elementwise, its own optimizer state in effect.
 
 from __future__ import annotations
 
-import json
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -291,17 +289,10 @@ def _check_output(out: Tensor, y: Tensor, task: str) -> None:
 
 
 def provenance(device: torch.device, config: dict, wall_time: float, status: str) -> dict:
-    from . import __version__
+    """The run's provenance attrs (clipkit.results' schema)."""
+    from .results import provenance as run_provenance
 
-    return {
-        "clipkit_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "device": str(device),
-        "config": json.dumps(config, default=str),
-        "wall_time": float(wall_time),
-        "status": status,
-    }
+    return run_provenance(config, device=str(device), wall_time=wall_time, status=status)
 
 
 DESCRIPTIONS = {

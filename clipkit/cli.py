@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-__all__ = ["main", "COMMANDS", "Command"]
+__all__ = ["main", "COMMANDS", "Command", "positive_int", "EXIT_INTERRUPTED"]
+
+EXIT_INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 class Command(NamedTuple):
@@ -23,10 +25,21 @@ class Command(NamedTuple):
     run: Callable[[argparse.Namespace], int]
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``--workers``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number (1, 2, ...)")
+    return value
+
+
 def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="the sweep's YAML file (notebook, grid, fixed, profiles)")
     p.add_argument("--profile", help="a profile of the spec, e.g. quick or full")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="local worker processes (default: one per GPU, at least 1)")
     p.add_argument("--out", help="output folder (default: the spec's 'out', or runs/SPEC)")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -46,6 +59,13 @@ def _sweep(args: argparse.Namespace) -> int:
     except sweep.SweepError as exc:
         print(f"clipkit sweep: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. the disk filled up while writing combined.nc
+        print(f"clipkit sweep: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("clipkit sweep: interrupted; run the same command again to resume "
+              "(finished points are skipped)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 1 if summary.failed else 0
 
 

@@ -18,8 +18,9 @@ import contextlib
 import json
 import os
 import platform
+import secrets
 import sys
-import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +43,8 @@ __all__ = [
     "load",
     "check_engine",
     "status_of",
+    "read_error",
+    "move_aside",
     "open_sweep",
     "to_json",
 ]
@@ -54,6 +57,7 @@ COMBINED_NAME = "combined.nc"
 SWEPT_ATTR = "swept"  # JSON list of the scalar coordinates that become dimensions on combine
 _JSON_ATTRS = "clipkit_json_attrs"  # names of attrs that save() stored as JSON
 _TMP_SUFFIX = ".tmp"
+UNREADABLE_SUFFIX = "unreadable"  # bad result files are renamed NAME.nc.unreadable-DATE
 
 
 # --------------------------------------------------------------------------- provenance
@@ -276,33 +280,63 @@ def check_engine() -> None:
         )
 
 
+def _create_temporary(folder: Path, name: str) -> Path:
+    """A new empty file ``.NAME.<random>.tmp`` in ``folder``, created with mode 0o666.
+
+    Not ``tempfile.mkstemp``: it creates files with mode 0o600, so a result renamed into
+    place would be unreadable to the rest of a group on a shared filesystem. Opening with
+    ``O_CREAT | O_EXCL`` and mode 0o666 lets the process umask decide, as for any new file.
+    """
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary file name for {name!r} in {str(folder)!r}")
+
+
 def save(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     """Write ``ds`` to netCDF at ``path`` atomically; return the path.
 
     The data go to a temporary file in the same folder, which is flushed to disk and then
     renamed over ``path`` (``os.replace``): a reader, or a sweep killed mid-write, sees the
-    old file or the new one, never half a file. A failed write removes the temporary file
-    and leaves ``path`` as it was.
+    old file or the new one, never half a file. A failed write (disk full, no permission)
+    removes the temporary file, leaves ``path`` as it was and raises an OSError naming
+    ``path``. The file gets the permissions of any new file (mode 0o666 less the umask).
     """
     path = Path(path)
     if not str(path) or path.is_dir():
         raise ValueError(f"result path {str(path)!r} must name a file, e.g. 'run.nc'")
     folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     encoded = _with_encoded_attrs(ds)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    os.close(fd)
+    tmp: Path | None = None
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temporary(folder, path.name)
         encoded.to_netcdf(tmp, engine=ENGINE)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        message = f"cannot write result file {str(path)!r}: {exc.strerror or exc}"
+        if exc.errno is None:
+            raise OSError(message) from exc
+        raise OSError(exc.errno, message) from exc  # e.g. PermissionError for EACCES
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
     _fsync_dir(folder)
     return path
+
+
+def _remove(tmp: Path | None) -> None:
+    if tmp is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def load(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -322,6 +356,36 @@ def status_of(path: str | os.PathLike[str]) -> str | None:
     except (OSError, ValueError):  # missing, truncated or not netCDF
         return None
     return str(status) if status is not None else None
+
+
+def read_error(path: str | os.PathLike[str]) -> str:
+    """Why the result file ``path`` cannot be read in full; "" when it can.
+
+    Every variable is read (a truncated file may still open), so this costs a full load.
+    """
+    try:
+        load(path)
+    except Exception as exc:  # h5py, h5netcdf and xarray raise several kinds for bad files
+        text = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return ""
+
+
+def move_aside(path: str | os.PathLike[str]) -> Path:
+    """Rename a bad result file to ``NAME.nc.unreadable-<date-time>`` beside it; return that.
+
+    The new name does not end in ``.nc``, so no sweep combines or skips it, and nothing
+    is deleted: the file stays there for inspection.
+    """
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.{UNREADABLE_SUFFIX}-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{UNREADABLE_SUFFIX}-{stamp}-{n}")
+    os.replace(path, target)
+    return target
 
 
 # --------------------------------------------------------------------------- combining

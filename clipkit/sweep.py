@@ -11,6 +11,7 @@ A sweep is a small YAML file (read with ``yaml.safe_load``)::
     batch: [lam]                     # optional: lam's whole list goes to each run, whose
                                      # Dataset already has a `lam` dimension
     timeout: 600                     # optional: seconds a notebook cell may run
+    start_timeout: 120               # optional: seconds a kernel may take to start
     profiles:                        # optional: override grid/fixed/timeout by name
       quick: {fixed: {epochs: 2}, grid: {seed: [0]}}
       full: {fixed: {epochs: 100}}
@@ -27,6 +28,25 @@ failed record (its error text) and the others go on. The sweep ends by writing
 
 Points run in a local process pool (spawned processes; with several GPUs each worker
 sees its own through ``CUDA_VISIBLE_DEVICES``), or on a dask.distributed cluster.
+
+**Relative paths** mean what the user meant, although each kernel runs in its notebook's
+folder: paths written in a spec file (``notebook``, ``out`` and path parameters) are
+relative to the spec file; in a spec given as a mapping, and on the command line
+(``--out``), relative to the current folder. A *path parameter* is one whose name is
+``path``, ``dir``, ``root``, ``file`` or ``folder`` or ends in ``_path``, ``_dir``,
+``_root``, ``_file`` or ``_folder`` (``data_root``, ``log_dir``, ...); its non-empty
+string values (or lists of them) are made absolute (``~`` expanded; values with ``://``
+are left alone). The environment variables ``CLIPKIT_DATA`` and ``CLIPKIT_RUNS`` are
+made absolute before any kernel starts. The absolute values are what the points get,
+and what their result files record (``config``, ``environment`` attrs).
+
+**Faults.** Kernels use IPC sockets and a kernel that fails to start is retried (see
+:mod:`clipkit.kernels`); each retry is logged and recorded in the point's result
+(attrs ``attempts``, ``kernel_retries``). One sweep at a time may use an output folder
+(a lock file, ``OUT/.sweep.lock``). A result file that cannot be read is reported,
+renamed ``NAME.nc.unreadable-DATE`` (kept, not deleted) and its point recomputed. A
+result that cannot be written (disk full, no permission) fails its point with an
+error naming the file, and leaves no partial file.
 """
 
 from __future__ import annotations
@@ -54,7 +74,7 @@ from typing import Any
 
 import xarray as xr
 
-from clipkit import results
+from clipkit import kernels, results
 
 __all__ = [
     "SweepError",
@@ -73,13 +93,17 @@ log = logging.getLogger("clipkit.sweep")
 
 SPEC_KEYS = {
     "notebook", "grid", "fixed", "batch", "profiles", "timeout", "kernel", "out",
-    "allow_nan", "result_param", "description",
+    "allow_nan", "result_param", "description", "start_timeout",
 }
 PROFILE_KEYS = {"grid", "fixed", "timeout", "description"}
 POINTS_DIR = "points"
 LOG_NAME = "sweep.log"
 WORKER_LOG = "workers.log"
+LOCK_NAME = ".sweep.lock"
 POINT_ATTR = "sweep_point"  # JSON of the parameters a finished result file was computed with
+ENV_ATTR = "environment"  # JSON of the path environment variables the kernel got
+PATH_ENV = ("CLIPKIT_DATA", "CLIPKIT_RUNS")  # made absolute for the kernels
+PATH_WORDS = ("path", "dir", "root", "file", "folder")  # path parameters: NAME or *_NAME
 DEFAULT_KERNEL = "python3"
 DEFAULT_RESULT_PARAM = "result_path"
 _VALUE_TYPES = (str, int, float, bool, type(None), list, dict)
@@ -107,6 +131,8 @@ class Spec:
     out: Path | None = None
     profile: str | None = None
     name: str = "sweep"
+    start_timeout: float = kernels.DEFAULT_START_TIMEOUT
+    source: Path | None = None  # the spec file, when read from one
 
 
 @dataclass(frozen=True)
@@ -180,24 +206,60 @@ def _timeout(where: str, raw: Any) -> float | None:
     return float(raw)
 
 
+def is_path_parameter(name: str) -> bool:
+    """Whether a parameter holds a path, by its name: ``data_root``, ``log_dir``, ``path``."""
+    return any(name == w or name.endswith(f"_{w}") for w in PATH_WORDS)
+
+
+def _absolute(base: Path, value: Any) -> Any:
+    """A path parameter's value made absolute against ``base`` (strings, lists of them)."""
+    if isinstance(value, list):
+        return [_absolute(base, v) for v in value]
+    if not isinstance(value, str) or not value or "://" in value:
+        return value
+    return os.path.normpath(base / Path(value).expanduser())
+
+
+@contextlib.contextmanager
+def _naming(source: Path | None) -> Iterator[None]:
+    """Prefix the errors raised inside with the spec file they are about."""
+    try:
+        yield
+    except SweepError as exc:
+        if source is None or str(exc).startswith(f"{source}:"):
+            raise
+        raise SweepError(f"{source}: {exc}") from None
+
+
 def load_spec(
     spec_or_path: str | os.PathLike[str] | Mapping[str, Any],
     profile: str | None = None,
 ) -> Spec:
     """Read a sweep spec (a YAML file, or a mapping) and apply a profile.
 
-    A mapping's relative paths are taken from the current folder; a file's from its folder.
+    A mapping's relative paths are taken from the current folder; a file's from its folder
+    (``notebook``, ``out`` and path parameters, see :func:`is_path_parameter`).
     A profile's ``grid``/``fixed`` entries replace the spec's (a name may move between them).
+    Errors about a file start with its path.
     """
     if isinstance(spec_or_path, Mapping):
-        raw, base, name = dict(spec_or_path), Path.cwd(), "sweep"
-    else:
-        path = Path(spec_or_path)
-        if not path.is_file():
-            raise SweepError(f"sweep spec {str(path)!r} does not exist")
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml_safe_load(fh.read(), str(path))
-        base, name = path.resolve().parent, path.stem
+        return _load_spec(dict(spec_or_path), Path.cwd(), "sweep", None, profile)
+    path = Path(spec_or_path)
+    if not path.is_file():
+        what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
+        raise SweepError(f"sweep spec {str(path)!r} {what}")
+    with _naming(path):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SweepError(f"cannot read the file: {exc}") from None
+        raw = yaml_safe_load(text, str(path))
+        return _load_spec(raw, path.resolve().parent, path.stem, path, profile)
+
+
+def _load_spec(
+    raw: dict[str, Any], base: Path, name: str, source: Path | None, profile: str | None
+) -> Spec:
     _check_keys("sweep spec", raw, SPEC_KEYS)
     if "notebook" not in raw:
         raise SweepError("sweep spec: 'notebook' is required (a path to a .ipynb file)")
@@ -238,9 +300,21 @@ def load_spec(
     allow_nan = raw.get("allow_nan", False)
     if not isinstance(allow_nan, bool):
         raise SweepError(f"'allow_nan' must be true or false, got {allow_nan!r}")
+    start_timeout = _timeout("start_timeout", raw.get("start_timeout"))
+    for k in list(grid):
+        if is_path_parameter(k):
+            grid[k] = [_absolute(base, v) for v in grid[k]]
+    for k in list(fixed):
+        if is_path_parameter(k):
+            fixed[k] = _absolute(base, fixed[k])
     out = raw.get("out")
+    if out is not None and not isinstance(out, str):
+        raise SweepError(f"'out' must be a folder path (a string), got {out!r}")
+    notebook = raw["notebook"]
+    if not isinstance(notebook, str) or not notebook:
+        raise SweepError(f"'notebook' must be a path to a .ipynb file, got {notebook!r}")
     return Spec(
-        notebook=(base / str(raw["notebook"])).resolve(),
+        notebook=(base / Path(notebook).expanduser()).resolve(),
         grid=grid,
         fixed=fixed,
         batch=tuple(batch),
@@ -248,9 +322,11 @@ def load_spec(
         kernel=raw.get("kernel", DEFAULT_KERNEL),
         result_param=raw.get("result_param", DEFAULT_RESULT_PARAM),
         allow_nan=allow_nan,
-        out=(base / str(out)).resolve() if out is not None else None,
+        out=(base / Path(out).expanduser()).resolve() if out is not None else None,
         profile=profile,
         name=name,
+        start_timeout=start_timeout or kernels.DEFAULT_START_TIMEOUT,
+        source=source,
     )
 
 
@@ -261,10 +337,25 @@ def yaml_safe_load(text: str, where: str) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SweepError(f"{where} is not valid YAML: {exc}") from None
+        raise SweepError(f"{where}: not valid YAML{_yaml_where(exc)}") from None
     if not isinstance(raw, dict):
-        raise SweepError(f"{where} must hold a mapping (notebook, grid, fixed, ...)")
+        raise SweepError(
+            f"{where}: must hold a mapping (notebook: ..., grid: ..., fixed: ...), "
+            f"got {type(raw).__name__} {raw!r:.60}"
+        )
     return raw
+
+
+def _yaml_where(exc: Exception) -> str:
+    """``, line L, column C: problem`` from a YAML error (its own text names no file)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or ""
+    context = getattr(exc, "context", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    text = problem + (f" ({context})" if context and problem else context or "")
+    if not text:  # e.g. a constructor error for a tag the safe loader refuses
+        text = str(exc).strip().splitlines()[0]
+    return f"{where}: {text}"
 
 
 # --------------------------------------------------------------------------- points
@@ -492,6 +583,8 @@ class Task:
     timeout: float | None
     allow_nan: bool
     batch: tuple[str, ...]
+    start_timeout: float = kernels.DEFAULT_START_TIMEOUT
+    env: tuple[tuple[str, str], ...] = ()  # environment variables the kernel gets
 
     @property
     def partial(self) -> str:
@@ -507,6 +600,8 @@ class Outcome:
     status: str
     error: str = ""
     wall_time: float = float("nan")
+    attempts: int = 1
+    retried: tuple[str, ...] = ()  # transient kernel failures that were retried
 
 
 def _kernel_pythonpath() -> str | None:
@@ -524,13 +619,28 @@ def _kernel_pythonpath() -> str | None:
 
 
 def _prepare_kernel_env() -> None:
+    """PYTHONPATH for kernels: this clipkit first, and every entry absolute.
+
+    A kernel runs in its notebook's folder, where a relative entry (``PYTHONPATH=.``)
+    would name another folder than the user meant.
+    """
     root = _kernel_pythonpath()
-    if root is None:
-        return
     current = os.environ.get("PYTHONPATH", "")
-    parts = [p for p in current.split(os.pathsep) if p]
-    if not parts or parts[0] != root:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in parts if p != root]])
+    parts = [os.path.abspath(p) for p in current.split(os.pathsep) if p]
+    if root is not None:
+        parts = [root, *[p for p in parts if p != root]]
+    if parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+
+
+def kernel_environment() -> dict[str, str]:
+    """The path variables of :data:`PATH_ENV` that are set, made absolute (``~`` expanded).
+
+    Computed by the runner, where a relative value means what the user meant; the
+    kernels, which run in their notebook's folder, get these values.
+    """
+    return {k: os.path.abspath(os.path.expanduser(os.environ[k]))
+            for k in PATH_ENV if os.environ.get(k)}
 
 
 def is_finished(result: str | os.PathLike[str], point: Point) -> bool:
@@ -543,14 +653,7 @@ def is_finished(result: str | os.PathLike[str], point: Point) -> bool:
     return attrs.get("status") == results.STATUS_DONE and attrs.get(POINT_ATTR) == point.key
 
 
-def _error_text(exc: BaseException) -> str:
-    ename = getattr(exc, "ename", None)  # papermill's PapermillExecutionError
-    if ename is not None:
-        cell = getattr(exc, "exec_count", None)
-        where = f" (In [{cell}])" if cell is not None else ""
-        return f"{ename}: {getattr(exc, 'evalue', '')}{where}"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+_error_text = kernels.error_text
 
 
 def _check_result(task: Task) -> tuple[xr.Dataset | None, str]:
@@ -579,6 +682,15 @@ def _check_result(task: Task) -> tuple[xr.Dataset | None, str]:
     return ds, ""
 
 
+def _run_attrs(task: Task, execution: kernels.Execution) -> dict[str, Any]:
+    """What the runner records about how a point ran: attempts, retries, environment."""
+    return {
+        "attempts": execution.attempts,
+        "kernel_retries": json.dumps(execution.retried),
+        ENV_ATTR: json.dumps(dict(task.env), sort_keys=True),
+    }
+
+
 def _finalize(ds: xr.Dataset, task: Task, wall: float) -> xr.Dataset:
     """Stamp what the sweep knows onto the notebook's result: coordinates, provenance."""
     attrs = dict(ds.attrs)
@@ -602,38 +714,44 @@ def _finalize(ds: xr.Dataset, task: Task, wall: float) -> xr.Dataset:
 def run_point(task: Task) -> Outcome:
     """Run one point through papermill and leave a done or failed result file.
 
-    Runs in a worker (process pool or dask); never raises for a failing notebook.
+    Runs in a worker (process pool or dask); never raises for a failing notebook. A
+    kernel that fails to start is retried (:func:`clipkit.kernels.execute`). A result
+    that cannot be written fails the point with an error naming the file.
     """
-    import papermill
-
     _prepare_kernel_env()
     start = time.perf_counter()
-    error = ""
-    try:
-        papermill.execute_notebook(
-            task.notebook,
-            task.output,
-            parameters={**task.point.params, task.result_param: task.partial},
-            kernel_name=task.kernel,
-            execution_timeout=task.timeout,
-            progress_bar=False,
-            log_output=False,
-            cwd=str(Path(task.notebook).parent),
+    with kernels.environ(dict(task.env)):
+        execution = kernels.execute(
+            task.notebook, task.output, {**task.point.params, task.result_param: task.partial},
+            kernel=task.kernel, cwd=str(Path(task.notebook).parent), timeout=task.timeout,
+            start_timeout=task.start_timeout,
         )
-    except Exception as exc:  # any failure of the notebook or its kernel is the point's
-        error = _error_text(exc)
     wall = time.perf_counter() - start
+    error = execution.error
     if not error:
         ds, error = _check_result(task)
         if ds is not None:
-            results.save(_finalize(ds, task, wall), task.result)
-            Path(task.partial).unlink()
-            return Outcome(task.point.name, results.STATUS_DONE, "", wall)
-    results.record_failure(task.result, task.point.swept, error,
-                           config=task.point.params, wall_time=wall)
+            final = _finalize(ds, task, wall)
+            final.attrs.update(_run_attrs(task, execution))
+            try:
+                results.save(final, task.result)
+            except OSError as exc:
+                error = str(exc)
+            else:
+                Path(task.partial).unlink()
+                return Outcome(task.point.name, results.STATUS_DONE, "", wall,
+                               execution.attempts, tuple(execution.retried))
+    failed = results.failure(task.point.swept, error, config=task.point.params, wall_time=wall)
+    failed.attrs.update(_run_attrs(task, execution))
+    try:
+        results.save(failed, task.result)
+    except OSError as exc:
+        if str(exc) != error:
+            error = f"{error}; the failure record could not be written either: {exc}"
     with contextlib.suppress(FileNotFoundError):
         Path(task.partial).unlink()
-    return Outcome(task.point.name, results.STATUS_FAILED, error, wall)
+    return Outcome(task.point.name, results.STATUS_FAILED, error, wall,
+                   execution.attempts, tuple(execution.retried))
 
 
 # --------------------------------------------------------------------------- executors
@@ -645,7 +763,7 @@ def _init_worker(slots: Any, gpus: Sequence[str], stderr_log: str) -> None:
     The kernels inherit this process's stderr; their chatter (and papermill's warnings)
     goes to ``OUT/workers.log`` instead of through the progress bar.
     """
-    fd = os.open(stderr_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(stderr_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # umask decides
     os.dup2(fd, 2)
     os.close(fd)
     gpu = gpu_for_worker(slots.get(), gpus)
@@ -689,9 +807,27 @@ def _local_futures(
         try:
             for fut in as_completed(futures):
                 yield futures[fut], fut
-        except BaseException:
+        except BaseException:  # Ctrl-C, or the caller stopped: stop the running points now
             pool.shutdown(wait=False, cancel_futures=True)
+            _kill_workers(pool)
             raise
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill a pool's worker processes; their kernels notice and exit within about 1 s.
+
+    Without this, leaving the pool waits for the running points to finish. Killed
+    workers write nothing more: their points have no result file (or a ``.part`` file,
+    removed by the next run) and are run again next time. ProcessPoolExecutor has
+    ``kill_workers`` from Python 3.14 only; before, its processes are in ``_processes``.
+    """
+    kill = getattr(pool, "kill_workers", None)
+    if kill is not None:
+        kill()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            proc.kill()
 
 
 def _dask_client(scheduler: Any) -> tuple[Any, bool]:
@@ -730,8 +866,13 @@ def _dask_futures(tasks: Sequence[Task], scheduler: Any) -> Iterator[tuple[Task,
                           pure=False): t
             for t in tasks
         }
-        for fut in dask_completed(list(futures)):
-            yield futures[fut], fut
+        try:
+            for fut in dask_completed(list(futures)):
+                yield futures[fut], fut
+        except BaseException:  # Ctrl-C, or the caller stopped: cancel what has not finished
+            with contextlib.suppress(Exception):
+                client.cancel(list(futures))
+            raise
     finally:
         if owned:
             client.close()
@@ -752,12 +893,20 @@ class Summary:
     wall_time: float = 0.0
     dataset: xr.Dataset | None = None
     combined: Path | None = None
+    retried: dict[str, list[str]] = field(default_factory=dict)  # transient kernel failures
+    unreadable: dict[str, str] = field(default_factory=dict)  # name: where it went, why
 
     def line(self) -> str:
         """One line: counts and time."""
+        extra = ""
+        if self.retried:
+            n = sum(len(v) for v in self.retried.values())
+            extra += f", {n} kernel start(s) retried"
+        if self.unreadable:
+            extra += f", {len(self.unreadable)} unreadable result(s) moved aside"
         return (
             f"{len(self.points)} points: {len(self.done)} done, {len(self.skipped)} skipped, "
-            f"{len(self.failed)} failed in {self.wall_time:.1f} s"
+            f"{len(self.failed)} failed{extra} in {self.wall_time:.1f} s"
         )
 
 
@@ -770,9 +919,11 @@ def _default_out(spec: Spec) -> Path:
 
 def _tasks(spec: Spec, points: Sequence[Point], out: Path) -> list[Task]:
     folder = out / POINTS_DIR
+    env = tuple(sorted(kernel_environment().items()))
     return [
         Task(p, str(spec.notebook), str(folder / f"{p.name}.ipynb"), str(folder / f"{p.name}.nc"),
-             spec.kernel, spec.result_param, spec.timeout, spec.allow_nan, spec.batch)
+             spec.kernel, spec.result_param, spec.timeout, spec.allow_nan, spec.batch,
+             spec.start_timeout, env)
         for p in points
     ]
 
@@ -782,6 +933,54 @@ def _remove_stale_temporaries(folder: Path) -> None:
     for tmp in [*folder.glob(".*.tmp"), *folder.glob("*.nc.part")]:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _existing(task: Task) -> tuple[str, str]:
+    """The state of a point's result file: missing, done, redo (failed or other
+    parameters) or unreadable (with the reason)."""
+    path = Path(task.result)
+    if not path.exists():
+        return "missing", ""
+    error = results.read_error(path)
+    if error:
+        return "unreadable", error
+    return ("done" if is_finished(path, task.point) else "redo"), ""
+
+
+@contextlib.contextmanager
+def lock_folder(folder: Path, what: str = "sweep") -> Iterator[None]:
+    """Hold ``folder/.sweep.lock`` (a ``filelock.FileLock``) while a sweep writes there.
+
+    A second sweep on the same folder gets a :class:`SweepError` at once instead of
+    writing into the same files; the lock goes with the process, even a killed one.
+    """
+    import filelock
+
+    lock_path = folder / LOCK_NAME
+    lock = filelock.FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise SweepError(
+            f"output folder {str(folder)!r} is in use by another {what} (it holds "
+            f"{lock_path.name}); wait for that one to finish, or choose another output folder"
+        ) from None
+    except OSError as exc:
+        raise SweepError(f"cannot lock output folder {str(folder)!r}: {exc}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _make_folder(folder: Path) -> None:
+    """Create an output folder, or raise a SweepError that says why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SweepError(
+            f"cannot create output folder {str(folder)!r}: {exc.strerror or exc}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -848,15 +1047,14 @@ def run(
     Raises:
         SweepError: an invalid spec or parameter, before anything runs or is written.
     """
-    from tqdm.auto import tqdm
-
     spec = load_spec(spec_or_path, profile)
-    points = plan(spec)
-    validate(spec, points)
+    with _naming(spec.source):
+        points = plan(spec)
+        validate(spec, points)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
         raise SweepError(f"workers must be a positive integer, got {workers!r}")
-    out_dir = Path(out).resolve() if out is not None else _default_out(spec)
+    out_dir = Path(out).expanduser().resolve() if out is not None else _default_out(spec)
     summary = Summary(out=out_dir, points=points)
     tasks = _tasks(spec, points, out_dir)
     if dry_run:
@@ -866,44 +1064,71 @@ def run(
         return summary
 
     start = time.perf_counter()
-    (out_dir / POINTS_DIR).mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir / POINTS_DIR)
-    with _logging_to(out_dir / LOG_NAME, verbose):
-        todo = []
-        for t in tasks:
-            if is_finished(t.result, t.point):
-                summary.skipped.append(t.point.name)
-            else:
-                todo.append(t)
-        n_workers = workers or max(1, len(visible_gpus()))
-        where = "dask" if scheduler is not None else f"{n_workers} local worker(s)"
-        log.info("sweep %s: %d points, %d to run on %s, %d already done -> %s",
-                 spec.name, len(points), len(todo), where, len(summary.skipped), out_dir)
-        if todo:
-            stream = (_dask_futures(todo, scheduler) if scheduler is not None
-                      else _local_futures(todo, min(n_workers, len(todo)), out_dir / WORKER_LOG))
-            bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="point",
-                       disable=not progress)
-            with bar:
-                for task, fut in stream:
-                    outcome = _outcome(task, fut)
-                    if outcome.status == results.STATUS_DONE:
-                        summary.done.append(outcome.name)
-                        log.info("done   %s (%.1f s)", _describe(task.point), outcome.wall_time)
-                    else:
-                        summary.failed[outcome.name] = outcome.error
-                        log.warning("FAILED %s (%.1f s): %s", _describe(task.point),
-                                    outcome.wall_time, outcome.error)
-                    bar.update()
-        finished = [Path(t.result) for t in tasks if Path(t.result).is_file()]
-        summary.dataset = results.combine([results.load(f) for f in finished],
-                                          [f.name for f in finished])
-        summary.combined = results.save(summary.dataset, out_dir / results.COMBINED_NAME)
-        summary.wall_time = time.perf_counter() - start
-        log.info("sweep %s: %s; combined -> %s", spec.name, summary.line(), summary.combined)
-        for name, err in summary.failed.items():
-            log.info("  failed %s: %s", name, err)
+    _make_folder(out_dir / POINTS_DIR)
+    with lock_folder(out_dir):
+        _remove_stale_temporaries(out_dir / POINTS_DIR)
+        with _logging_to(out_dir / LOG_NAME, verbose):
+            _run_tasks(spec, tasks, summary, workers, scheduler, progress)
+            finished = [Path(t.result) for t in tasks if Path(t.result).is_file()]
+            summary.dataset = results.combine([results.load(f) for f in finished],
+                                              [f.name for f in finished])
+            summary.combined = results.save(summary.dataset, out_dir / results.COMBINED_NAME)
+            summary.wall_time = time.perf_counter() - start
+            log.info("sweep %s: %s; combined -> %s", spec.name, summary.line(), summary.combined)
+            for name, err in summary.failed.items():
+                log.info("  failed %s: %s", name, err)
     return summary
+
+
+def _run_tasks(spec: Spec, tasks: Sequence[Task], summary: Summary, workers: int | None,
+               scheduler: Any, progress: bool) -> None:
+    """Sort out the existing result files, run the other points, log each outcome."""
+    from tqdm.auto import tqdm
+
+    todo = []
+    for t in tasks:
+        state, error = _existing(t)
+        if state == "done":
+            summary.skipped.append(t.point.name)
+            continue
+        if state == "unreadable":
+            moved = results.move_aside(t.result)
+            summary.unreadable[t.point.name] = f"moved to {moved.name}: {error}"
+            log.warning("UNREADABLE result %s (%s): moved to %s; the point runs again",
+                        Path(t.result).name, error, moved.name)
+        todo.append(t)
+    n_workers = workers or max(1, len(visible_gpus()))
+    where = "dask" if scheduler is not None else f"{n_workers} local worker(s)"
+    log.info("sweep %s: %d points, %d to run on %s, %d already done -> %s",
+             spec.name, len(summary.points), len(todo), where, len(summary.skipped), summary.out)
+    if not todo:
+        return
+    stream = (_dask_futures(todo, scheduler) if scheduler is not None
+              else _local_futures(todo, min(n_workers, len(todo)), summary.out / WORKER_LOG))
+    bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="point", disable=not progress)
+    try:
+        with bar:
+            for task, fut in stream:
+                outcome = _outcome(task, fut)
+                for i, err in enumerate(outcome.retried, start=1):
+                    log.warning("retry  %s: kernel start failed on attempt %d of %d (%s); "
+                                "ran again", _describe(task.point), i, outcome.attempts, err)
+                if outcome.retried:
+                    summary.retried[outcome.name] = list(outcome.retried)
+                if outcome.status == results.STATUS_DONE:
+                    summary.done.append(outcome.name)
+                    log.info("done   %s (%.1f s)", _describe(task.point), outcome.wall_time)
+                else:
+                    summary.failed[outcome.name] = outcome.error
+                    log.warning("FAILED %s (%.1f s): %s", _describe(task.point),
+                                outcome.wall_time, outcome.error)
+                bar.update()
+    except BaseException:
+        stream.close()  # stops the workers now, not when the generator is collected
+        log.warning("sweep %s interrupted: %d done, %d failed, %d not finished; rerun to "
+                    "resume (finished points are skipped)", spec.name, len(summary.done),
+                    len(summary.failed), len(todo) - len(summary.done) - len(summary.failed))
+        raise
 
 
 def _outcome(task: Task, fut: Any) -> Outcome:

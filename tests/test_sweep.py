@@ -87,7 +87,7 @@ def test_cli_reports_a_bad_parameter_and_exits_2(tmp_path, capsys):
     spec = write_spec(tmp_path, grid={"lam": [0.1], "seeds": [0]})
     assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "clipkit sweep: error: unknown parameter 'seeds'" in err
+    assert f"clipkit sweep: error: {spec}: unknown parameter 'seeds'" in err
     assert not (tmp_path / "out").exists()
 
 

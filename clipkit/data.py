@@ -76,12 +76,18 @@ def regression(
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data root: ``root``, else ``$CLIPKIT_DATA``, else ``~/.cache/clipkit``."""
+    """The data root, absolute: ``root``, else ``$CLIPKIT_DATA``, else ``~/.cache/clipkit``.
+
+    A relative path is taken from the current folder (so errors name the folder that was
+    searched). In a sweep, the runner has already made ``CLIPKIT_DATA`` absolute from the
+    folder where the user started it, and the kernel (which runs in its notebook's
+    folder) inherits that.
+    """
     if root is not None:
-        return Path(root).expanduser()
+        return Path(root).expanduser().absolute()
     env = os.environ.get("CLIPKIT_DATA")
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser().absolute()
     return Path.home() / ".cache" / "clipkit"
 
 

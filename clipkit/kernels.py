@@ -45,7 +45,7 @@ __all__ = [
 
 DEFAULT_START_TIMEOUT = 120.0  # seconds a kernel may take to answer its first request
 RETRIES = 2  # kernel start failures retried per point (so at most 3 attempts)
-BACKOFF = (2.0, 5.0)  # seconds to wait before the 1st, 2nd retry
+BACKOFF = (1.0, 3.0)  # seconds to wait before the 1st, 2nd retry
 
 # the errors jupyter_client / nbclient raise when a kernel does not come up
 _START_MESSAGES = (

@@ -45,7 +45,7 @@ def parameters(namespace: Mapping[str, Any], before: Iterable[str]) -> dict[str,
         namespace: the notebook's ``globals()``.
         before: the names that existed before the parameters cell (``set(globals())``).
     """
-    from clipkit.sweep import type_matches
+    from clipkit.sweep import accepted, type_matches
 
     annotations = dict(namespace.get("__annotations__", {}))
     before = set(before)
@@ -60,13 +60,16 @@ def parameters(namespace: Mapping[str, Any], before: Iterable[str]) -> dict[str,
     out = {}
     for name, annotation in annotations.items():
         if name not in namespace:
-            raise ParameterError(f"parameter {name!r} is declared but has no value")
+            raise ParameterError(
+                f"parameter {name!r} is declared ({_type_name(annotation)}) but has no value; "
+                f"give it a default in the parameters cell"
+            )
         value = namespace[name]
         type_name = _type_name(annotation)
         if not type_matches(value, type_name):
             raise ParameterError(
                 f"parameter {name!r} = {value!r} is a {type(value).__name__}; "
-                f"the notebook declares {type_name}"
+                f"the notebook declares {type_name}, accepted: {accepted(type_name)}"
             )
         out[name] = value
     return out
@@ -86,7 +89,7 @@ def _runs_root() -> Path:
     """``$CLIPKIT_RUNS``, else ``runs/`` in the source checkout (git-ignored), else ./runs."""
     env = os.environ.get("CLIPKIT_RUNS")
     if env:
-        return Path(env)
+        return Path(env).expanduser().absolute()
     root = Path(__file__).resolve().parent.parent
     if (root / "pyproject.toml").is_file():
         return root / "runs"

@@ -176,8 +176,7 @@ def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
     tabs.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
     data = {name: _load(runs, name) for name in SPECS}
-    device = next((str(d.attrs.get("device")) for d in data.values()
-                   if d is not None and d.attrs.get("device")), "unknown")
+    device = _provenance(runs, SPECS)
     sections: dict[str, str] = {}
 
     th = data["theory"]
@@ -287,6 +286,47 @@ def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
     return report
 
 
+def _provenance(runs: Path, names: Sequence[str]) -> dict:
+    """Where and how long the finished runs computed, from their result files' attrs.
+
+    Returns ``devices`` (device: number of runs), ``runs`` and ``seconds`` (summed
+    ``wall_time``) over the ``done`` point files of the sweeps ``names``.
+    """
+    devices: dict[str, int] = {}
+    seconds, n = 0.0, 0
+    for name in names:
+        for path in sorted((runs / name / "points").glob("*.nc")):
+            with xr.open_dataset(path, engine=results.ENGINE) as ds:
+                attrs = dict(ds.attrs)
+            if attrs.get("status") != results.STATUS_DONE:
+                continue
+            n += 1
+            dev = str(attrs.get("device") or "unrecorded")
+            devices[dev] = devices.get(dev, 0) + 1
+            wall = attrs.get("wall_time")
+            if isinstance(wall, (int, float, np.floating)) and np.isfinite(wall):
+                seconds += float(wall)
+    return {"devices": devices, "runs": n, "seconds": seconds}
+
+
+def _device_sentence(prov: dict, profile: str) -> list[str]:
+    """The report's lines on the device, profile and computing time (from provenance)."""
+    devices = prov["devices"]
+    where = ", ".join(f"{d} ({k} runs)" if len(devices) > 1 else d
+                      for d, k in sorted(devices.items())) or "no finished runs"
+    gpu = any(d.startswith("cuda") for d in devices)
+    lines = [f"* device: **{where}**; {prov['runs']} finished runs computed for "
+             f"{prov['seconds'] / 60:.1f} min in all (from the result files' provenance)."]
+    if profile != "full":
+        lines.append(
+            "* The `full` profile (full data sets, 100 epochs, 3 seeds, the authors' 500 pairs) "
+            f"needs a GPU{'' if gpu else '; these runs used none'}. It was not run for this "
+            "report, so none of its numbers are reported here. Run it with "
+            "`clipkit reproduce --profile full` (or each `clipkit sweep paper/SPEC.yaml "
+            "--profile full`) on a GPU machine.")
+    return lines
+
+
 def _data_sources(runs: Path, names: Sequence[str]) -> set[str]:
     """The ``data_source`` sentences of the run files (combining drops differing attrs)."""
     found = set()
@@ -324,13 +364,9 @@ def _report(sections, made, paper, profile, device, commands, timings, total, ro
         "and number below comes from the sweeps' result files — nothing is typed by hand "
         "except the prose and the authors' published numbers.**",
         "",
-        f"* profile: **{profile}**; device: **{device}**; clipkit {__version__}, Python "
+        f"* profile: **{profile}**; clipkit {__version__}, Python "
         f"{platform.python_version()}; whole reproduction: {wall}.",
-        "* The `full` profile (full data sets, 100 epochs, 3 seeds, the authors' 500 pairs) "
-        "needs a GPU. **No GPU was available for this run, so the full profile was not run "
-        "and none of its numbers are reported here.** Run it with "
-        "`clipkit reproduce --profile full` (or each `clipkit sweep paper/SPEC.yaml --profile "
-        "full`) on a GPU machine.",
+        *_device_sentence(device, profile),
     ]
     cfg = _config(data.get("table"))
     if profile == "quick" and cfg:

@@ -1,10 +1,16 @@
 """The README's main job: run every sweep of ``paper/`` and rebuild the report.
 
 ``python -m clipkit.reproduce`` (``make reproduce``, ``clipkit reproduce``) runs the
-``quick`` profile of each sweep spec in ``paper/`` (theory, regression, trade-off, the
-MNIST/Fashion-MNIST table) on the local machine, then regenerates ``paper/figures``,
-``paper/tables`` and ``paper/README.md`` from the results, and prints where they are.
-Finished points are skipped on a second run (the sweeps resume).
+``quick`` profile of each sweep spec (``*.yaml``) in ``paper/`` (theory, regression,
+trade-off, the MNIST/Fashion-MNIST table) on the local machine, then regenerates
+``paper/figures``, ``paper/tables`` and ``paper/README.md`` from the results, and prints
+where they are. Finished points are skipped on a second run (the sweeps resume).
+
+Every spec is read and checked before the first point runs. Relative ``--paper`` and
+``--runs`` folders (and ``CLIPKIT_DATA``) are taken from the current folder. The report
+is written only when every point finished, each file atomically (a Ctrl-C or a crash
+leaves the previous report, never half of one); one reproduction at a time may use a
+runs folder.
 """
 
 from __future__ import annotations
@@ -12,33 +18,121 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "add_arguments", "run"]
+__all__ = ["main", "add_arguments", "run", "paper_sweeps", "ReproduceError"]
 
 ROOT = Path(__file__).resolve().parent.parent
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+STAGING_PREFIX = ".report-"  # the report is drawn in paper/.report-XXXX, then moved in
+
+
+class ReproduceError(ValueError):
+    """A bad folder, sweep name or spec: raised before anything runs."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from clipkit.cli import positive_int
+
     p.add_argument("--profile", default="quick", help="the sweeps' profile (quick or full)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="local worker processes (default: 2, or one per GPU)")
     p.add_argument("--paper", default=str(ROOT / "paper"),
-                   help="folder with the sweep specs; figures, tables and report go there")
+                   help="folder with the sweep specs (*.yaml); figures, tables and report "
+                        "go there")
     p.add_argument("--runs", default=None, help="run folders (default: runs/paper-PROFILE)")
     p.add_argument("--only", nargs="*", default=None, help="run only these sweeps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
-    from clipkit import report, sweep
+def paper_sweeps(paper: Path) -> list[str]:
+    """The sweeps of a paper folder: its ``*.yaml`` files, the report's order first."""
+    from clipkit import report
 
-    paper = Path(args.paper).resolve()
-    runs = Path(args.runs).resolve() if args.runs else ROOT / "runs" / f"paper-{args.profile}"
-    names = list(args.only) if args.only else list(report.SPECS)
+    names = sorted(p.stem for p in paper.glob("*.yaml") if p.is_file())
+    return [n for n in report.SPECS if n in names] + [n for n in names if n not in report.SPECS]
+
+
+def _plan(args: argparse.Namespace, paper: Path) -> list[str]:
+    """The sweeps to run, each spec read and checked (with the profile) before any runs."""
+    from clipkit import sweep
+
+    if not paper.is_dir():
+        raise ReproduceError(f"--paper {str(paper)!r} is not a folder")
+    available = paper_sweeps(paper)
+    if not available:
+        raise ReproduceError(f"--paper {str(paper)!r} holds no sweep specs (*.yaml)")
+    names = list(args.only) if args.only else available
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ReproduceError(f"--only: unknown sweep {unknown[0]!r}; the sweeps of {paper}: "
+                             f"{', '.join(available)}")
+    for name in names:
+        sweep.check(paper / f"{name}.yaml", args.profile)
+    return names
+
+
+def _install(staging: Path, paper: Path) -> None:
+    """Move the files built in ``staging`` into ``paper``, each with an atomic rename."""
+    for src in sorted(staging.rglob("*")):
+        if src.is_file():
+            dst = paper / src.relative_to(staging)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+
+
+def _build_report(runs: Path, paper: Path, **kwargs) -> Path:
+    """``report.build`` into a staging folder beside ``paper``, then moved into place.
+
+    A reproduction stopped while the report is drawn leaves the old files, never a
+    half-written figure or table.
+    """
+    from clipkit import report
+
+    for stale in paper.glob(f"{STAGING_PREFIX}*"):  # left by a reproduction that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=paper))
+    try:
+        built = report.build(runs, staging, **kwargs)
+        _install(staging, paper)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return paper / built.relative_to(staging)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweeps and build the report; the exit status (0, 1 failed points, 2 bad
+    input, 130 interrupted)."""
+    from clipkit import sweep
+
+    paper = Path(args.paper).expanduser().resolve()
+    runs = (Path(args.runs).expanduser().resolve() if args.runs
+            else ROOT / "runs" / f"paper-{args.profile}")
+    try:
+        names = _plan(args, paper)
+        sweep.make_output_folder(runs)
+        with sweep.lock_folder(runs, what="reproduction"):
+            return _run(args, names, paper, runs)
+    except (ReproduceError, sweep.SweepError) as exc:
+        print(f"clipkit reproduce: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the disk filled up
+        print(f"clipkit reproduce: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nclipkit reproduce: interrupted; {paper} was left unchanged. Run the same "
+              "command again to resume (finished points are skipped).", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace, names: list[str], paper: Path, runs: Path) -> int:
+    from clipkit import sweep
+
     workers = args.workers or max(2, len(sweep.visible_gpus()))
     start = time.perf_counter()
     timings, commands, failed = {}, {}, {}
@@ -49,13 +143,8 @@ def run(args: argparse.Namespace) -> int:
         commands[name] = (f"clipkit sweep {os.path.relpath(spec, ROOT)} --profile {args.profile}"
                           f" --workers {workers} --out {os.path.relpath(runs / name, ROOT)}")
         t0 = time.perf_counter()
-        try:
-            summary = sweep.run(spec, profile=args.profile, workers=workers, out=runs / name,
-                                progress=not args.no_progress)
-        except sweep.SweepError as exc:
-            print(f"clipkit reproduce: sweep {name}: error: {exc}", file=sys.stderr)
-            failed[name] = str(exc)
-            continue
+        summary = sweep.run(spec, profile=args.profile, workers=workers, out=runs / name,
+                            progress=not args.no_progress)
         timings[name] = time.perf_counter() - t0
         print(f"  {name}: {summary.line()}", flush=True)
         if summary.failed:
@@ -74,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
         print(f"runs:    {runs} (rerun to finish; finished points are skipped)")
         return 1
-    path = report.build(runs, paper, profile=args.profile, commands=commands,
-                        timings=timings, total_seconds=total)
+    path = _build_report(runs, paper, profile=args.profile, commands=commands,
+                         timings=timings, total_seconds=total)
     print(f"\nreproduction finished in {total / 60:.1f} min")
     print(f"figures: {paper / 'figures'}")
     print(f"tables:  {paper / 'tables'}")

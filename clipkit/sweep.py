@@ -85,6 +85,11 @@ __all__ = [
     "load_spec",
     "plan",
     "validate",
+    "check",
+    "lock_folder",
+    "make_output_folder",
+    "is_path_parameter",
+    "kernel_environment",
     "run",
     "run_point",
 ]
@@ -557,13 +562,33 @@ def validate(spec: Spec, points: Sequence[Point] | None = None) -> None:
             raise SweepError(f"point {p.name}: unknown parameter {sorted(unknown)[0]!r}")
 
 
+def check(
+    spec_or_path: str | os.PathLike[str] | Mapping[str, Any], profile: str | None = None
+) -> tuple[Spec, list[Point]]:
+    """Read a spec, plan its points and validate them; errors name the spec file.
+
+    Runs nothing and writes nothing; raises :class:`SweepError`.
+    """
+    spec = load_spec(spec_or_path, profile)
+    with _naming(spec.source):
+        points = plan(spec)
+        validate(spec, points)
+    return spec, points
+
+
+def accepted(declared: str) -> str:
+    """What a parameter declared as ``declared`` accepts, in words (``float``: an int or ...)."""
+    optional = re.fullmatch(r"Optional\[(.*)\]", declared)
+    base = optional.group(1) if optional else declared
+    words = _ACCEPTS.get(base, base)
+    return f"{words}, or None" if optional else words
+
+
 def _check_value(nb: str, name: str, value: Any, declared: str, where: str) -> None:
     if not type_matches(value, declared):
-        base = re.sub(r"Optional\[(.*)\]", r"\1", declared)
-        accepted = _ACCEPTS.get(base, declared)
         raise SweepError(
             f"parameter {name!r} ({where}) = {value!r} is a {type(value).__name__}; "
-            f"notebook {nb!r} declares {declared}, accepted: {accepted}"
+            f"notebook {nb!r} declares {declared}, accepted: {accepted(declared)}"
         )
 
 
@@ -808,8 +833,8 @@ def _local_futures(
             for fut in as_completed(futures):
                 yield futures[fut], fut
         except BaseException:  # Ctrl-C, or the caller stopped: stop the running points now
+            _kill_workers(pool)  # first: shutdown() forgets the processes
             pool.shutdown(wait=False, cancel_futures=True)
-            _kill_workers(pool)
             raise
 
 
@@ -973,7 +998,7 @@ def lock_folder(folder: Path, what: str = "sweep") -> Iterator[None]:
         lock.release()
 
 
-def _make_folder(folder: Path) -> None:
+def make_output_folder(folder: Path) -> None:
     """Create an output folder, or raise a SweepError that says why it cannot be."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -1047,10 +1072,7 @@ def run(
     Raises:
         SweepError: an invalid spec or parameter, before anything runs or is written.
     """
-    spec = load_spec(spec_or_path, profile)
-    with _naming(spec.source):
-        points = plan(spec)
-        validate(spec, points)
+    spec, points = check(spec_or_path, profile)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
         raise SweepError(f"workers must be a positive integer, got {workers!r}")
@@ -1064,7 +1086,7 @@ def run(
         return summary
 
     start = time.perf_counter()
-    _make_folder(out_dir / POINTS_DIR)
+    make_output_folder(out_dir / POINTS_DIR)
     with lock_folder(out_dir):
         _remove_stale_temporaries(out_dir / POINTS_DIR)
         with _logging_to(out_dir / LOG_NAME, verbose):

@@ -60,6 +60,14 @@ def test_data_root_from_environment(tmp_path, monkeypatch):
     assert ck.data.data_root("/elsewhere") != tmp_path
 
 
+def test_a_relative_data_root_is_taken_from_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLIPKIT_DATA", "../shared/data")
+    assert ck.data.data_root() == tmp_path / ".." / "shared" / "data"
+    assert ck.data.data_root().is_absolute()
+    assert ck.data.data_root("here") == tmp_path / "here"
+
+
 def test_missing_files_name_the_files_and_the_folder(tmp_path):
     with pytest.raises(ck.data.DataNotFoundError) as err:
         ck.data.mnist(train=True, root=tmp_path, download=False)

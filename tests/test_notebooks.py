@@ -220,6 +220,7 @@ def test_report_builds_figures_tables_and_readme(tmp_path, theory, classificatio
     runs = tmp_path / "runs"
     for name, run in (("theory", theory), ("tradeoff", ds), ("table", ds)):
         (runs / name).mkdir(parents=True)
+        results.save(run, runs / name / "points" / "run.nc")  # where the provenance is read
         results.save(results.combine([run]), runs / name / results.COMBINED_NAME)
     path = report.build(runs, tmp_path / "paper", profile="quick")
     text = path.read_text()
@@ -228,5 +229,9 @@ def test_report_builds_figures_tables_and_readme(tmp_path, theory, classificatio
                  "tradeoff", "robustness_fashion-mnist"):
         assert f"{name}.png" in figures and f"{name}.pdf" in figures, name
     assert (tmp_path / "paper" / "tables" / "theory.md").is_file()
-    assert "λ*" in text and "No GPU was available" in text
+    assert "λ*" in text
+    # the device sentence comes from the runs' provenance (these ran on the CPU)
+    minutes = (theory.attrs["wall_time"] + 2 * ds.attrs["wall_time"]) / 60
+    assert f"device: **cpu**; 3 finished runs computed for {minutes:.1f} min" in text
+    assert "needs a GPU; these runs used none" in text
     assert "quick profile is small" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -66,6 +67,53 @@ def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises((TypeError, ValueError)):
         results.save(mixed, tmp_path / "new.nc")
     assert sorted(os.listdir(tmp_path)) == ["run.nc"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_result_files_get_the_permissions_of_any_new_file(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = results.save(run_ds(0.1, 0), tmp_path / "sub" / "run.nc")
+        (tmp_path / "plain").write_text("x")  # what the umask gives an ordinary file
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    assert path.parent.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+@pytest.mark.parametrize(("err", "kind"), [(errno.ENOSPC, OSError),
+                                           (errno.EACCES, PermissionError)])
+def test_a_write_that_fails_midway_names_the_file_and_leaves_nothing(tmp_path, monkeypatch,
+                                                                     err, kind):
+    path = results.save(run_ds(0.1, 0), tmp_path / "run.nc")
+    before = path.read_bytes()
+
+    def half_then_fail(self, target, *args, **kwargs):
+        with open(target, "wb") as fh:  # the disk fills up (or access ends) mid-write
+            fh.write(before[: len(before) // 2])
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", half_then_fail)
+    for target in (path, tmp_path / "new.nc"):
+        with pytest.raises(kind, match=f"cannot write result file '{target}': "
+                                       f"{os.strerror(err)}") as info:
+            results.save(run_ds(1.0, 1), target)
+        assert info.value.errno == err
+    assert path.read_bytes() == before  # the old result stays whole
+    assert sorted(os.listdir(tmp_path)) == ["run.nc"]  # no partial or temporary file
+
+
+def test_an_unreadable_result_is_named_and_moved_aside_not_deleted(tmp_path):
+    good = results.save(run_ds(0.1, 0), tmp_path / "good.nc")
+    assert results.read_error(good) == ""
+    bad = tmp_path / "bad.nc"
+    bad.write_bytes(good.read_bytes()[:2000])  # truncated
+    assert results.read_error(bad).startswith("OSError")
+    moved = results.move_aside(bad)
+    assert moved.parent == tmp_path and moved.name.startswith("bad.nc.unreadable-")
+    assert moved.read_bytes() == good.read_bytes()[:2000] and not bad.exists()
+    assert results.open_sweep(tmp_path)["status"].size == 1  # no longer a result file
 
 
 def test_an_attr_that_cannot_be_stored_is_named(tmp_path):

@@ -7,6 +7,7 @@ sweeps here are small and the 2x2 sweep is shared by several tests.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,8 +95,32 @@ def test_cli_reports_a_bad_parameter_and_exits_2(tmp_path, capsys):
 def test_yaml_is_read_safely(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"notebook: {QUADRATIC}\nfixed:\n  lam: !!python/object/apply:os.getcwd []\n")
-    with pytest.raises(sweep.SweepError, match="not valid YAML"):
+    with pytest.raises(sweep.SweepError, match="spec.yaml: not valid YAML, line 3, column 8"):
         sweep.load_spec(spec)
+
+
+def test_a_yaml_syntax_error_names_the_file_and_the_place(tmp_path, capsys):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(f"notebook: {QUADRATIC}\ngrid: {{lam: [0.1, 1.0}}\n")
+    assert cli.main(["sweep", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"clipkit sweep: error: {spec}: not valid YAML, line 2, column 22: "
+                          "expected ',' or ']', but got '}'")
+    assert "<unicode string>" not in err
+    spec.write_text("- just\n- a list\n")
+    assert cli.main(["sweep", str(spec)]) == 2
+    assert f"{spec}: must hold a mapping (notebook: ..." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--workers", "0"], ["--workers", "two"]])
+def test_a_bad_command_line_names_the_option_and_what_it_accepts(tmp_path, capsys, argv):
+    for command in (["sweep", "spec.yaml"], ["reproduce"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*command, *argv])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert (f"clipkit {command[0]}: error: argument --workers: {argv[1]!r} is not a "
+                "positive whole number (1, 2, ...)") in err
 
 
 def test_parameters_reach_the_notebook_as_values_never_code():
@@ -200,6 +225,13 @@ def test_sweep_2x2_with_2_workers_combines_into_one_dataset(local_2x2):
                            for ext in ("ipynb", "nc"))
     log = (summary.out / "sweep.log").read_text()
     assert log.count(" done   lam=") == 4 and "4 done, 0 skipped, 0 failed" in log
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [*(summary.out / "points").iterdir(), summary.out / "combined.nc"]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path  # as any new file
+    assert (summary.out / "points").stat().st_mode & 0o777 == 0o777 & ~umask
+    done = results.load(summary.out / "points" / "lam=0.1_seed=0.nc")
+    assert done.attrs["attempts"] == 1 and done.attrs["kernel_retries"] == "[]"
 
 
 def test_a_finished_sweep_is_not_recomputed(local_2x2):
@@ -210,6 +242,27 @@ def test_a_finished_sweep_is_not_recomputed(local_2x2):
     assert sorted(again.skipped) == sorted(first.done) and not again.done
     assert {p.name: p.stat().st_mtime_ns for p in points.iterdir()} == mtimes
     xr.testing.assert_identical(again.dataset, first.dataset)
+
+
+def test_an_unreadable_result_is_reported_moved_aside_and_recomputed(local_2x2, tmp_path):
+    spec, first = local_2x2
+    out = tmp_path / "copy"
+    shutil.copytree(first.out, out)
+    points = out / "points"
+    truncated = (points / "lam=0.1_seed=1.nc").read_bytes()[:1500]
+    (points / "lam=0.1_seed=1.nc").write_bytes(truncated)
+    (points / "lam=1.0_seed=0.nc").write_bytes(b"not netCDF at all")
+    summary = sweep.run(spec, workers=2, out=out, progress=False)
+    assert sorted(summary.done) == ["lam=0.1_seed=1", "lam=1.0_seed=0"]
+    assert sorted(summary.unreadable) == ["lam=0.1_seed=1", "lam=1.0_seed=0"]
+    assert "2 unreadable result(s) moved aside" in summary.line()
+    moved = sorted(points.glob("*.nc.unreadable-*"))
+    assert [p.name.split(".nc.")[0] for p in moved] == ["lam=0.1_seed=1", "lam=1.0_seed=0"]
+    assert moved[0].read_bytes() == truncated  # kept as it was, for inspection
+    log = (out / "sweep.log").read_text()
+    assert log.count("UNREADABLE result") == 2 and "moved to lam=0.1_seed=1.nc.unreadable-" in log
+    xr.testing.assert_identical(summary.dataset.drop_vars("wall_time"),
+                                first.dataset.drop_vars("wall_time"))
 
 
 def test_dask_local_cluster_gives_the_same_dataset(local_2x2, tmp_path):
@@ -244,16 +297,22 @@ def test_failing_points_are_recorded_and_the_others_complete(tmp_path):
     np.testing.assert_allclose(ds["loss"].sel(fail=False, nan=False), [0.5, 2.0, 4.5])
     assert np.isnan(ds["loss"].sel(fail=True)).all()
     xr.testing.assert_identical(summary.dataset["status"], ds["status"])
+    for name in summary.failed:  # a cell that raises, or a NaN, is not run again
+        assert results.load(tmp_path / "out" / "points" / f"{name}.nc").attrs["attempts"] == 1
+    assert not summary.retried
 
 
 def test_a_point_over_its_timeout_is_failed(tmp_path):
-    # the cell timeout leaves room for importing torch in a kernel on a loaded machine
-    spec = write_spec(tmp_path, grid={"sleep": [0.0, 300.0]}, timeout=15)
+    # the cell timeout leaves room for importing numpy/xarray in a kernel on a loaded
+    # machine; the sleep is so long that finishing at all proves the timeout worked
+    spec = write_spec(tmp_path, grid={"sleep": [0.0, 3600.0]}, timeout=20)
     start = time.perf_counter()
     summary = sweep.run(spec, workers=2, out=tmp_path / "out", progress=False)
-    assert time.perf_counter() - start < 120
+    assert time.perf_counter() - start < 1800
     assert summary.done == ["sleep=0.0"]
-    assert "timed out" in summary.failed["sleep=300.0"].lower()
+    assert "timed out" in summary.failed["sleep=3600.0"].lower()
+    timed_out = results.load(tmp_path / "out" / "points" / "sleep=3600.0.nc")
+    assert timed_out.attrs["attempts"] == 1  # a cell timeout is never retried
 
 
 def test_a_batched_dimension_runs_inside_each_notebook(tmp_path):

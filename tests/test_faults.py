@@ -1,0 +1,255 @@
+"""Nothing fails spuriously, nothing is lost: `clipkit reproduce` and sweeps under faults.
+
+Ctrl-C and SIGKILL in the middle of `clipkit reproduce` and a rerun; relative paths given
+from another folder; two sweeps on one output folder; a result that cannot be written; a
+notebook that writes no result. Each runs tiny test notebooks (a kernel start is most of
+the cost), so the paper folders here hold one or two small specs.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import clipkit
+from clipkit import cli, results, sweep
+
+NOTEBOOKS = Path(__file__).parent / "notebooks"
+QUADRATIC = NOTEBOOKS / "quadratic.ipynb"
+ROOT = Path(clipkit.__file__).resolve().parent.parent
+
+
+def env_with_clipkit(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env.update(extra)
+    return env
+
+
+def write_yaml(path: Path, spec: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({**spec, "profiles": {"quick": {}}}))  # reproduce's profile
+    return path
+
+
+def start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    """`python -m clipkit ARGS` in its own session (a Ctrl-C reaches it and its workers)."""
+    return subprocess.Popen([sys.executable, "-m", "clipkit", *args], cwd=cwd,
+                            env=env_with_clipkit(**env), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def done_files(runs: Path) -> dict[str, int]:
+    """The finished result files under ``runs`` and their modification times."""
+    return {str(p.relative_to(runs)): p.stat().st_mtime_ns for p in runs.rglob("points/*.nc")
+            if results.status_of(p) == "done"}
+
+
+def wait_until(condition, proc: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, f"finished before the fault: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.1)
+
+
+def assert_every_result_readable(runs: Path) -> None:
+    for path in runs.rglob("*.nc"):
+        assert results.read_error(path) == "", path
+
+
+# --------------------------------------------------------------------------- Ctrl-C, SIGKILL
+
+
+def test_reproduce_survives_ctrl_c_and_sigkill_and_resumes(tmp_path):
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    paper = tmp_path / "paper"
+    quad = os.path.relpath(QUADRATIC, paper)
+    write_yaml(paper / "first.yaml", {"notebook": quad, "grid": {"lam": [0.1],
+               "seed": [0, 1]}, "fixed": {"sleep": 0.5, "log_dir": str(counts)}})
+    write_yaml(paper / "second.yaml", {"notebook": quad, "grid": {"lam": [2.0],
+               "seed": [0, 1]}, "fixed": {"sleep": 0.5, "log_dir": str(counts)}})
+    runs = tmp_path / "runs"
+    args = ["reproduce", "--paper", str(paper), "--runs", str(runs), "--workers", "2",
+            "--no-progress"]
+
+    # 1. Ctrl-C (SIGINT to the command and its workers) once a point has finished
+    proc = start(args, tmp_path)
+    wait_until(lambda: done_files(runs), proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == cli.EXIT_INTERRUPTED, err
+    assert "interrupted" in err and "Traceback" not in err
+    after_int = done_files(runs)
+    assert 1 <= len(after_int) < 4
+    assert not (paper / "README.md").exists()  # no report from a partial run
+    assert_every_result_readable(runs)
+
+    # 2. SIGKILL (the command and its workers; kernels follow within a second) after one more
+    proc = start(args, tmp_path)
+    wait_until(lambda: len(done_files(runs)) > len(after_int), proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    after_kill = done_files(runs)
+    assert {k: after_kill[k] for k in after_int} == after_int  # not recomputed
+    assert len(after_kill) < 4 and not (paper / "README.md").exists()
+    assert_every_result_readable(runs)
+    time.sleep(1.5)  # let orphaned kernels notice their parent is gone
+
+    # 3. the rerun finishes the rest and builds the report, once
+    proc = start(args, tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert out.count("report:") == 1 and "2 sweeps" in out
+    final = done_files(runs)
+    assert len(final) == 4
+    assert {k: final[k] for k in after_kill} == after_kill  # finished points were skipped
+    for name in after_kill:  # and each of them had started exactly once
+        count = counts / Path(name).name.replace(".nc", ".count")
+        assert count.read_text().count("started") == 1, name
+    assert (paper / "README.md").read_text().startswith("# Reproduction report")
+    assert_every_result_readable(runs)
+    leftovers = [*runs.rglob(".*.tmp"), *runs.rglob("*.part"), *paper.glob(".report-*")]
+    assert not leftovers
+    for name in ("first", "second"):
+        ds = results.load(runs / name / results.COMBINED_NAME)
+        assert (ds["status"] == "done").all()
+
+
+# --------------------------------------------------------------------------- relative paths
+
+
+def test_relative_paths_mean_the_folder_the_user_started_in(tmp_path):
+    """`CLIPKIT_DATA=data clipkit reproduce --paper paper --runs runs` from tmp/work."""
+    work = tmp_path / "work"
+    for folder, text in (("data", "from CLIPKIT_DATA"), ("specdata", "from the spec")):
+        (work / folder).mkdir(parents=True)
+        (work / folder / "marker.txt").write_text(text)
+    paper = work / "paper"
+    write_yaml(paper / "paths.yaml", {
+        "notebook": os.path.relpath(NOTEBOOKS / "paths.ipynb", paper),
+        "grid": {"data_root": ["", "../specdata"]},  # relative to the spec file
+    })
+    proc = start(["reproduce", "--paper", "paper", "--runs", "runs", "--workers", "2",
+                  "--no-progress"], work, CLIPKIT_DATA="data")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err + out
+    points = work / "runs" / "paths" / "points"
+    seen = {}
+    for path in points.glob("*.nc"):
+        ds = results.load(path)
+        config = json.loads(ds.attrs["config"])  # what the notebook got: absolute paths
+        assert json.loads(ds.attrs["sweep_point"]) == {"data_root": config["data_root"]}
+        seen[config["data_root"]] = (str(ds["marker"].item()), ds.attrs["root_seen"])
+        assert json.loads(ds.attrs["environment"]) == {"CLIPKIT_DATA": str(work / "data")}
+        assert ds.attrs["kernel_cwd"] == str(NOTEBOOKS)  # the kernel runs beside its notebook
+    assert seen == {"": ("from CLIPKIT_DATA", str(work / "data")),
+                    str(work / "specdata"): ("from the spec", str(work / "specdata"))}
+    assert (paper / "README.md").is_file()
+
+
+def test_path_parameters_are_resolved_against_the_spec_or_the_current_folder(tmp_path,
+                                                                          monkeypatch):
+    spec = write_yaml(tmp_path / "specs" / "s.yaml", {
+        "notebook": os.path.relpath(QUADRATIC, tmp_path / "specs"),
+        "grid": {"lam": [0.1]}, "fixed": {"log_dir": "../logs"}, "out": "../out"})
+    loaded = sweep.load_spec(spec)
+    assert loaded.fixed["log_dir"] == str(tmp_path / "logs")
+    assert loaded.out == tmp_path / "out"
+    monkeypatch.chdir(tmp_path / "specs")
+    mapping = sweep.load_spec({"notebook": str(QUADRATIC), "fixed": {"log_dir": "logs",
+                               "lam": 0.5, "result_dir": "s3://bucket/x"}})
+    assert mapping.fixed == {"log_dir": str(tmp_path / "specs" / "logs"), "lam": 0.5,
+                             "result_dir": "s3://bucket/x"}
+    assert [sweep.is_path_parameter(n) for n in ("data_root", "path", "sweep_dir", "dirt",
+                                                 "lam", "rootless")] == [
+        True, True, True, False, False, False]
+
+
+# --------------------------------------------------------------------------- one folder, one sweep
+
+
+def test_a_second_sweep_on_the_same_folder_is_refused(tmp_path, capsys):
+    spec = write_yaml(tmp_path / "s.yaml", {"notebook": str(QUADRATIC),
+                                            "grid": {"seed": [0, 1]}, "fixed": {"sleep": 2.0}})
+    out = tmp_path / "out"
+    first = start(["sweep", str(spec), "--workers", "2", "--out", str(out), "--no-progress"],
+                  tmp_path)
+    wait_until(lambda: (out / "sweep.log").is_file(), first)
+    listing = sorted(p.name for p in (out / "points").iterdir())
+    with pytest.raises(sweep.SweepError, match="is in use by another sweep"):
+        sweep.run(spec, workers=1, out=out, progress=False)
+    assert cli.main(["sweep", str(spec), "--out", str(out)]) == 2
+    assert f"clipkit sweep: error: output folder '{out}' is in use" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "points").iterdir()) == listing
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    log = (out / "sweep.log").read_text()
+    assert log.count("sweep s: 2 points, 2 to run") == 1  # only the first one ran
+    assert log.count(" done   seed=") == 2
+    again = sweep.run(spec, workers=1, out=out, progress=False)  # the folder is free again
+    assert sorted(again.skipped) == ["seed=0", "seed=1"]
+
+
+# --------------------------------------------------------------------------- results not written
+
+
+def one_task(tmp_path: Path, **fixed) -> sweep.Task:
+    spec, points = sweep.check({"notebook": str(QUADRATIC), "grid": {"seed": [4]},
+                                "fixed": fixed})
+    (tmp_path / "out" / sweep.POINTS_DIR).mkdir(parents=True)  # as sweep.run makes it
+    return sweep._tasks(spec, points, tmp_path / "out")[0]
+
+
+@pytest.mark.parametrize(("err", "reason"), [(errno.ENOSPC, "No space left on device"),
+                                             (errno.EACCES, "Permission denied")])
+def test_a_result_that_cannot_be_written_fails_its_point_cleanly(tmp_path, monkeypatch,
+                                                                 err, reason):
+    import xarray as xr
+
+    task = one_task(tmp_path)
+    real = xr.Dataset.to_netcdf
+
+    def fail_outside_the_kernel(self, target, *args, **kwargs):
+        if str(target).startswith(str(Path(task.result).parent / ".")):  # the runner's files
+            Path(target).write_bytes(b"\x89HDF\r\n half a file")
+            raise OSError(err, os.strerror(err))
+        return real(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", fail_outside_the_kernel)
+    outcome = sweep.run_point(task)  # what a worker runs; the kernel writes its .part itself
+    assert outcome.status == "failed"
+    assert outcome.error.startswith(f"[Errno {err}] cannot write result file "
+                                    f"'{task.result}': {reason}")
+    assert "the failure record could not be written either" not in outcome.error  # same cause
+    left = sorted(p.name for p in Path(task.result).parent.iterdir())
+    assert left == ["seed=4.ipynb"]  # the executed notebook; no partial, temporary or .part
+
+
+def test_an_unwritable_output_folder_is_a_clear_error(tmp_path, capsys):
+    spec = write_yaml(tmp_path / "s.yaml", {"notebook": str(QUADRATIC), "grid": {"seed": [0]}})
+    (tmp_path / "file").write_text("not a folder")
+    assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"clipkit sweep: error: cannot create output folder '{tmp_path}/file/out/points'" in err
+
+
+def test_a_notebook_that_writes_no_result_fails_its_point(tmp_path):
+    task = one_task(tmp_path, write_result=False)
+    outcome = sweep.run_point(task)
+    assert outcome.status == "failed"
+    assert outcome.error.startswith("the notebook wrote no result file; it must save its "
+                                    "Dataset to its 'result_path' parameter")
+    ds = results.load(task.result)
+    assert ds.attrs["status"] == "failed" and ds.attrs["attempts"] == 1
+    assert ds.attrs["error"] == outcome.error

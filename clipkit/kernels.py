@@ -41,6 +41,7 @@ __all__ = [
     "execute",
     "is_transient",
     "cells_started",
+    "set_environment",
 ]
 
 DEFAULT_START_TIMEOUT = 120.0  # seconds a kernel may take to answer its first request
@@ -135,19 +136,15 @@ def _private_transport() -> Iterator[dict[str, Any]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def environ(overrides: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables (the kernel inherits them) for the duration; restore after."""
-    saved = {k: os.environ.get(k) for k in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def set_environment(values: Mapping[str, str]) -> None:
+    """Set environment variables that the kernels started from this process inherit.
+
+    Not undone afterwards: with dask, points run in threads of one process, and undoing
+    one point's values could take them from a kernel another thread is starting. A
+    sweep's values are the same for every point (absolute paths, see
+    :func:`clipkit.sweep.kernel_environment`).
+    """
+    os.environ.update(values)
 
 
 def execute(

@@ -744,13 +744,13 @@ def run_point(task: Task) -> Outcome:
     that cannot be written fails the point with an error naming the file.
     """
     _prepare_kernel_env()
+    kernels.set_environment(dict(task.env))
     start = time.perf_counter()
-    with kernels.environ(dict(task.env)):
-        execution = kernels.execute(
-            task.notebook, task.output, {**task.point.params, task.result_param: task.partial},
-            kernel=task.kernel, cwd=str(Path(task.notebook).parent), timeout=task.timeout,
-            start_timeout=task.start_timeout,
-        )
+    execution = kernels.execute(
+        task.notebook, task.output, {**task.point.params, task.result_param: task.partial},
+        kernel=task.kernel, cwd=str(Path(task.notebook).parent), timeout=task.timeout,
+        start_timeout=task.start_timeout,
+    )
     wall = time.perf_counter() - start
     error = execution.error
     if not error:

@@ -111,6 +111,7 @@ PATH_ENV = ("CLIPKIT_DATA", "CLIPKIT_RUNS")  # made absolute for the kernels
 PATH_WORDS = ("path", "dir", "root", "file", "folder")  # path parameters: NAME or *_NAME
 DEFAULT_KERNEL = "python3"
 DEFAULT_RESULT_PARAM = "result_path"
+DASK_CONNECT_TIMEOUT = "30s"  # how long to try reaching a dask scheduler
 _VALUE_TYPES = (str, int, float, bool, type(None), list, dict)
 
 
@@ -862,7 +863,14 @@ def _dask_client(scheduler: Any) -> tuple[Any, bool]:
     if isinstance(scheduler, Client):
         return scheduler, False
     if isinstance(scheduler, str) or hasattr(scheduler, "scheduler_address"):
-        return Client(scheduler), True
+        try:
+            return Client(scheduler, timeout=DASK_CONNECT_TIMEOUT), True
+        except Exception as exc:  # dask raises OSError, TimeoutError, ValueError, ...
+            where = scheduler if isinstance(scheduler, str) else scheduler.scheduler_address
+            raise SweepError(
+                f"cannot connect to the dask scheduler {where!r}: {_error_text(exc)} "
+                "(accepted: an address such as tcp://host:8786 where a scheduler runs)"
+            ) from None
     raise TypeError(
         f"scheduler must be a dask scheduler address, a dask Client or a cluster, "
         f"got {type(scheduler).__name__}"
@@ -1145,10 +1153,11 @@ def _run_tasks(spec: Spec, tasks: Sequence[Task], summary: Summary, workers: int
                     log.warning("FAILED %s (%.1f s): %s", _describe(task.point),
                                 outcome.wall_time, outcome.error)
                 bar.update()
-    except BaseException:
+    except BaseException as exc:
         stream.close()  # stops the workers now, not when the generator is collected
-        log.warning("sweep %s interrupted: %d done, %d failed, %d not finished; rerun to "
-                    "resume (finished points are skipped)", spec.name, len(summary.done),
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped ({exc})"
+        log.warning("sweep %s %s: %d done, %d failed, %d not finished; rerun to resume "
+                    "(finished points are skipped)", spec.name, why, len(summary.done),
                     len(summary.failed), len(todo) - len(summary.done) - len(summary.failed))
         raise
 

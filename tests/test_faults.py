@@ -168,7 +168,7 @@ def test_relative_paths_mean_the_folder_the_user_started_in(tmp_path):
 
 
 def test_path_parameters_are_resolved_against_the_spec_or_the_current_folder(tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, capsys):
     spec = write_yaml(tmp_path / "specs" / "s.yaml", {
         "notebook": os.path.relpath(QUADRATIC, tmp_path / "specs"),
         "grid": {"lam": [0.1]}, "fixed": {"log_dir": "../logs"}, "out": "../out"})
@@ -180,6 +180,8 @@ def test_path_parameters_are_resolved_against_the_spec_or_the_current_folder(tmp
                                "lam": 0.5, "result_dir": "s3://bucket/x"}})
     assert mapping.fixed == {"log_dir": str(tmp_path / "specs" / "logs"), "lam": 0.5,
                              "result_dir": "s3://bucket/x"}
+    assert cli.main(["sweep", str(spec), "--dry-run", "--out", "rel"]) == 0  # from specs/
+    assert f"1 points -> {tmp_path / 'specs' / 'rel'}" in capsys.readouterr().out
     assert [sweep.is_path_parameter(n) for n in ("data_root", "path", "sweep_dir", "dirt",
                                                  "lam", "rootless")] == [
         True, True, True, False, False, False]

@@ -9,7 +9,8 @@ nteract/papermill#511). A kernel that loses its shell, stdin or control port exi
 ("Kernel died before replying to kernel_info"); one that loses its iopub port hangs in
 ipykernel's exit handler (its zmq context waits for the unbound iopub socket) and
 never answers, so the client gives up after the start timeout ("Kernel didn't respond
-in 60 seconds"). Both were reproduced by taking a port before the kernel started.
+in 60 seconds"). ``benchmarks/kernel_port_race.py`` reproduces both by taking a
+port before the kernel starts.
 
 So, on POSIX, each kernel talks over **IPC** (Unix domain sockets) in a private
 temporary folder: nothing to race for. The start timeout is longer than papermill's

@@ -264,3 +264,47 @@ def test_a_notebook_that_writes_no_result_fails_its_point(tmp_path):
     ds = results.load(task.result)
     assert ds.attrs["status"] == "failed" and ds.attrs["attempts"] == 1
     assert ds.attrs["error"] == outcome.error
+
+
+# --------------------------------------------------------------------------- user errors
+
+
+def test_reproduce_checks_every_spec_and_option_before_running(tmp_path, capsys):
+    paper = tmp_path / "paper"
+    write_yaml(paper / "first.yaml", {"notebook": str(QUADRATIC), "grid": {"seed": [0]}})
+    runs = tmp_path / "runs"
+    base = ["reproduce", "--paper", str(paper), "--runs", str(runs)]
+    cases = [
+        (["--only", "first", "nope"], "--only: unknown sweep 'nope'; the sweeps of"),
+        (["--profile", "full"], f"{paper / 'first.yaml'}: unknown profile 'full'; this spec "
+                                "has: quick"),
+        (["--paper", str(tmp_path / "nowhere")], "is not a folder"),
+    ]
+    for extra, message in cases:
+        assert cli.main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("clipkit reproduce: error: ") and message in err, err
+    (paper / "second.yaml").write_text("notebook: x.ipynb\ngrid: {seed: [0}\n")
+    assert cli.main(base) == 2  # first.yaml (fine) does not run before second.yaml is found bad
+    err = capsys.readouterr().err
+    assert f"clipkit reproduce: error: {paper / 'second.yaml'}: not valid YAML, line 2" in err
+    write_yaml(paper / "second.yaml", {"notebook": str(QUADRATIC), "fixed": {"seed": "one"}})
+    assert cli.main(base) == 2
+    assert (f"{paper / 'second.yaml'}: parameter 'seed' (fixed) = 'one' is a str; notebook "
+            "'quadratic.ipynb' declares int, accepted: an int (not a bool)"
+            ) in capsys.readouterr().err
+    assert not runs.exists() and not (paper / "README.md").exists()
+
+
+def test_notebook_parameter_errors_name_the_parameter_value_and_what_is_accepted():
+    from clipkit.notebook import ParameterError, choice, parameters
+
+    namespace = {"__annotations__": {"lam": float, "seed": int}, "lam": "big", "seed": 0}
+    with pytest.raises(ParameterError, match="parameter 'lam' = 'big' is a str; the notebook "
+                                             "declares float, accepted: an int or a float"):
+        parameters(namespace, set())
+    with pytest.raises(ParameterError, match=r"unknown parameter\(s\) 'sed'; .*lam, seed"):
+        parameters({**namespace, "lam": 0.1, "sed": 1}, set())
+    with pytest.raises(ParameterError, match="parameter 'method' = 'clp'; accepted: 'clip', "
+                                             "'standard'"):
+        choice("method", "clp", ["clip", "standard"])

@@ -116,21 +116,46 @@ def is_transient(exc: BaseException, output: str | os.PathLike[str]) -> bool:
     return start_error and not cells_started(output)
 
 
+# a Unix socket's path must fit in sockaddr_un (104 bytes on macOS, 108 on Linux)
+MAX_SOCKET_PATH = 100
+
+
+def _socket_folder(parent: str | None) -> str | None:
+    """A new private folder for a kernel's sockets, whose socket paths fit; None if none.
+
+    Tried in ``parent`` (when it exists), then the system's temporary folder, then /tmp.
+    """
+    for base in (parent, tempfile.gettempdir(), "/tmp"):
+        if not base or not os.path.isdir(base):
+            continue
+        try:
+            folder = tempfile.mkdtemp(prefix="k", dir=base)
+        except OSError:
+            continue
+        if len(os.fsencode(os.path.join(folder, "k-99"))) <= MAX_SOCKET_PATH:
+            return folder
+        os.rmdir(folder)
+    return None
+
+
 @contextlib.contextmanager
-def _private_transport() -> Iterator[dict[str, Any]]:
+def _private_transport(parent: str | None = None) -> Iterator[dict[str, Any]]:
     """papermill arguments that start the kernel on IPC sockets in a private folder.
 
-    Windows has no IPC transport for Jupyter kernels: there the kernel keeps TCP.
+    The folder is made in ``parent`` when that exists (a sweep's own temporary folder,
+    which the sweep removes even when its workers are killed), else in the system's
+    temporary folder. Windows has no IPC transport for Jupyter kernels, and a socket path
+    must be short: where neither works, the kernel keeps TCP (and the retries).
     """
-    if sys.platform.startswith("win"):
+    folder = None if sys.platform.startswith("win") else _socket_folder(parent)
+    if folder is None:
         yield {}
         return
     from traitlets.config import Config
 
-    folder = tempfile.mkdtemp(prefix="clipkit-kernel-")  # short: socket paths are limited
     config = Config()
     config.KernelManager.transport = "ipc"
-    config.KernelManager.ip = os.path.join(folder, "kernel")
+    config.KernelManager.ip = os.path.join(folder, "k")  # sockets k-1 ... k-5
     try:
         yield {"config": config}
     finally:
@@ -160,6 +185,7 @@ def execute(
     retries: int = RETRIES,
     backoff: tuple[float, ...] = BACKOFF,
     on_retry: Callable[[int, str], None] | None = None,
+    ipc_parent: str | None = None,
 ) -> Execution:
     """Run ``notebook`` into ``output`` with papermill; never raises for a failing notebook.
 
@@ -173,13 +199,15 @@ def execute(
         retries: how many transient kernel failures to retry (see :func:`is_transient`).
         backoff: seconds to wait before each retry (the last value repeats).
         on_retry: called with (attempt number, error text) before each retry.
+        ipc_parent: a folder for the kernels' socket folders (default: the system's
+            temporary folder).
     """
     import papermill
 
     result = Execution()
     while True:
         try:
-            with _private_transport() as transport:
+            with _private_transport(ipc_parent) as transport:
                 papermill.execute_notebook(
                     notebook, output,
                     parameters=dict(parameters),

@@ -65,6 +65,7 @@ import re
 import shutil
 import site
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -611,6 +612,7 @@ class Task:
     batch: tuple[str, ...]
     start_timeout: float = kernels.DEFAULT_START_TIMEOUT
     env: tuple[tuple[str, str], ...] = ()  # environment variables the kernel gets
+    ipc_parent: str = ""  # where kernels' socket folders go ("": the system's temporary one)
 
     @property
     def partial(self) -> str:
@@ -750,7 +752,7 @@ def run_point(task: Task) -> Outcome:
     execution = kernels.execute(
         task.notebook, task.output, {**task.point.params, task.result_param: task.partial},
         kernel=task.kernel, cwd=str(Path(task.notebook).parent), timeout=task.timeout,
-        start_timeout=task.start_timeout,
+        start_timeout=task.start_timeout, ipc_parent=task.ipc_parent or None,
     )
     wall = time.perf_counter() - start
     error = execution.error
@@ -950,13 +952,13 @@ def _default_out(spec: Spec) -> Path:
     return Path("runs").resolve() / f"{spec.name}{suffix}"
 
 
-def _tasks(spec: Spec, points: Sequence[Point], out: Path) -> list[Task]:
+def _tasks(spec: Spec, points: Sequence[Point], out: Path, ipc_parent: str = "") -> list[Task]:
     folder = out / POINTS_DIR
     env = tuple(sorted(kernel_environment().items()))
     return [
         Task(p, str(spec.notebook), str(folder / f"{p.name}.ipynb"), str(folder / f"{p.name}.nc"),
              spec.kernel, spec.result_param, spec.timeout, spec.allow_nan, spec.batch,
-             spec.start_timeout, env)
+             spec.start_timeout, env, ipc_parent)
         for p in points
     ]
 
@@ -1095,7 +1097,9 @@ def run(
 
     start = time.perf_counter()
     make_output_folder(out_dir / POINTS_DIR)
-    with lock_folder(out_dir):
+    with lock_folder(out_dir), tempfile.TemporaryDirectory(prefix="clipkit-") as ipc:
+        # the kernels' socket folders go in `ipc`, removed here even when workers are killed
+        tasks = _tasks(spec, points, out_dir, ipc)
         _remove_stale_temporaries(out_dir / POINTS_DIR)
         with _logging_to(out_dir / LOG_NAME, verbose):
             _run_tasks(spec, tasks, summary, workers, scheduler, progress)

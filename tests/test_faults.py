@@ -92,7 +92,9 @@ def test_reproduce_survives_ctrl_c_and_sigkill_and_resumes(tmp_path):
             "--no-progress"]
 
     # 1. Ctrl-C (SIGINT to the command and its workers) once a point has finished
-    proc = start(args, tmp_path)
+    tmp = tmp_path / "t"
+    tmp.mkdir()
+    proc = start(args, tmp_path, TMPDIR=str(tmp))
     wait_until(lambda: done_files(runs), proc)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -103,12 +105,13 @@ def test_reproduce_survives_ctrl_c_and_sigkill_and_resumes(tmp_path):
     assert 1 <= len(after_int) <= 3
     assert not (paper / "README.md").exists()  # no report from a partial run
     assert_every_result_readable(runs)
+    assert not list(tmp.glob("clipkit-*"))  # the kernels' socket folders are gone
 
     # 2. SIGKILL (the command and its workers; kernels follow within a second) after one more
-    proc = start(args, tmp_path)
+    proc = start(args, tmp_path, TMPDIR=str(tmp))
     wait_until(lambda: len(done_files(runs)) > len(after_int), proc)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait()  # (its socket folder stays in tmp: a killed runner cannot remove it)
     after_kill = done_files(runs)
     starts_kill = starts(counts, after_kill)
     assert {k: after_kill[k] for k in after_int} == after_int  # not recomputed
@@ -118,7 +121,7 @@ def test_reproduce_survives_ctrl_c_and_sigkill_and_resumes(tmp_path):
     time.sleep(1.5)  # let orphaned kernels notice their parent is gone
 
     # 3. the rerun finishes the rest and builds the report, once
-    proc = start(args, tmp_path)
+    proc = start(args, tmp_path, TMPDIR=str(tmp))
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert out.count("report:") == 1 and "2 sweeps" in out

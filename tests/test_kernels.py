@@ -98,7 +98,17 @@ def test_kernels_talk_over_private_ipc_sockets(monkeypatch, tmp_path):
     assert [c.KernelManager.transport for c in flaky.configs] == ["ipc", "ipc"]
     assert folders[0] != folders[1]  # a fresh folder per attempt ...
     assert not any(Path(f).parent.exists() for f in folders)  # ... removed afterwards
-    assert all(len(f) < 90 for f in folders)  # Unix socket paths are limited (~107 bytes)
+
+
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="no IPC kernels on Windows")
+def test_socket_paths_stay_short_enough_for_unix_sockets(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    folder = kernels._socket_folder(str(deep))  # too deep: the system's temporary folder
+    assert folder is not None and not folder.startswith(str(deep))
+    assert len(os.fsencode(os.path.join(folder, "k-99"))) <= kernels.MAX_SOCKET_PATH
+    os.rmdir(folder)
+    assert kernels._socket_folder(str(tmp_path)).startswith(str(tmp_path))  # short: there
 
 
 FLAKY_KERNEL = '''

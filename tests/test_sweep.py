@@ -343,10 +343,11 @@ def test_an_interrupted_sweep_resumes_without_recomputing(tmp_path):
     spec = write_spec(tmp_path, grid={"lam": [0.1, 1.0], "seed": [0, 1, 2]},
                       fixed={"sleep": 1.0, "log_dir": str(counts)})
     out = tmp_path / "out"
+    (tmp_path / "t").mkdir()  # its temporary files: a killed runner cannot remove them
     proc = subprocess.Popen(
         [sys.executable, "-m", "clipkit", "sweep", str(spec), "--workers", "2",
          "--out", str(out), "--no-progress"],
-        env=_env_with_clipkit(), start_new_session=True,
+        env={**_env_with_clipkit(), "TMPDIR": str(tmp_path / "t")}, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120

@@ -1,0 +1,67 @@
+"""Does CLIP's own estimate see the slope the network has? Estimate ÷ bracket lower bound.
+
+Trains the ReLU MLP 784-200-80-10 with CLIP on Fashion-MNIST (CLIPKIT_DATA; SGD lr 0.1
+momentum 0.9, batch 128, a few epochs), then divides CLIP's final estimate — the
+history's ``lip`` of the last epoch, the max over the pairs of the quotient, averaged
+over that epoch's steps — by the lower end of ``ck.lipschitz.bracket`` on the trained
+network (the largest of: adversarial quotient search, largest Jacobian norm at the
+samples, random quotients). The rows differ in CLIP's settings only, all in one run.
+
+Target: ≥ 0.8 at clipkit's defaults (the pairs see the slope the network has).
+
+    python benchmarks/bench_estimate.py [--epochs 3] [--n 60000] [--samples 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import clipkit as ck
+
+
+def settings() -> dict[str, ck.CLIP]:
+    return {
+        "defaults": ck.CLIP(),
+        "defaults, ascent every step": ck.CLIP(ascent_every=1),
+        "0.1.0 defaults (16 pairs)": ck.CLIP(pairs=16, ascent_every=1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--n", type=int, default=60000, help="training images")
+    parser.add_argument("--samples", type=int, default=1000,
+                        help="training images the bracket starts from")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="row names to run, separated by ';'")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    x, y = ck.data.load("fashion-mnist", train=True, n=args.n, download=False)
+    x = x.flatten(1)
+    rows = settings()
+    if args.only:
+        keep = {s.strip() for s in args.only.split(";")}
+        rows = {k: v for k, v in rows.items() if k in keep}
+    print(f"Fashion-MNIST, {len(y)} images, ReLU MLP 784-200-80-10, SGD lr 0.1 momentum 0.9, "
+          f"batch 128, {args.epochs} epochs, seed {args.seed}, {args.threads} threads")
+    print(f"{'CLIP setting':<30}{'train s':>8}{'acc':>7}{'CLIP est.':>11}{'lower':>9}"
+          f"{'upper':>9}{'est. ÷ lower':>14}  lower from")
+    for name, method in rows.items():
+        model = ck.models.mlp([784, 200, 80, 10], activation="relu", seed=args.seed)
+        t = time.perf_counter()
+        hist = ck.fit(model, (x, y), method=method, epochs=args.epochs, batch_size=128,
+                      optimizer="sgd", lr=0.1, momentum=0.9, seed=args.seed, progress=False)
+        seconds = time.perf_counter() - t
+        est = float(hist.lip[-1])
+        b = ck.lipschitz.bracket(model, x[: args.samples], seed=args.seed, domain=(0.0, 1.0))
+        print(f"{name:<30}{seconds:>8.1f}{float(hist.acc[-1]):>7.3f}{est:>11.4g}"
+              f"{b.lower:>9.4g}{b.upper:>9.4g}{est / b.lower:>14.3f}  {b.lower_by.method}")
+
+
+if __name__ == "__main__":
+    main()

@@ -137,9 +137,12 @@ def ascend(
     accepted where q rises (τ ×= factor), rejected otherwise (τ ÷= factor). Cost: one
     forward and backward over the pairs to evaluate them under the current θ, then per
     step a forward over the proposals, with a backward for the next step's gradient on
-    all steps but the last (with ``steps=0``, only the evaluation). The result holds the
-    quotients at the current θ, and no gradients.
+    all steps but the last (with ``steps=0``, one forward: the evaluation). The result
+    holds the quotients at the current θ, and no gradients.
     """
+    if steps == 0:  # the values alone
+        return PairState(pairs.u.detach(), pairs.v.detach(), pairs.tau,
+                         _value(forward, pairs.u, pairs.v))
     q, gu, gv = _value_and_grad(forward, pairs.u, pairs.v, power)
     pairs = PairState(pairs.u.detach(), pairs.v.detach(), pairs.tau, q, gu, gv)
     for i in range(steps):
@@ -241,7 +244,7 @@ class CLIP(Method):
     """
 
     lam: float = 0.1
-    pairs: int = 16
+    pairs: int = 64
     init: str = "noise"
     noise: float = 0.1
     noise_dist: str = "normal"

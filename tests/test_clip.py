@@ -36,7 +36,8 @@ def test_clip_estimate_on_a_linear_map_never_exceeds_and_reaches_its_norm():
     assert start < 0.9 * norm  # the ascent did the work, not the start
 
 
-def test_an_ascent_step_costs_one_forward_and_all_but_the_last_a_backward(monkeypatch):
+@pytest.mark.parametrize("steps", [0, 1, 7])
+def test_an_ascent_step_costs_one_forward_and_all_but_the_last_a_backward(steps, monkeypatch):
     calls = {"forward": 0, "backward": 0}
     w = torch.randn(3, 4, dtype=torch.float64)
 
@@ -53,10 +54,10 @@ def test_an_ascent_step_costs_one_forward_and_all_but_the_last_a_backward(monkey
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     pairs = PairState(torch.randn(1, 8, 4), torch.randn(1, 8, 4), torch.ones(1, 8))
     pairs = PairState(pairs.u.double(), pairs.v.double(), pairs.tau.double())
-    out = ascend(forward, pairs, steps=7)
+    out = ascend(forward, pairs, steps=steps)
     # one evaluation at the start (θ changed), one forward per step; the last step's
     # gradient would be stale at the next θ, so it is not computed
-    assert calls == {"forward": 7 + 1, "backward": 7}
+    assert calls == {"forward": steps + 1, "backward": steps}
     assert out.gu is None and out.gv is None
 
 

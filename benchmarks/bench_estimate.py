@@ -24,9 +24,10 @@ import clipkit as ck
 
 def settings() -> dict[str, ck.CLIP]:
     return {
-        "defaults": ck.CLIP(),
-        "defaults, ascent every step": ck.CLIP(ascent_every=1),
-        "0.1.0 defaults (16 pairs)": ck.CLIP(pairs=16, ascent_every=1),
+        "defaults (64 pairs)": ck.CLIP(),
+        "defaults, ascent_every=4": ck.CLIP(ascent_every=4),
+        "defaults, ascent_every=8": ck.CLIP(ascent_every=8),
+        "0.1.0 defaults (16 pairs)": ck.CLIP(pairs=16),
     }
 
 

@@ -300,7 +300,8 @@ DESCRIPTIONS = {
     "loss": "mean training loss (data term) over the epoch",
     "penalty": "mean penalty R(θ) over the epoch (CLIP: Lip_X^p)",
     "lam_epoch": "λ used in the epoch (the schedule applied to the base λ)",
-    "lip": "CLIP estimate Lip_X = max over pairs of the quotient, mean over the epoch's steps",
+    "lip": "CLIP estimate Lip_X: the largest pair quotient at each step's θ, mean over the "
+           "epoch's steps",
     "skipped": "fraction of the epoch's steps whose penalty was skipped (CLIP skip_above)",
     "acc": "training accuracy over the epoch's batches",
     "test_loss": "test loss at the end of the epoch",

@@ -84,7 +84,8 @@ def main() -> None:
         curves = {}
         variants = {"off": ("off (every step)", off),
                     "on": (f"on (every {k})", off.replace(ascent_every=k)),
-                    "fewer": (f"{off.pairs // k} pairs, every step", off.replace(pairs=off.pairs // k))}
+                    "fewer": (f"{off.pairs // k} pairs, every step",
+                              off.replace(pairs=off.pairs // k))}
         for label, method in (variants[a] for a in arms):
             t = time.perf_counter()
             ds = ck.fit_path(model_fn, (x, y), method, seed=seeds, epochs=args.epochs,

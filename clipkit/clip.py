@@ -14,7 +14,8 @@ forward over the 2P proposals (and a backward, except after the last step, whose
 gradient the next θ would make stale); then the descent step's forward and backward over
 the batch and the winning pair only, since the max's θ-gradient flows through that pair
 alone. With ``reduction="mean"`` the descent step runs over the batch and all pairs.
-With λ = 0 for every copy the descent step is standard training's.
+With λ = 0 for every copy the descent step is standard training's. ``ascent_every=k``
+(an approximation, off by default) runs the ascent on every k-th training step only.
 
 All tensors carry the model axis K first: u, v are (K, P, *in), q and τ are (K, P).
 """

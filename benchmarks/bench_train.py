@@ -63,6 +63,7 @@ def methods() -> dict[str, ck.Method]:
         "CLIP 16 pairs": ck.CLIP(lam=0.1, pairs=16, data_range=(0.0, 1.0)),
         "CLIP authors()": ck.CLIP.authors(schedule=const),
         "CLIP authors(ascent_every=4)": ck.CLIP.authors(schedule=const, ascent_every=4),
+        "CLIP authors(pairs=125)": ck.CLIP.authors(schedule=const, pairs=125),
         "CLIP authors(), λ = 0 (warm-up)": ck.CLIP.authors(schedule=ck.Warmup(1)),
     }
     ref = reference_clip()

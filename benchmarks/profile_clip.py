@@ -1,9 +1,10 @@
 """Where the time of a CLIP training step goes: a breakdown by kind of work.
 
-Wraps the model's forward (classified by its number of rows and whether autograd records
-it), torch.autograd.grad (the ascent's input gradients), Tensor.backward (the descent
-step) and the optimizer's step with wall-clock timers, trains one epoch, and prints the
-time per step of each kind; "rest" is Python, indexing, the loss, proposals and accepts.
+Wraps the model's forward (in the ascent: by its number of rows and whether autograd
+records it; else the descent step's), torch.autograd.grad (the ascent's input gradients),
+Tensor.backward (the descent step) and the optimizer's step with wall-clock timers, trains
+one epoch, and prints the time per step of each kind; "rest" is Python, indexing, the
+loss, the proposals and accepts, the quotients' arithmetic.
 MLP 784-200-80-10, batch 128, SGD, λ active every step.
 
     python benchmarks/profile_clip.py [authors|defaults|reference-authors|standard] [--n 5000]
@@ -66,15 +67,26 @@ def main() -> None:
     model = ck.models.mlp([784, 200, 80, 10], activation=act, seed=0)
     inner = model.forward
 
+    in_ascent = [False]
+
     def forward(inp):
-        kind = "grad" if torch.is_grad_enabled() else "no grad"
-        with_batch = inp.shape[0] >= 128 and inp.shape[0] - 128 <= 2
-        label = "descent forward (batch + winning pair)" if with_batch else \
-            f"forward {inp.shape[0]} rows ({kind})"
+        if in_ascent[0]:
+            kind = "grad" if torch.is_grad_enabled() else "no grad"
+            label = f"ascent forward, {inp.shape[0]} rows ({kind})"
+        else:
+            label = "descent forward (batch + penalty pairs)"
         return timed(label, inner)(inp)
 
+    def before_step(run, lam, _inner=method.before_step):
+        in_ascent[0] = True
+        try:
+            return _inner(run, lam)
+        finally:
+            in_ascent[0] = False
+
+    method.before_step = before_step
     model.forward = forward
-    torch.autograd.grad = timed("ascent input-gradient backward", torch.autograd.grad)
+    torch.autograd.grad = timed("ascent backward (input gradients)", torch.autograd.grad)
     torch.Tensor.backward = timed("descent backward", torch.Tensor.backward)
     torch.optim.SGD.step = timed("optimizer step", torch.optim.SGD.step)
     kw = dict(epochs=1, batch_size=128, optimizer="sgd", lr=0.1, seed=0, progress=False)

@@ -233,10 +233,10 @@ class CLIP(Method):
         keep_step_sizes: on a redraw the new pairs keep the step sizes τ of the pairs
             they replace (the authors' code); False: they start again at ``step_size``.
             It matters: in one measured run (``CLIP.authors()``, corrected model,
-            Fashion-MNIST, 12 epochs) the carried-over τ left the new pairs nearly still
-            after the first redraw; CLIP's estimate fell to 0.25 while the network's
-            Lipschitz lower bound was 21.6, and the penalty had no effect; with
-            ``keep_step_sizes=False``, estimate 1.4 and lower bound 1.5.
+            Fashion-MNIST, 12 epochs), with carried-over τ CLIP's estimate fell after the
+            first redraw (step 2000) to 0.25 while the network's Lipschitz lower bound
+            grew to 21.6, and the penalty had no effect; with ``keep_step_sizes=False``,
+            estimate 1.4 and lower bound 1.5.
         skip_above: skip the penalty (λ·0) on a step where Lip_X^p exceeds this (the
             authors' reg_max = 5000 with p = 2); None: never. The history's ``skipped``
             is the fraction of the epoch's steps skipped.

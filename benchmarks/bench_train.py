@@ -1,20 +1,33 @@
-"""Epoch time (best of --repeat) of each training method as a ratio to standard training.
+"""Epoch time of each training method as a ratio to standard training, measured in one run.
 
 MNIST-shaped data: real MNIST / Fashion-MNIST training images when the data root has them
 (CLIPKIT_DATA), else random images of the same shape. Model: MLP 784-200-80-10 (sigmoid
-for the authors' preset as they used it, relu otherwise), batch 128, SGD.
+for the authors' preset as they used it, relu otherwise), batch 128, SGD, λ active in every
+step (constant schedule). The methods are timed in turns, ``--repeat`` rounds, and each
+keeps its best epoch, so that a load that comes and goes hits them alike.
 
-    python benchmarks/bench_train.py [--n 10000] [--threads 2]
+Rows marked "0.1.0 step" run the frozen copy of the CLIP step before its speed-up
+(tests/clip_reference.py), when the checkout has it.
+
+Targets: CLIP.authors() ≤ 4× standard; clipkit's defaults (64 pairs) ≤ 1.5×. The rows with
+``ascent_every`` use that approximation (see benchmarks/bench_approx.py for what it costs in
+results); "λ = 0 (warm-up)" is an epoch of the authors' warm-up, pairs ascended, no penalty.
+
+    python benchmarks/bench_train.py [--n 10000] [--threads 1] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import clipkit as ck
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def mnist_shaped(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -28,43 +41,74 @@ def mnist_shaped(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     return torch.rand(n, 1, 28, 28, generator=gen), torch.randint(10, (n,), generator=gen), "random"
 
 
+def reference_clip():
+    """The 0.1.0 CLIP step (tests/clip_reference.py), or None outside a checkout."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from clip_reference import ReferenceCLIP
+    except ImportError:
+        return None
+    finally:
+        sys.path.pop(0)
+    return ReferenceCLIP
+
+
+def methods() -> dict[str, ck.Method]:
+    const = ck.Constant()
+    rows: dict[str, ck.Method] = {
+        "standard": ck.Standard(),
+        "weight decay": ck.WeightDecay(1e-4),
+        "CLIP defaults (64 pairs)": ck.CLIP(lam=0.1, data_range=(0.0, 1.0)),
+        "CLIP defaults, ascent_every=8": ck.CLIP(lam=0.1, data_range=(0.0, 1.0), ascent_every=8),
+        "CLIP 16 pairs": ck.CLIP(lam=0.1, pairs=16, data_range=(0.0, 1.0)),
+        "CLIP authors()": ck.CLIP.authors(schedule=const),
+        "CLIP authors(ascent_every=4)": ck.CLIP.authors(schedule=const, ascent_every=4),
+        "CLIP authors(pairs=125)": ck.CLIP.authors(schedule=const, pairs=125),
+        "CLIP authors(), λ = 0 (warm-up)": ck.CLIP.authors(schedule=ck.Warmup(1)),
+    }
+    ref = reference_clip()
+    if ref is not None:
+        old_authors = dict(lam=0.1, pairs=500, noise_dist="uniform", step_size=10.0, power=2,
+                           refresh=2000, data_range=(0.0, 1.0), schedule=const)
+        rows["CLIP 16 pairs, 0.1.0 step"] = ref(lam=0.1, pairs=16, data_range=(0.0, 1.0))
+        rows["CLIP authors() of 0.1.0, 0.1.0 step"] = ref(**old_authors)
+    rows["gradient penalty"] = ck.GradientPenalty(0.01)
+    rows["PGD-7 adversarial training"] = ck.AdversarialTraining(eps=0.1, steps=7)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=10000, help="training images per epoch")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeat", type=int, default=2, help="epochs timed per method (min)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; each method's best epoch")
+    parser.add_argument("--only", default="", help="row names to time, separated by ';'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     x, y, source = mnist_shaped(args.n)
     x = x.flatten(1)
-    methods = {
-        "standard": ck.Standard(),
-        "weight decay": ck.WeightDecay(1e-4),
-        "CLIP (clipkit defaults)": ck.CLIP(lam=0.1, data_range=(0.0, 1.0)),
-        "CLIP (authors' preset)": ck.CLIP.authors(schedule=ck.Constant()),
-        "gradient penalty": ck.GradientPenalty(0.01),
-        "PGD-7 adversarial training": ck.AdversarialTraining(eps=0.1, steps=7),
-    }
+    rows = methods()
+    if args.only:
+        keep = {"standard", *(s.strip() for s in args.only.split(";"))}
+        rows = {k: v for k, v in rows.items() if k in keep}
     print(f"data: {source}, {len(y)} images, batch 128, SGD, {args.threads} threads, "
           f"torch {torch.__version__}")
     # warm-up (allocator, kernels)
     ck.fit(ck.models.mlp([784, 200, 80, 10], seed=0), (x[:1024], y[:1024]), epochs=1,
            optimizer="sgd", lr=0.1, progress=False)
-    times = {}
-    for name, method in methods.items():
-        act = "sigmoid" if "authors" in name else "relu"
-        best = float("inf")
-        for _ in range(args.repeat):
+    times = dict.fromkeys(rows, float("inf"))
+    for _ in range(args.repeat):
+        for name, method in rows.items():
+            act = "sigmoid" if "authors" in name else "relu"
             model = ck.models.mlp([784, 200, 80, 10], activation=act, seed=0)
             t = time.perf_counter()
             ck.fit(model, (x, y), method=method, epochs=1, batch_size=128, optimizer="sgd",
                    lr=0.1, seed=0, progress=False)
-            best = min(best, time.perf_counter() - t)
-        times[name] = best
+            times[name] = min(times[name], time.perf_counter() - t)
     base = times["standard"]
-    print(f"{'method':<30}{'epoch (s)':>10}{'÷ standard':>12}")
+    print(f"{'method':<40}{'epoch (s)':>10}{'÷ standard':>12}")
     for name, t in times.items():
-        print(f"{name:<30}{t:>10.2f}{t / base:>12.2f}")
+        print(f"{name:<40}{t:>10.2f}{t / base:>12.2f}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class Run:
     dtype: torch.dtype
     step: int = 0
     state: Any = None
+    #: whether any copy's λ is nonzero this epoch (a host flag: no device sync per step)
+    lam_nonzero: bool = True
 
     @property
     def K(self) -> int:

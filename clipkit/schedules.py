@@ -66,6 +66,11 @@ class Discrepancy(Schedule):
 
     After ``warmup`` epochs at λ = 0, start at the base λ; then every ``every`` epochs,
     λ ← λ + Δ while the training accuracy is above ``goal_acc``, else λ ← max(λ − Δ, 0).
+    The accuracy is the previous epoch's: epoch e = warmup + j·every (j >= 1) takes
+    acc[e − 1]. The authors' ``lamda_scheduler(warmup=w, cooldown=c)`` (their main.py:
+    w = 5, c = 1) is ``Discrepancy(goal_acc, delta, every=c + 1, warmup=w + 1)``: their
+    scheduler is built before the first epoch with λ = 0 and counts its warm-up from the
+    call after it, so λ = 0 for w + 1 epochs (tested against their logic).
     """
 
     goal_acc: float = 0.95
@@ -88,5 +93,6 @@ class Discrepancy(Schedule):
             return base.clone()
         if (epoch - self.warmup) % self.every:
             return prev.clone()
-        step = torch.where(train_acc > self.goal_acc, self.delta, -self.delta).to(prev)
-        return (prev + step).clamp_min(0.0)
+        # in prev's dtype: a Δ made a float32 tensor first would shift a float64 λ by 1e-9
+        up = (train_acc > self.goal_acc).to(prev.device)
+        return torch.where(up, prev + self.delta, prev - self.delta).clamp_min(0.0)

@@ -207,6 +207,7 @@ def train_loop(
     bar = tqdm(range(setup.epochs), desc=setup.desc, disable=not setup.progress, leave=False)
     for epoch in bar:
         lam_e = method.schedule(epoch, lam, lam_e, acc_prev).to(device=device, dtype=x.dtype)
+        run.lam_nonzero = bool((lam_e != 0).any())
         perm = torch.stack([torch.randperm(n, generator=g) for g in data_gens]).to(device)
         sums = {"loss": 0.0, "penalty": 0.0, "acc": 0.0}
         metric_sums: dict[str, Tensor] = {}
@@ -299,7 +300,9 @@ DESCRIPTIONS = {
     "loss": "mean training loss (data term) over the epoch",
     "penalty": "mean penalty R(θ) over the epoch (CLIP: Lip_X^p)",
     "lam_epoch": "λ used in the epoch (the schedule applied to the base λ)",
-    "lip": "CLIP estimate Lip_X = max over pairs of the quotient, mean over the epoch's steps",
+    "lip": "CLIP estimate Lip_X: the largest pair quotient at each step's θ, mean over the "
+           "epoch's steps",
+    "skipped": "fraction of the epoch's steps whose penalty was skipped (CLIP skip_above)",
     "acc": "training accuracy over the epoch's batches",
     "test_loss": "test loss at the end of the epoch",
     "test_acc": "test accuracy at the end of the epoch",

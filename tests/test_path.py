@@ -29,6 +29,11 @@ def _rel(a, b):
         (ck.WeightDecay(), [1e-3, 1e-1]),
         (ck.CLIP(), [0.0, 0.1, 1.0]),
         (ck.CLIP(init="points", reduction="mean", power=2, ascent_steps=2, refresh=4), [0.05]),
+        (ck.CLIP.authors(pairs=8, refresh=5, schedule=ck.Warmup(1), step_size=1.0),
+         [0.0, 0.1]),
+        (ck.CLIP(ascent_every=3, refresh=5, ascent_steps=2), [0.0, 0.5]),
+        (ck.CLIP(reduction="mean", ascent_every=2, ascent_on="penalty", power=2), [0.5]),
+        (ck.CLIP(power=2, skip_above=0.05, keep_step_sizes=True, refresh=3), [1.0]),  # skips some
         (ck.GradientPenalty(), [0.01, 0.1]),
         (ck.AdversarialTraining(eps=0.05, steps=2, data_range=None), [0.0]),
     ],
@@ -46,8 +51,10 @@ def test_a_path_equals_separate_fits(method, lams, data64):
             trained = model_at(ds, model_fn, lam=lam, seed=seed)
             for p, q in zip(model.parameters(), trained.parameters(), strict=True):
                 assert _rel(q.detach(), p.detach()) <= 1e-6
-            path_loss = torch.tensor(ds.loss.sel(lam=lam, seed=seed).values)
-            assert _rel(path_loss, torch.tensor(hist.loss.values)) <= 1e-6
+            for name in ("loss", "lip", "penalty", "skipped"):
+                if name in hist and bool(hist[name].notnull().all()):  # no penalty: NaN
+                    path_value = torch.tensor(ds[name].sel(lam=lam, seed=seed).values)
+                    assert _rel(path_value, torch.tensor(hist[name].values)) <= 1e-6, name
 
 
 def test_copies_differ_by_lambda_and_seed(data64):

@@ -168,3 +168,55 @@ def test_nan_loss_names_epoch_and_step_and_keeps_the_history():
     hist = err.value.history
     assert hist.sizes["epoch"] == 2 and hist.attrs["status"] == "failed"
     assert bool(hist.loss.notnull().all())
+
+
+def _authors_lambdas(acc, lam, increment, goal, warmup, cooldown):
+    """λ per epoch from the authors' ``lamda_scheduler`` (their train.py), as their main.py
+    drives it: built before training (it sets λ to the warm-up value 0), called after each
+    epoch with that epoch's training accuracy. Written from their logic, not from clipkit's."""
+    current, w, cool = 0.0, warmup, cooldown
+    lambdas = []
+    for a in acc:
+        lambdas.append(current)  # the epoch trains with the λ set so far
+        if w > 0:
+            w -= 1
+            current = 0.0
+        elif w == 0:
+            w = -1
+            current = lam
+        elif cool > 0:
+            cool -= 1
+        else:
+            cool = cooldown
+            current = current + increment if a > goal else max(current - increment, 0.0)
+    return lambdas
+
+
+@pytest.mark.parametrize("warmup, cooldown", [(5, 1), (0, 0), (2, 3), (5, 0)])
+def test_discrepancy_schedule_gives_the_authors_lambda_per_epoch(warmup, cooldown):
+    gen = torch.Generator().manual_seed(warmup * 10 + cooldown)
+    acc = (0.85 + 0.1 * torch.rand(30, generator=gen, dtype=torch.float64)).tolist()
+    lam, delta, goal = 0.1, 0.04, 0.9
+    expected = _authors_lambdas(acc, lam, delta, goal, warmup, cooldown)
+    schedule = ck.Discrepancy(goal_acc=goal, delta=delta, every=cooldown + 1, warmup=warmup + 1)
+    got, prev, acc_prev = [], None, None
+    base = torch.tensor([lam], dtype=torch.float64)
+    for epoch, a in enumerate(acc):
+        prev = schedule(epoch, base, prev, acc_prev)
+        got.append(float(prev))
+        acc_prev = torch.tensor([a], dtype=torch.float64)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert len(set(expected[warmup + 1:])) > 2  # the rule did act, both ways
+
+
+def test_fit_follows_the_authors_discrepancy_rule_on_its_own_accuracies():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 2, generator=gen)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    method = ck.CLIP(lam=0.05, schedule=ck.Discrepancy(goal_acc=0.9, delta=0.02, every=2,
+                                                       warmup=2))
+    hist = ck.fit(ck.models.mlp([2, 16, 2], seed=0), (x, y), method=method, epochs=9,
+                  batch_size=64, lr=1e-2, progress=False)
+    expected = _authors_lambdas(hist.acc.values.tolist(), 0.05, 0.02, 0.9, 1, 1)
+    assert hist.lam_epoch.values.tolist() == pytest.approx(expected, abs=1e-6)
+    assert max(expected) > 0.05  # the accuracy passed the goal: λ was raised

@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 reproduce: $(STAMP)
-	$(PY) -m clipkit.reproduce
+	$(PY) -m clipkit reproduce
 
 lint: $(STAMP)
 	$(PY) -m ruff check clipkit tests benchmarks

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 import clipkit as ck
-from clipkit.path import init_copy
+from clipkit.core.utils import resolve_device
+from clipkit.train.path import init_copy
 
 
 def mnist_shaped(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +43,7 @@ def _timed(fn, dev) -> float:
 
 def compare(name, model_fn, data, lams, device, repeat=2, **kw) -> None:
     """Best of ``repeat`` alternating rounds (separate fits, then the path)."""
-    dev = ck.train.resolve_device(device)
+    dev = resolve_device(device)
 
     def separate_fits():
         for lam in lams:
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--mnist-n", type=int, default=2048)
     args = parser.parse_args()
     lams = list(np.geomspace(1e-3, 10, args.k))
-    print(f"torch {torch.__version__}, device {ck.train.resolve_device(args.device)}, "
+    print(f"torch {torch.__version__}, device {resolve_device(args.device)}, "
           f"{torch.get_num_threads()} threads")
     x, y = ck.data.regression(n=200, noise=0.1, seed=0)
     compare("regression MLP 1-64-64-1", lambda: ck.models.mlp([1, 64, 64, 1]), (x, y), lams,

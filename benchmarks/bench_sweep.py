@@ -28,7 +28,7 @@ def time_papermill(points: int, folder: Path) -> float:
     """Seconds per back-to-back papermill run of the do-nothing notebook."""
     import papermill
 
-    sweep._prepare_kernel_env()  # the kernel imports this clipkit, as in a sweep
+    sweep.prepare_kernel_env()  # the kernel imports this clipkit, as in a sweep
     start = time.perf_counter()
     for i in range(points):
         papermill.execute_notebook(

@@ -13,7 +13,7 @@ between may hold one of them.
    seconds", the error of the flaky sweep test); a taken heartbeat port goes unnoticed.
 2. In the wild: ``--procs`` processes each start and stop ``--starts`` kernels at the same
    time, first over TCP (jupyter_client's default), then over IPC sockets in private
-   folders (what ``clipkit.kernels`` does), and the failed starts are counted
+   folders (what ``clipkit.experiments.sweep.kernels`` does), and the failed starts are counted
    (papermill's start timeout, 60 s). Losses are rare (about 1 in 150 starts here), so
    a run may show none.
 """

@@ -4,23 +4,39 @@
 >>> x, y = ck.data.regression(n=200, noise=0.1, seed=0)
 >>> model = ck.models.mlp([1, 64, 64, 1], activation="relu", seed=0)
 >>> hist = ck.fit(model, (x, y), method=ck.CLIP(lam=0.1), epochs=200, seed=0)
+
+The package is layered; each layer imports only the ones below it (``docs/architecture.md``):
+
+* ``clipkit.core``: data, models, provenance, helpers, the shared pair ascent and PGD;
+* ``clipkit.train``: methods (CLIP and the baselines), schedules, ``fit``, ``fit_path``;
+* ``clipkit.analysis``: Lipschitz estimators, attacks, the λ → constant theory;
+* ``clipkit.experiments``: result files, evaluation into Datasets, notebooks, sweeps;
+* ``clipkit.paper``: figures, tables, the reproduction report, ``clipkit reproduce``.
+
+This namespace gathers what a user types: ``ck.fit``, ``ck.CLIP``, ``ck.data``,
+``ck.lipschitz``, ``ck.attacks``, ``ck.theory``, ``ck.results``, ...
 """
 
-__version__ = "0.1.0"
-
-from . import attacks, data, lipschitz, models, notebook, schedules, theory  # noqa: E402
-from .clip import CLIP  # noqa: E402
-from .path import fit_path  # noqa: E402
-from .regularizers import (  # noqa: E402
+from clipkit.analysis import attacks, lipschitz, theory
+from clipkit.core import __version__, data, models
+from clipkit.experiments import notebook, results, sweep
+from clipkit.train import (
+    CLIP,
     AdversarialTraining,
+    Constant,
+    Discrepancy,
     GradientPenalty,
     Method,
+    NonFiniteLossError,
     SpectralNorm,
     Standard,
+    Warmup,
     WeightDecay,
+    fit,
+    fit_path,
+    path,
+    schedules,
 )
-from .schedules import Constant, Discrepancy, Warmup  # noqa: E402
-from .train import NonFiniteLossError, fit  # noqa: E402
 
 __all__ = [
     "CLIP",
@@ -34,6 +50,7 @@ __all__ = [
     "Standard",
     "Warmup",
     "WeightDecay",
+    "__version__",
     "attacks",
     "data",
     "fit",
@@ -41,6 +58,9 @@ __all__ = [
     "lipschitz",
     "models",
     "notebook",
+    "path",
+    "results",
     "schedules",
+    "sweep",
     "theory",
 ]

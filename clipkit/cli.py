@@ -49,7 +49,7 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from clipkit import sweep
+    from clipkit.experiments import sweep
 
     try:
         summary = sweep.run(
@@ -70,13 +70,13 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _reproduce_arguments(p: argparse.ArgumentParser) -> None:
-    from clipkit import reproduce
+    from clipkit.paper import reproduce
 
     reproduce.add_arguments(p)
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from clipkit import reproduce
+    from clipkit.paper import reproduce
 
     return reproduce.run(args)
 

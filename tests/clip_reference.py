@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 import clipkit as ck
-from clipkit.clip import PairState, accept, propose, quotients, quotients_from
+from clipkit.train.clip import PairState, accept, propose, quotients, quotients_from
 
 
 def _value_and_grad(forward, u, v):

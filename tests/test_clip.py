@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import clipkit as ck
-from clipkit.clip import PairState, ascend, quotients
-from clipkit.regularizers import Run
+from clipkit.train.clip import PairState, ascend, quotients
+from clipkit.train.protocol import Run, Step
 
 sys.path.insert(0, str(Path(__file__).parent))
 from clip_reference import ReferenceCLIP  # noqa: E402
@@ -295,7 +295,7 @@ def test_ascent_every_picks_the_winner_by_the_latest_values():
     extra = method.extra_inputs(run)
     assert torch.equal(extra[:, 0], run.state.u[:, 1]) and torch.equal(extra[:, 1],
                                                                        run.state.v[:, 1])
-    step = ck.regularizers.Step(None, None, None, None, torch.ones(1), forward(extra))
+    step = Step(None, None, None, None, torch.ones(1), forward(extra))
     reg, metrics = method.penalty(run, step)
     fresh = quotients(forward, run.state.u[:, 1:2], run.state.v[:, 1:2])[0, 0]
     assert reg.item() == pytest.approx(fresh.item()) and metrics["lip"].item() == reg.item()

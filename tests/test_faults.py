@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 import clipkit
-from clipkit import cli, results, sweep
+from clipkit import cli
+from clipkit.experiments import results, sweep
 
 NOTEBOOKS = Path(__file__).parent / "notebooks"
 QUADRATIC = NOTEBOOKS / "quadratic.ipynb"
@@ -222,7 +223,7 @@ def one_task(tmp_path: Path, **fixed) -> sweep.Task:
     spec, points = sweep.check({"notebook": str(QUADRATIC), "grid": {"seed": [4]},
                                 "fixed": fixed})
     (tmp_path / "out" / sweep.POINTS_DIR).mkdir(parents=True)  # as sweep.run makes it
-    return sweep._tasks(spec, points, tmp_path / "out")[0]
+    return sweep.make_tasks(spec, points, tmp_path / "out")[0]
 
 
 @pytest.mark.parametrize(("err", "reason"), [(errno.ENOSPC, "No space left on device"),
@@ -300,7 +301,7 @@ def test_reproduce_checks_every_spec_and_option_before_running(tmp_path, capsys)
 
 
 def test_notebook_parameter_errors_name_the_parameter_value_and_what_is_accepted():
-    from clipkit.notebook import ParameterError, choice, parameters
+    from clipkit.experiments.notebook import ParameterError, choice, parameters
 
     namespace = {"__annotations__": {"lam": float, "seed": int}, "lam": "big", "seed": 0}
     with pytest.raises(ParameterError, match="parameter 'lam' = 'big' is a str; the notebook "

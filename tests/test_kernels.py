@@ -1,4 +1,4 @@
-"""clipkit.kernels: kernel start failures are retried (bounded), notebook errors never are.
+"""sweep kernels: kernel start failures are retried (bounded), notebook errors never are.
 
 The unit tests replace papermill by a stand-in that fails as a kernel would; the last
 test runs a real sweep on a kernel that dies on its first two starts.
@@ -15,7 +15,8 @@ import nbformat
 import papermill
 import pytest
 
-from clipkit import kernels, results, sweep
+from clipkit.experiments import results, sweep
+from clipkit.experiments.sweep import kernels
 
 NOTEBOOKS = Path(__file__).parent / "notebooks"
 

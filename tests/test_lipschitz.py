@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from clipkit import lipschitz
+from clipkit.analysis.lipschitz.structure import float64_copy
 
 ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 FAST = dict(pairs=32, steps=20, restarts=1, directions=2)  # cheap bracket settings for tests
@@ -20,7 +21,7 @@ def sigma_max(J: torch.Tensor) -> torch.Tensor:
 
 def dense_jacobians(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(N, out, in) Jacobians in float64, one output at a time with plain autograd."""
-    m = lipschitz._float64(model)
+    m = float64_copy(model)
     x = x.to(torch.float64).requires_grad_(True)
     y = m(x).reshape(len(x), -1)
     rows = [torch.autograd.grad(y[:, k].sum(), x, retain_graph=True)[0].reshape(len(x), -1)
@@ -32,7 +33,7 @@ def conv_dense(conv: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     """The matrix of a bias-free linear layer on `shape`, built by applying it to the basis."""
     n = math.prod(shape)
     basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
-    m = lipschitz._float64(conv)
+    m = float64_copy(conv)
     if getattr(m, "bias", None) is not None:
         m.bias.zero_()
     with torch.no_grad():
@@ -122,7 +123,7 @@ def test_batchnorm_eval_is_affine_with_its_scale():
     bn.running_mean.normal_()
     bn.weight.data.normal_()
     (lb,) = lipschitz.layer_norms(bn, (4,))
-    bn64 = lipschitz._float64(bn)
+    bn64 = float64_copy(bn)
     J = torch.func.jacrev(lambda v: bn64(v[None])[0])(torch.zeros(4, dtype=torch.float64))
     assert lb.bound == pytest.approx(float(sigma_max(J)), rel=1e-12)
     assert bn.training  # the caller's mode is restored
@@ -194,7 +195,7 @@ def test_exact_deep_piecewise_linear_agrees_with_fine_differences():
     ex = lipschitz.exact(net, (-3.0, 3.0))
     t = torch.linspace(-3, 3, 200_001, dtype=torch.float64)
     with torch.no_grad():
-        y = lipschitz._float64(net)(t[:, None])[:, 0]
+        y = float64_copy(net)(t[:, None])[:, 0]
     fd = ((y[1:] - y[:-1]) / (t[1:] - t[:-1])).abs().max()
     assert ex.value >= float(fd) * (1 - 1e-9)  # no difference quotient exceeds the exact value
     assert ex.value == pytest.approx(float(fd), rel=1e-6)  # and the steepest piece is seen
@@ -207,7 +208,7 @@ def test_exact_smooth_1d_is_a_grid_value():
     assert ex.kind == "grid" and "not a certificate" in ex.method
     t = torch.linspace(-2, 2, 4001, dtype=torch.float64)
     with torch.no_grad():
-        y = lipschitz._float64(net)(t[:, None])[:, 0]
+        y = float64_copy(net)(t[:, None])[:, 0]
     fd = ((y[1:] - y[:-1]) / (t[1:] - t[:-1])).abs().max()
     assert ex.value == pytest.approx(float(fd), rel=1e-4)
 
@@ -216,7 +217,7 @@ def test_exact_smooth_1d_is_a_grid_value():
 
 
 def finite_difference_jacobian(model: nn.Module, x0: torch.Tensor, h: float = 1e-6):
-    m = lipschitz._float64(model)
+    m = float64_copy(model)
     x0 = x0.double()
     cols = []
     with torch.no_grad():
@@ -249,7 +250,7 @@ def test_quotient_search_improves_on_its_start_and_is_reproducible():
                                          generator=torch.Generator().manual_seed(0))
     assert q1 > q0 and q1 == q2
     with torch.no_grad():
-        m = lipschitz._float64(model)
+        m = float64_copy(model)
         u, v = u.double(), v.double()
         direct = (m(u[None]) - m(v[None])).norm() / (u - v).norm()
     assert q1 == pytest.approx(float(direct), rel=1e-12)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipkit import report, results
+from clipkit.experiments import results
+from clipkit.paper import report
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 pytestmark = pytest.mark.slow
@@ -25,9 +26,9 @@ def execute(name: str, out: Path, **params) -> Path:
     """Run ``notebooks/NAME.ipynb`` with ``params``; return its result file."""
     import papermill
 
-    from clipkit.sweep import _prepare_kernel_env
+    from clipkit.experiments.sweep import prepare_kernel_env
 
-    _prepare_kernel_env()  # the kernel imports this checkout's clipkit
+    prepare_kernel_env()  # the kernel imports this checkout's clipkit
     result = out / f"{name}.nc"
     papermill.execute_notebook(
         str(NOTEBOOKS / f"{name}.ipynb"), str(out / f"{name}.ipynb"),

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import clipkit as ck
-from clipkit.path import init_copy, model_at
+from clipkit.train.path import init_copy, model_at
 
 
 @pytest.fixture(scope="module")

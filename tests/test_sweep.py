@@ -20,7 +20,9 @@ import xarray as xr
 import yaml
 
 import clipkit
-from clipkit import cli, results, sweep
+from clipkit import cli
+from clipkit.experiments import results, sweep
+from clipkit.experiments.sweep.point import kernel_pythonpath
 
 NOTEBOOKS = Path(__file__).parent / "notebooks"
 QUADRATIC = NOTEBOOKS / "quadratic.ipynb"
@@ -188,12 +190,12 @@ def test_kernels_import_this_clipkit(monkeypatch):
     import site
 
     root = Path(clipkit.__file__).resolve().parent.parent
-    assert sweep._kernel_pythonpath() == str(root)  # a checkout: put it first for kernels
+    assert kernel_pythonpath() == str(root)  # a checkout: put it first for kernels
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/elsewhere", str(root)]))
-    sweep._prepare_kernel_env()
+    sweep.prepare_kernel_env()
     assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(root), "/elsewhere"]
     monkeypatch.setattr(site, "getsitepackages", lambda: [str(root)])  # pip-installed
-    assert sweep._kernel_pythonpath() is None
+    assert kernel_pythonpath() is None
 
 
 # --------------------------------------------------------------------------- running

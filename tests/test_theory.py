@@ -12,6 +12,7 @@ import scipy.special
 import torch
 
 from clipkit import theory
+from clipkit.analysis.theory.threshold import _kr_lp as threshold_lp
 
 # --------------------------------------------------------------------------- data
 
@@ -154,7 +155,7 @@ def test_threshold_with_equal_inputs_matches_unmerged_lp():
     x = np.concatenate([x, x[:10]])
     y = np.concatenate([y, y[:10] + 0.5])
     r = (y - y.mean())[:, None]
-    unmerged = 2 * theory._kr_lp(x[:, None], r) / len(x)  # g_i = g_j forced by zero distances
+    unmerged = 2 * threshold_lp(x[:, None], r) / len(x)  # g_i = g_j forced by zero distances
     assert theory.threshold(x, y) == pytest.approx(unmerged, rel=1e-6)
 
 

@@ -26,15 +26,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from .regularizers import Method, Run, Step
-from .schedules import Warmup
+from clipkit.train.protocol import Method, Run, Step
+from clipkit.train.schedules import Warmup
 
 __all__ = [
     "CLIP", "PairState", "accept", "ascend", "init_pairs", "propose", "quotients", "quotients_from",
 ]
 
-Tensor = torch.Tensor
 _TINY = 1e-12
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from . import plots, results
+from clipkit.experiments import results
+from clipkit.paper import plots
 
 __all__ = ["SPECS", "AUTHORS_MNIST", "build", "table_rows"]
 
@@ -341,7 +342,7 @@ def _data_sources(runs: Path, names: Sequence[str]) -> set[str]:
 
 def _report(sections, made, paper, profile, device, commands, timings, total, rows, sources,
             data) -> str:
-    from . import __version__
+    from clipkit.core import __version__
 
     def fig(name: str, caption: str) -> str:
         png = paper / "figures" / f"{name}.png"

@@ -45,7 +45,7 @@ def parameters(namespace: Mapping[str, Any], before: Iterable[str]) -> dict[str,
         namespace: the notebook's ``globals()``.
         before: the names that existed before the parameters cell (``set(globals())``).
     """
-    from clipkit.sweep import accepted, type_matches
+    from clipkit.experiments.sweep.parameters import accepted, type_matches
 
     annotations = dict(namespace.get("__annotations__", {}))
     before = set(before)
@@ -90,7 +90,7 @@ def _runs_root() -> Path:
     env = os.environ.get("CLIPKIT_RUNS")
     if env:
         return Path(env).expanduser().absolute()
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # clipkit/experiments/notebook.py
     if (root / "pyproject.toml").is_file():
         return root / "runs"
     return Path.cwd() / "runs"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
-import torch
 from torch import nn
+
+from clipkit.core.utils import seeded
 
 __all__ = ["ACTIVATIONS", "activation_module", "cnn", "mlp"]
 
@@ -25,17 +25,6 @@ def activation_module(name: str) -> nn.Module:
         raise ValueError(
             f"unknown activation {name!r}; accepted: {', '.join(ACTIVATIONS)}"
         ) from None
-
-
-@contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    """Seed torch's global generator for an initialisation, then restore it."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def mlp(
@@ -58,7 +47,7 @@ def mlp(
     act = activation_module
     act(activation)  # validate the name before building anything
     layers: list[nn.Module] = []
-    with _seeded(seed):
+    with seeded(seed):
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(nn.Linear(n_in, n_out))
             if i < len(sizes) - 2 or last_activation:
@@ -86,7 +75,7 @@ def cnn(
     if image_size % 4:
         raise ValueError(f"cnn: image_size must be a multiple of 4, got {image_size}")
     side = image_size // 4
-    with _seeded(seed):
+    with seeded(seed):
         return nn.Sequential(
             nn.Conv2d(in_channels, width, 4, stride=2, padding=1),
             act(activation),

@@ -1,142 +1,16 @@
-"""Training methods: the common interface, and the baselines CLIP is compared with.
-
-Every method works on a *model axis* K first: inputs are (K, B, *in), outputs
-(K, B, *out), penalties (K,). ``ck.fit`` trains one model (K = 1); ``ck.fit_path``
-trains K copies at once with vmap. Random choices use one torch.Generator per copy.
-"""
+"""The baselines CLIP is compared with: plain training, weight decay, gradient penalty,
+spectral normalisation and adversarial training."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from .schedules import Constant, Schedule, check_lam
-
-__all__ = [
-    "AdversarialTraining",
-    "GradientPenalty",
-    "Method",
-    "Run",
-    "SpectralNorm",
-    "Standard",
-    "Step",
-    "WeightDecay",
-    "pgd_batched",
-]
-
-Tensor = torch.Tensor
-
-
-@dataclass
-class Run:
-    """What a method sees of the whole training run."""
-
-    forward: Callable[[Tensor], Tensor]  # (K, B, *in) -> (K, B, *out)
-    params: Callable[[], dict[str, Tensor]]  # name -> (K, *shape), differentiable
-    x_train: Tensor  # (N, *in) on the device
-    y_train: Tensor
-    sample_loss: Callable[[Tensor, Tensor], Tensor]  # (out, y) -> (K, B)
-    generators: list[torch.Generator]  # one per copy, for the method's random draws (CPU)
-    device: torch.device
-    dtype: torch.dtype
-    step: int = 0
-    state: Any = None
-    #: whether any copy's λ is nonzero this epoch (a host flag: no device sync per step)
-    lam_nonzero: bool = True
-
-    @property
-    def K(self) -> int:
-        return len(self.generators)
-
-    def draw(self, fn: Callable[[torch.Generator], Tensor]) -> Tensor:
-        """Stack ``fn(generator_k)`` over the copies (drawn on the CPU: same seed, same draw)."""
-        return torch.stack([fn(g) for g in self.generators]).to(self.device)
-
-
-@dataclass
-class Step:
-    """What a method sees of one training step."""
-
-    x: Tensor  # (K, B, *in), the inputs trained on
-    y: Tensor  # (K, B, ...)
-    out: Tensor  # (K, B, *out)
-    sample_loss: Tensor  # (K, B)
-    lam: Tensor  # (K,)
-    extra_out: Tensor | None = None  # the model's outputs on ``Method.extra_inputs``
-
-
-@dataclass
-class Method:
-    """Base class: a training method with a penalty weight λ and a λ schedule."""
-
-    lam: float = 0.0
-    schedule: Schedule = field(default_factory=Constant)
-
-    #: whether the step's inputs must require grad (penalties on input gradients)
-    input_grad = False
-    #: whether the method can be trained as a vectorised λ-path
-    vectorizable = True
-
-    def __post_init__(self):
-        self.lam = check_lam(self.lam, f"{type(self).__name__}: lam")
-        if not isinstance(self.schedule, Schedule):
-            raise TypeError(
-                f"{type(self).__name__}: schedule must be a clipkit schedule "
-                f"(Constant, Warmup, Discrepancy), got {self.schedule!r}"
-            )
-
-    @property
-    def name(self) -> str:
-        return type(self).__name__
-
-    def config(self) -> dict[str, Any]:
-        """The method's settings, JSON-ready."""
-        cfg = {"method": self.name}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Schedule):
-                value = {"schedule": type(value).__name__, **dataclasses.asdict(value)}
-            cfg[f.name] = list(value) if isinstance(value, tuple) else value
-        return cfg
-
-    def replace(self, **changes) -> Method:
-        """A copy with some settings changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    # hooks, in the order the loop calls them ---------------------------------
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Change the model before training (e.g. a parametrization)."""
-        return model
-
-    def start(self, run: Run) -> Any:
-        """Create the per-run state (kept in ``run.state``)."""
-        return None
-
-    def before_step(self, run: Run, lam: Tensor) -> None:
-        """Work with θ fixed before the descent step (CLIP's ascent on the pairs)."""
-
-    def inputs(self, run: Run, x: Tensor, y: Tensor) -> Tensor:
-        """The inputs to train on (adversarial training replaces them)."""
-        return x
-
-    def extra_inputs(self, run: Run) -> Tensor | None:
-        """Inputs (K, M, *in) to evaluate in the same forward pass as the batch.
-
-        One forward over the batch and these inputs together costs less than two; their
-        outputs reach ``penalty`` as ``step.extra_out``. (A model with batch norm in
-        training mode would see them in its batch statistics.)
-        """
-        return None
-
-    def penalty(self, run: Run, step: Step) -> tuple[Tensor | None, dict[str, Tensor]]:
-        """R(θ) per copy (K,), added as λ·R, and per-copy metrics for the history."""
-        return None, {}
+from clipkit.train.protocol import Method, Run
+from clipkit.train.schedules import check_lam
 
 
 @dataclass

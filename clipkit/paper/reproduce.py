@@ -27,7 +27,7 @@ from pathlib import Path
 
 __all__ = ["main", "add_arguments", "run", "paper_sweeps", "ReproduceError"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: clipkit/paper/reproduce.py
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 STAGING_PREFIX = ".report-"  # the report is drawn in paper/.report-XXXX, then moved in
 
@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def paper_sweeps(paper: Path) -> list[str]:
     """The sweeps of a paper folder: its ``*.yaml`` files, the report's order first."""
-    from clipkit import report
+    from clipkit.paper import report
 
     names = sorted(p.stem for p in paper.glob("*.yaml") if p.is_file())
     return [n for n in report.SPECS if n in names] + [n for n in names if n not in report.SPECS]
@@ -60,7 +60,7 @@ def paper_sweeps(paper: Path) -> list[str]:
 
 def _plan(args: argparse.Namespace, paper: Path) -> list[str]:
     """The sweeps to run, each spec read and checked (with the profile) before any runs."""
-    from clipkit import sweep
+    from clipkit.experiments import sweep
 
     if not paper.is_dir():
         raise ReproduceError(f"--paper {str(paper)!r} is not a folder")
@@ -92,7 +92,7 @@ def _build_report(runs: Path, paper: Path, **kwargs) -> Path:
     A reproduction stopped while the report is drawn leaves the old files, never a
     half-written figure or table.
     """
-    from clipkit import report
+    from clipkit.paper import report
 
     for stale in paper.glob(f"{STAGING_PREFIX}*"):  # left by a reproduction that was killed
         shutil.rmtree(stale, ignore_errors=True)
@@ -108,7 +108,7 @@ def _build_report(runs: Path, paper: Path, **kwargs) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Run the sweeps and build the report; the exit status (0, 1 failed points, 2 bad
     input, 130 interrupted)."""
-    from clipkit import sweep
+    from clipkit.experiments import sweep
 
     paper = Path(args.paper).expanduser().resolve()
     runs = (Path(args.runs).expanduser().resolve() if args.runs
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, names: list[str], paper: Path, runs: Path) -> int:
-    from clipkit import sweep
+    from clipkit.experiments import sweep
 
     workers = args.workers or max(2, len(sweep.visible_gpus()))
     start = time.perf_counter()

@@ -16,27 +16,24 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import xarray as xr
-from torch import nn
+from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from .models import _seeded
-from .regularizers import Method
-from .schedules import check_lam
-from .train import (
+from clipkit.core.provenance import provenance
+from clipkit.core.utils import check_int, seeded
+from clipkit.train.history import history_dataset
+from clipkit.train.loop import train_loop
+from clipkit.train.protocol import Method
+from clipkit.train.schedules import check_lam
+from clipkit.train.setup import (
     NonFiniteLossError,
     TrainSetup,
-    _positive_int,
-    history_dataset,
     place_data,
     plan_run,
-    provenance,
     seeds_for,
-    train_loop,
 )
 
 __all__ = ["fit_path", "init_copy", "model_at"]
-
-Tensor = torch.Tensor
 
 
 def init_copy(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -45,7 +42,7 @@ def init_copy(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:
     ``ck.fit(init_copy(model_fn, s), data, seed=s, ...)`` is the one-model run that the
     path's copy (λ, s) equals.
     """
-    with _seeded(seed):
+    with seeded(seed):
         model = model_fn()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model_fn must return a torch.nn.Module, got {type(model).__name__}")
@@ -108,7 +105,7 @@ def fit_path(
     for s in seeds:
         seeds_for(s)
     if max_models is not None:
-        max_models = _positive_int(max_models, "max_models")
+        max_models = check_int(max_models, "max_models", 1)
     copies = list(itertools.product(lams, seeds))
     chunk = max_models or len(copies)
     t0 = time.perf_counter()
@@ -134,7 +131,8 @@ def fit_path(
         "momentum": momentum, "task": task, "n_train": int(x.shape[0]),
         "max_models": max_models,
     }
-    ds.attrs.update(provenance(setup.device, config, time.perf_counter() - t0, "done"))
+    ds.attrs.update(provenance(config, device=str(setup.device),
+                               wall_time=time.perf_counter() - t0, status="done"))
     ds.attrs["method"] = method.name
     return ds
 

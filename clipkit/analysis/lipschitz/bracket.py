@@ -1,0 +1,118 @@
+"""The bracket lower <= Lip(f) <= upper from every estimator."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor, nn
+
+from clipkit.analysis.lipschitz.estimate import Bracket, Estimate
+from clipkit.analysis.lipschitz.lower import (
+    MAX_DENSE,
+    jacobian_norms,
+    quotient_search,
+    random_quotients,
+)
+from clipkit.analysis.lipschitz.structure import (
+    check_batch_size,
+    check_samples,
+    check_search,
+    float64_copy,
+    seeded_generator,
+)
+from clipkit.analysis.lipschitz.upper import lipschitz_upper, merged_upper_bound
+from clipkit.core.utils import device_dtype, eval_mode
+
+
+def bracket(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    pairs: int = 128,
+    steps: int = 50,
+    restarts: int = 2,
+    directions: int = 4,
+    jacobian: str = "auto",
+    jacobian_iters: int = 50,
+    lanczos_iters: int = 100,
+    delta: float = 1e-6,
+    domain: tuple[float, float] | None = None,
+) -> Bracket:
+    """Bracket Lip(model) (eval mode, l2 on flattened tensors) from the samples ``x``.
+
+    lower = max(quotient search, max_i sigma_max(J(x_i)), random quotients);
+    upper = min(product of layer norms, merged MLP bound when the model is an MLP).
+    Both bound the global constant (over all inputs); ``domain`` only keeps the search's pairs
+    in a box (e.g. the image range), which still gives a valid lower bound.
+
+    Args:
+        model: a (nested) nn.Sequential of supported layers (see ``layer_norms``).
+        x: sample inputs, shape (N, *input_shape), moved to the model's device.
+        seed: seeds one torch.Generator used for every random choice.
+        batch_size: chunk size for every batched evaluation (bounds the memory).
+        pairs, steps, restarts, domain: for ``quotient_search``.
+        directions: random directions per sample and radius, for ``random_quotients``.
+        jacobian, jacobian_iters: method and power iterations for ``jacobian_norms``.
+        lanczos_iters, delta: iterations and failure probability for conv/pool layer norms.
+    """
+    check_samples(x)
+    check_batch_size(batch_size)
+    check_search(pairs, steps, restarts)
+    device, dtype = device_dtype(model)
+    x = x.to(device)
+    gen = seeded_generator(seed, device)
+    estimates: list[Estimate] = []
+
+    t0 = time.perf_counter()
+    upper, layers = lipschitz_upper(model, tuple(x.shape[1:]), iters=lanczos_iters, seed=seed,
+                                    delta=delta)
+    estimates.append(upper)
+    t0 = time.perf_counter()
+    merged = merged_upper_bound(model, tuple(x.shape[1:]))
+    if merged is not None:
+        estimates.append(_timed(merged, t0))
+
+    t0 = time.perf_counter()
+    sig = jacobian_norms(model, x, batch_size=batch_size, method=jacobian,
+                         iters=jacobian_iters, generator=gen)
+    top = sig.topk(min(4, len(sig))).indices
+    sig64 = jacobian_norms(float64_copy(model), x[top].to(device, torch.float64),
+                           batch_size=batch_size, method=jacobian, iters=4 * jacobian_iters,
+                           generator=seeded_generator(seed, device))
+    with eval_mode(model), torch.no_grad():
+        n_out = model(x[:1]).numel()
+    dense = jacobian == "dense" or (
+        jacobian == "auto" and min(batch_size, len(x)) * n_out * x[0].numel() <= MAX_DENSE)
+    estimates.append(Estimate(float(sig64.max()), "lower", "max Jacobian spectral norm",
+                              0 if dense else jacobian_iters, seed, time.perf_counter() - t0,
+                              f"{len(x)} samples ({'dense' if dense else 'power'}), "
+                              "top 4 in float64"))
+
+    # The search starts from the samples where the Jacobian is largest: the quotient of a
+    # close pair there already nears sigma_max(J), so fewer steps find more.
+    t0 = time.perf_counter()
+    starts = x[sig.topk(min(pairs, len(sig))).indices]
+    q, _, _ = quotient_search(model, starts, pairs=pairs, steps=steps, restarts=restarts,
+                              domain=domain, generator=gen, batch_size=batch_size)
+    estimates.append(Estimate(q, "lower", "adversarial quotient search", steps * restarts, seed,
+                              time.perf_counter() - t0,
+                              f"{pairs} pairs x {restarts} restarts from the top-Jacobian "
+                              "samples, float64-verified"))
+
+    t0 = time.perf_counter()
+    r = random_quotients(model, x, directions=directions, generator=gen, batch_size=batch_size)
+    estimates.append(Estimate(r, "lower", "random-perturbation quotients", directions, seed,
+                              time.perf_counter() - t0, f"{directions} directions x 3 radii"))
+
+    lower_by = max((e for e in estimates if e.kind == "lower"), key=lambda e: e.value)
+    upper_by = min((e for e in estimates if e.kind == "upper"), key=lambda e: e.value)
+    return Bracket(lower_by.value, upper_by.value, lower_by, upper_by, tuple(estimates),
+                   tuple(layers))
+
+
+def _timed(e: Estimate, t0: float) -> Estimate:
+    return Estimate(e.value, e.kind, e.method, e.iterations, e.seed,
+                    time.perf_counter() - t0, e.note)

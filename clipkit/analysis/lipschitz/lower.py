@@ -1,0 +1,242 @@
+"""Lower bounds, each attained by some input: Jacobian norms, adversarial and random quotients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from clipkit.analysis.lipschitz.structure import (
+    check_batch_size,
+    check_samples,
+    check_search,
+    float64_copy,
+)
+from clipkit.core.utils import device_dtype, eval_mode, flat_norm
+
+MAX_DENSE = 2**22  # entries of one chunk's dense Jacobian above which power iteration is used
+
+
+def jacobian_norms(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    batch_size: int = 256,
+    method: str = "auto",
+    iters: int = 50,
+    generator: torch.Generator | None = None,
+    max_dense: int | None = None,
+) -> Tensor:
+    """sigma_max(J_f(x_i)) for each sample, each a lower bound of Lip(f) (where f is smooth).
+
+    ``"dense"``: J by torch.func (vmap of jacrev) and its exact spectral norm. ``"power"``:
+    power iteration v <- J^T J v / ||J^T J v|| with torch.func.jvp and vjp on the batch (J is
+    block diagonal over samples in eval mode), sigma = sqrt(<v, J^T J v>) <= sigma_max.
+    ``"auto"``: dense when one chunk's Jacobian has at most ``max_dense`` entries.
+
+    Samples must be processed independently (true in eval mode for the supported layers). At a
+    kink of a ReLU/max-pool, autograd's one-sided choice is used; samples hit kinks with
+    probability 0, so this is not guarded against.
+    """
+    check_samples(x)
+    check_batch_size(batch_size)
+    if method not in ("auto", "dense", "power"):
+        raise ValueError(f"method must be 'auto', 'dense' or 'power', got {method!r}")
+    device, _ = device_dtype(model)
+    x = x.to(device)
+    max_dense = MAX_DENSE if max_dense is None else max_dense
+    out: list[Tensor] = []
+    with eval_mode(model):
+        n_out = model(x[:1]).numel()
+        n_in = x[0].numel()
+        use_dense = method == "dense" or (
+            method == "auto" and min(batch_size, len(x)) * n_out * n_in <= max_dense
+        )
+        for xb in x.split(batch_size):
+            if use_dense:
+                def f1(xi: Tensor) -> Tensor:
+                    return model(xi.unsqueeze(0)).reshape(-1)
+
+                J = torch.func.vmap(torch.func.jacrev(f1))(xb).reshape(len(xb), n_out, n_in)
+                out.append(_spectral_norms(J.detach()))
+            else:
+                out.append(_jacobian_power(model, xb, iters, generator))
+    return torch.cat(out)
+
+
+def _spectral_norms(J: Tensor) -> Tensor:
+    """sigma_max of each matrix in a batch: sqrt(lambda_max(J J^T)) on the smaller Gram matrix.
+
+    Formed in float64, so squaring costs no accuracy at the top of the spectrum; far faster
+    than a batched SVD of the (out x in) Jacobians.
+    """
+    J = J.to(torch.float64)
+    G = J @ J.transpose(1, 2) if J.shape[1] <= J.shape[2] else J.transpose(1, 2) @ J
+    return torch.linalg.eigvalsh(G)[:, -1].clamp_min(0).sqrt().to(J.device)
+
+
+def _jacobian_power(model: nn.Module, xb: Tensor, iters: int,
+                    generator: torch.Generator | None) -> Tensor:
+    """Batched power iteration on J_i^T J_i (one vector per sample)."""
+    v = torch.randn(xb.shape, generator=generator, dtype=xb.dtype, device=xb.device)
+    v = v / flat_norm(v).view(-1, *[1] * (xb.ndim - 1))
+    _, vjp_fn = torch.func.vjp(model, xb)
+    sig2 = torch.zeros(len(xb), dtype=xb.dtype, device=xb.device)
+    for _ in range(iters):
+        _, jv = torch.func.jvp(model, (xb,), (v,))
+        (w,) = vjp_fn(jv)
+        sig2 = (v * w).reshape(len(xb), -1).sum(1)
+        nw = flat_norm(w).clamp_min(torch.finfo(xb.dtype).tiny)
+        v = w / nw.view(-1, *[1] * (xb.ndim - 1))
+    return sig2.clamp_min(0).sqrt().detach()
+
+
+def _quotients(model: nn.Module, u: Tensor, v: Tensor, batch_size: int) -> Tensor:
+    """||f(u_k) - f(v_k)|| / ||u_k - v_k|| per pair (no gradient), in chunks."""
+    out = []
+    with torch.no_grad():
+        for ub, vb in zip(u.split(batch_size), v.split(batch_size), strict=True):
+            num = flat_norm(model(ub) - model(vb))
+            out.append(num / flat_norm(ub - vb))
+    return torch.cat(out)
+
+
+def _verify64(model64: nn.Module, u: Tensor, v: Tensor, batch_size: int) -> Tensor:
+    """The quotients re-evaluated in float64 (what is reported)."""
+    dev = next(iter(model64.parameters()), torch.empty(0)).device
+    return _quotients(model64, u.to(dev, torch.float64), v.to(dev, torch.float64), batch_size)
+
+
+def quotient_search(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    pairs: int = 256,
+    steps: int = 100,
+    restarts: int = 2,
+    init_radius: float = 0.1,
+    step_size: float = 0.1,
+    min_distance: float = 1e-3,
+    domain: tuple[float, float] | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+) -> tuple[float, Tensor, Tensor]:
+    """Adversarial difference-quotient search: max_k ||f(u_k) - f(v_k)|| / ||u_k - v_k||.
+
+    CLIP's pair ascent run long. Each restart draws ``pairs`` pairs from the samples: half
+    (x_i, x_i + init_radius * std(x) * xi), xi ~ N(0, I), half (x_i, x_j) with i != j. Each
+    step moves (u, v) along the normalised gradient g of the quotient by
+    tau_k * ||u_k - v_k|| (the quotient is scale free in the pair's distance, so the raw
+    gradient, ~ 1/||u - v||, would make a fixed tau explode or stall); tau_k *= 1.3 when the
+    pair's quotient rose, otherwise the step is rejected and tau_k /= 1.3. Pairs are kept
+    ``min_distance * rms(x)`` apart (closer pairs only measure rounding) and in ``domain`` if
+    given. The best pairs' quotients are re-evaluated in float64.
+
+    Self-contained (no clipkit.clip import) so clip.py may share it.
+
+    Returns:
+        (best quotient in float64, u, v) of the best pair.
+    """
+    check_samples(x)
+    check_batch_size(batch_size)
+    check_search(pairs, steps, restarts)
+    device, dtype = device_dtype(model)
+    x = x.to(device, dtype)
+    n = len(x)
+    scale = float(x.std()) if x.numel() > 1 and float(x.std()) > 0 else 1.0
+    rms = float(flat_norm(x).pow(2).mean().sqrt()) or 1.0
+    dmin = min_distance * rms
+    best_q, best_u, best_v = -1.0, x[0], x[0]
+    lo, hi = domain if domain is not None else (None, None)
+    model64 = float64_copy(model)
+    with eval_mode(model):
+        for _ in range(restarts):
+            i = torch.randint(n, (pairs,), generator=generator, device=device)
+            j = torch.randint(n, (pairs,), generator=generator, device=device)
+            noise = torch.randn((pairs, *x.shape[1:]), generator=generator, device=device,
+                                dtype=dtype) * (init_radius * scale)
+            near = torch.arange(pairs, device=device) < (pairs + 1) // 2
+            if n < 2:
+                near[:] = True
+            near |= i == j
+            u0 = x[i]
+            v0 = torch.where(near.view(-1, *[1] * (x.ndim - 1)), x[i] + noise, x[j])
+            for s in range(0, pairs, batch_size):
+                u, v = _ascend(model, u0[s:s + batch_size], v0[s:s + batch_size], steps,
+                               step_size, dmin, lo, hi)
+                q64 = _verify64(model64, u, v, batch_size)
+                k = int(q64.argmax())
+                if float(q64[k]) > best_q:
+                    best_q, best_u, best_v = float(q64[k]), u[k], v[k]
+    return best_q, best_u.detach(), best_v.detach()
+
+
+def _ascend(model: nn.Module, u: Tensor, v: Tensor, steps: int, step_size: float, dmin: float,
+            lo: float | None, hi: float | None) -> tuple[Tensor, Tensor]:
+    """Per-pair adaptive normalised-gradient ascent of the quotients (see quotient_search)."""
+    bshape = (-1, *[1] * (u.ndim - 1))
+
+    def value_grad(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a = a.detach().requires_grad_(True)
+        b = b.detach().requires_grad_(True)
+        with torch.enable_grad():
+            q = flat_norm(model(a) - model(b)) / flat_norm(a - b)
+            ga, gb = torch.autograd.grad(q.sum(), (a, b))
+        return q.detach(), ga, gb
+
+    if lo is not None:
+        u, v = u.clamp(lo, hi), v.clamp(lo, hi)
+    q, ga, gb = value_grad(u, v)
+    tau = torch.full_like(q, step_size)
+    for _ in range(steps):
+        gnorm = (flat_norm(ga).pow(2) + flat_norm(gb).pow(2)).sqrt().clamp_min(1e-30)
+        length = (tau * flat_norm(u - v) / gnorm).view(bshape)
+        u1, v1 = u + length * ga, v + length * gb
+        if lo is not None:
+            u1, v1 = u1.clamp(lo, hi), v1.clamp(lo, hi)
+        q1, ga1, gb1 = value_grad(u1, v1)
+        ok = (q1 > q) & (flat_norm(u1 - v1) >= dmin) & torch.isfinite(q1)
+        okb = ok.view(bshape)
+        u, v = torch.where(okb, u1, u), torch.where(okb, v1, v)
+        ga, gb = torch.where(okb, ga1, ga), torch.where(okb, gb1, gb)
+        q = torch.where(ok, q1, q)
+        tau = torch.where(ok, tau * 1.3, tau / 1.3)
+    return u.detach(), v.detach()
+
+
+def random_quotients(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    directions: int = 8,
+    radii: Sequence[float] = (1e-3, 1e-2, 1e-1),
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+    verify_top: int = 16,
+) -> float:
+    """max over samples, radii r and random unit directions d of ||f(x + r s d) - f(x)|| / (r s).
+
+    s = rms ||x_i||. Computed in the model's dtype; the ``verify_top`` largest are re-evaluated in
+    float64 and the largest of those is returned.
+    """
+    check_samples(x)
+    check_batch_size(batch_size)
+    device, dtype = device_dtype(model)
+    x = x.to(device, dtype)
+    s = float(flat_norm(x).pow(2).mean().sqrt()) or 1.0
+    # keep only the running top candidates, so memory does not grow with samples x directions
+    top_q = torch.empty(0, device=device, dtype=dtype)
+    top_u = top_v = torch.empty(0, *x.shape[1:], device=device, dtype=dtype)
+    with eval_mode(model):
+        for r in radii:
+            for _ in range(directions):
+                for xb in x.split(batch_size):
+                    d = torch.randn(xb.shape, generator=generator, device=device, dtype=dtype)
+                    vb = xb + (r * s) * d / flat_norm(d).view(-1, *[1] * (x.ndim - 1))
+                    q = torch.cat([top_q, _quotients(model, xb, vb, batch_size)])
+                    keep = q.topk(min(verify_top, len(q))).indices
+                    top_q = q[keep]
+                    top_u, top_v = torch.cat([top_u, xb])[keep], torch.cat([top_v, vb])[keep]
+    u, v = top_u, top_v
+    return float(_verify64(float64_copy(model), u, v, batch_size).max())

@@ -1,0 +1,110 @@
+"""Small helpers every layer shares: per-sample norms, eval mode, seeding, argument checks."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "broadcast_to",
+    "check_choice",
+    "check_int",
+    "check_number",
+    "device_dtype",
+    "eval_mode",
+    "flat_norm",
+    "resolve_device",
+    "seeded",
+]
+
+
+def flat_norm(t: Tensor, dims: int = 1) -> Tensor:
+    """ℓ2 norm over all but the first ``dims`` dimensions: ‖t[i]‖ (or ‖t[k, i]‖ for dims=2)."""
+    return t.flatten(dims).norm(dim=dims)
+
+
+def broadcast_to(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` (shape a prefix of ``like``'s) with trailing singleton axes, to scale ``like``."""
+    return t.view(*t.shape, *([1] * (like.dim() - t.dim())))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every submodule in eval mode inside the block; each one's flag restored afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.train(flag)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Seed torch's global generator inside the block (e.g. an initialisation), then restore it.
+
+    ``None``: no seeding, the global generator as it is.
+    """
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of a model's first parameter (or buffer); CPU and default dtype."""
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        p = next(iter(model.buffers()), None)
+    if p is None:
+        return torch.device("cpu"), torch.get_default_dtype()
+    return p.device, p.dtype
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" → the GPU when there is one, else the CPU; otherwise ``torch.device(device)``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}; accepted: 'auto', 'cpu', 'cuda[:i]'") from exc
+
+
+def check_int(value: Any, name: str, low: int = 0) -> int:
+    """``value`` if it is an int >= ``low`` (a bool is not an int), else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_number(value: Any, name: str, low: float = 0.0) -> float:
+    """``value`` as a float if it is a finite number >= ``low``, else an error naming it.
+
+    A TypeError for something that is not a number (a bool is not), a ValueError for a
+    number out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(
+            f"{name} must be a finite number >= {low:g}, got {value!r} ({type(value).__name__})"
+        )
+    if not math.isfinite(value) or value < low:
+        raise ValueError(f"{name} must be a finite number >= {low:g}, got {value!r}")
+    return float(value)
+
+
+def check_choice(value: Any, name: str, accepted: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``accepted``, else a ValueError listing them."""
+    accepted = tuple(accepted)
+    if value not in accepted:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, accepted))}; got {value!r}")
+    return value

@@ -1,0 +1,154 @@
+"""Where points run: a local process pool (one GPU per worker) or a dask.distributed cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from clipkit.experiments.sweep.kernels import error_text
+from clipkit.experiments.sweep.point import Outcome, Task, run_point
+from clipkit.experiments.sweep.spec import SweepError
+
+DASK_CONNECT_TIMEOUT = "30s"  # how long to try reaching a dask scheduler
+
+log = logging.getLogger("clipkit.sweep")
+
+
+# --------------------------------------------------------------------------- executors
+
+
+def _init_worker(slots: Any, gpus: Sequence[str], stderr_log: str) -> None:
+    """Process-pool initializer: own GPU (round robin), stderr to the sweep's worker log.
+
+    The kernels inherit this process's stderr; their chatter (and papermill's warnings)
+    goes to ``OUT/workers.log`` instead of through the progress bar.
+    """
+    fd = os.open(stderr_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # umask decides
+    os.dup2(fd, 2)
+    os.close(fd)
+    gpu = gpu_for_worker(slots.get(), gpus)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def gpu_for_worker(slot: int, gpus: Sequence[str]) -> str | None:
+    """The GPU id worker number ``slot`` uses: round robin over ``gpus``; None without GPUs."""
+    return gpus[slot % len(gpus)] if gpus else None
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids the workers may use: CUDA_VISIBLE_DEVICES, else torch's device count.
+
+    torch (seconds to import) is asked only where an NVIDIA driver is installed.
+    """
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    if "torch" not in sys.modules and shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def local_futures(
+    tasks: Sequence[Task], workers: int, stderr_log: Path
+) -> Iterator[tuple[Task, Future]]:
+    ctx = multiprocessing.get_context("spawn")  # fork would copy threads and CUDA state
+    gpus = visible_gpus()
+    slots = ctx.Queue()
+    for i in range(workers):
+        slots.put(i)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(slots, gpus, str(stderr_log))) as pool:
+        futures = {pool.submit(run_point, t): t for t in tasks}
+        try:
+            for fut in as_completed(futures):
+                yield futures[fut], fut
+        except BaseException:  # Ctrl-C, or the caller stopped: stop the running points now
+            _kill_workers(pool)  # first: shutdown() forgets the processes
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill a pool's worker processes; their kernels notice and exit within about 1 s.
+
+    Without this, leaving the pool waits for the running points to finish. Killed
+    workers write nothing more: their points have no result file (or a ``.part`` file,
+    removed by the next run) and are run again next time. ProcessPoolExecutor has
+    ``kill_workers`` from Python 3.14 only; before, its processes are in ``_processes``.
+    """
+    kill = getattr(pool, "kill_workers", None)
+    if kill is not None:
+        kill()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            proc.kill()
+
+
+def _dask_client(scheduler: Any) -> tuple[Any, bool]:
+    """A dask Client for an address, a Client or a cluster; and whether we own it."""
+    from dask.distributed import Client
+
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    if isinstance(scheduler, str) or hasattr(scheduler, "scheduler_address"):
+        try:
+            return Client(scheduler, timeout=DASK_CONNECT_TIMEOUT), True
+        except Exception as exc:  # dask raises OSError, TimeoutError, ValueError, ...
+            where = scheduler if isinstance(scheduler, str) else scheduler.scheduler_address
+            raise SweepError(
+                f"cannot connect to the dask scheduler {where!r}: {error_text(exc)} "
+                "(accepted: an address such as tcp://host:8786 where a scheduler runs)"
+            ) from None
+    raise TypeError(
+        f"scheduler must be a dask scheduler address, a dask Client or a cluster, "
+        f"got {type(scheduler).__name__}"
+    )
+
+
+def run_point_in_fresh_context(task: Task) -> Outcome:
+    """``run_point`` in an empty ``contextvars`` context.
+
+    A dask worker thread runs tasks in a copy of its own context, where jupyter_core may
+    already have recorded an event loop (a ContextVar) that is running in another thread;
+    papermill would then fail with "This event loop is already running". An empty context
+    makes it create a loop of its own.
+    """
+    return contextvars.Context().run(run_point, task)
+
+
+def dask_futures(tasks: Sequence[Task], scheduler: Any) -> Iterator[tuple[Task, Any]]:
+    from dask.distributed import as_completed as dask_completed
+
+    client, owned = _dask_client(scheduler)
+    try:
+        futures = {
+            client.submit(run_point_in_fresh_context, t,
+                          key=f"clipkit-sweep-{t.point.name}-{os.getpid()}",
+                          pure=False): t
+            for t in tasks
+        }
+        try:
+            for fut in dask_completed(list(futures)):
+                yield futures[fut], fut
+        except BaseException:  # Ctrl-C, or the caller stopped: cancel what has not finished
+            with contextlib.suppress(Exception):
+                client.cancel(list(futures))
+            raise
+    finally:
+        if owned:
+            client.close()

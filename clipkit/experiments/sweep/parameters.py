@@ -1,0 +1,200 @@
+"""A notebook's declared parameters (papermill reads its ``parameters`` cell); values checked."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from clipkit.experiments import results
+from clipkit.experiments.sweep.spec import Point, Spec, SweepError, load_spec, naming, plan
+
+# --------------------------------------------------------------------------- validation
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split ``text`` at ``sep`` outside brackets."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == sep and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts]
+
+
+def type_matches(value: Any, type_name: str) -> bool:
+    """Whether ``value`` fits a notebook parameter's annotation, e.g. ``list[float]``.
+
+    int is accepted where float is; bool is not an int. Types it cannot read are accepted.
+    """
+    t = type_name.strip().replace("typing.", "")
+    if t in ("", "Any", "object"):
+        return True
+    alternatives = _split_top(t, "|")
+    if len(alternatives) > 1:
+        return any(type_matches(value, a) for a in alternatives)
+    m = re.fullmatch(r"(Optional|Union)\[(.*)\]", t)
+    if m:
+        options = _split_top(m.group(2), ",") + (["None"] if m.group(1) == "Optional" else [])
+        return any(type_matches(value, o) for o in options)
+    m = re.fullmatch(r"(list|List|Sequence|tuple|Tuple)\[(.*)\]", t)
+    if m:
+        inner = _split_top(m.group(2), ",")[0].replace("...", "Any")
+        return isinstance(value, list) and all(type_matches(v, inner) for v in value)
+    if re.fullmatch(r"(dict|Dict|Mapping)(\[.*\])?", t):
+        return isinstance(value, dict)
+    checks = {
+        "None": lambda v: v is None,
+        "NoneType": lambda v: v is None,
+        "bool": lambda v: isinstance(v, bool),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+        "list": lambda v: isinstance(v, list),
+        "List": lambda v: isinstance(v, list),
+        "tuple": lambda v: isinstance(v, list),
+    }
+    check = checks.get(t)
+    return True if check is None else check(value)
+
+
+_ACCEPTS = {
+    "float": "an int or a float",
+    "int": "an int (not a bool)",
+    "bool": "true or false",
+    "str": "a string",
+}
+
+
+def _declared_type(info: Mapping[str, Any]) -> str:
+    """The type a notebook parameter declares; from its default when it has no annotation."""
+    default_src = str(info.get("default", ""))
+    try:
+        default = ast.literal_eval(default_src)
+        literal = True
+    except (ValueError, SyntaxError):
+        default, literal = None, False
+    declared = str(info.get("inferred_type_name") or "None")
+    if declared == "None":  # papermill: no annotation
+        if not literal or default is None:
+            return "Any"
+        declared = type(default).__name__
+    if literal and default is None and declared != "Any":
+        declared = f"Optional[{declared}]"  # `x: str = None` accepts None
+    return declared
+
+
+def notebook_parameters(notebook: Path) -> dict[str, str]:
+    """Names and declared types of a notebook's ``parameters`` cell (via papermill)."""
+    import papermill
+
+    if not notebook.is_file():
+        raise SweepError(f"notebook {str(notebook)!r} does not exist")
+    try:
+        inspected = papermill.inspect_notebook(str(notebook))
+    except Exception as exc:  # papermill raises several kinds for unreadable notebooks
+        raise SweepError(f"cannot inspect notebook {str(notebook)!r}: {exc}") from exc
+    return {name: _declared_type(info) for name, info in inspected.items()}
+
+
+def _check_kernel(name: str) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    try:
+        manager.get_kernel_spec(name)
+    except NoSuchKernel:
+        found = ", ".join(sorted(manager.find_kernel_specs())) or "none"
+        raise SweepError(
+            f"Jupyter kernel {name!r} not found (available: {found}); install one with "
+            f"`python -m ipykernel install --user --name {name}` or set 'kernel' in the spec"
+        ) from None
+
+
+def validate(spec: Spec, points: Sequence[Point] | None = None) -> None:
+    """Check every parameter of every point against the notebook's ``parameters`` cell.
+
+    Raises :class:`SweepError` naming the notebook, the parameter and the accepted type
+    for: a missing notebook or kernel, a notebook without ``parameters`` cell or result
+    parameter, an unknown parameter name, a value of the wrong type.
+    """
+    declared = notebook_parameters(spec.notebook)
+    nb = spec.notebook.name
+    if not declared:
+        raise SweepError(f"notebook {nb!r} has no cell tagged 'parameters'")
+    if spec.result_param not in declared:
+        raise SweepError(
+            f"notebook {nb!r} has no {spec.result_param!r} parameter; add "
+            f"`{spec.result_param}: str = \"\"` to its parameters cell and save the result "
+            f"there with clipkit.results.save(ds, {spec.result_param})"
+        )
+    for where in (spec.grid, spec.fixed):
+        if spec.result_param in where:
+            raise SweepError(f"{spec.result_param!r} is set by the sweep; remove it from the spec")
+    known = ", ".join(sorted(declared))
+    for name in [*spec.grid, *spec.fixed]:
+        if name not in declared:
+            raise SweepError(
+                f"unknown parameter {name!r}: notebook {nb!r} has no such parameter "
+                f"(its parameters: {known})"
+            )
+    for name, value in spec.fixed.items():
+        _check_value(nb, name, value, declared[name], "fixed")
+    for name, values in spec.grid.items():
+        if name in spec.batch:
+            if not type_matches(values, declared[name]):
+                raise SweepError(
+                    f"parameter {name!r} is batched, so each run gets the whole list "
+                    f"{values!r}; notebook {nb!r} declares it as {declared[name]}, "
+                    f"it must accept a list (e.g. `{name}: list[float] = [...]`)"
+                )
+            continue
+        for v in values:
+            _check_value(nb, name, v, declared[name], "grid")
+    _check_kernel(spec.kernel)
+    try:
+        results.check_engine()  # else every point would run, then fail to write its result
+    except ImportError as exc:
+        raise SweepError(str(exc)) from None
+    for p in points or []:  # values already checked; this guards hand-made points
+        unknown = set(p.params) - set(declared)
+        if unknown:
+            raise SweepError(f"point {p.name}: unknown parameter {sorted(unknown)[0]!r}")
+
+
+def check(
+    spec_or_path: str | os.PathLike[str] | Mapping[str, Any], profile: str | None = None
+) -> tuple[Spec, list[Point]]:
+    """Read a spec, plan its points and validate them; errors name the spec file.
+
+    Runs nothing and writes nothing; raises :class:`SweepError`.
+    """
+    spec = load_spec(spec_or_path, profile)
+    with naming(spec.source):
+        points = plan(spec)
+        validate(spec, points)
+    return spec, points
+
+
+def accepted(declared: str) -> str:
+    """What a parameter declared as ``declared`` accepts, in words (``float``: an int or ...)."""
+    optional = re.fullmatch(r"Optional\[(.*)\]", declared)
+    base = optional.group(1) if optional else declared
+    words = _ACCEPTS.get(base, base)
+    return f"{words}, or None" if optional else words
+
+
+def _check_value(nb: str, name: str, value: Any, declared: str, where: str) -> None:
+    if not type_matches(value, declared):
+        raise SweepError(
+            f"parameter {name!r} ({where}) = {value!r} is a {type(value).__name__}; "
+            f"notebook {nb!r} declares {declared}, accepted: {accepted(declared)}"
+        )

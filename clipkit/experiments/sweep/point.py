@@ -1,0 +1,209 @@
+"""One grid point: run its notebook (on a kernel of its own), check and stamp its result file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import site
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from clipkit.experiments import results
+from clipkit.experiments.sweep import kernels
+from clipkit.experiments.sweep.spec import Point
+
+POINT_ATTR = "sweep_point"  # JSON of the parameters a finished result file was computed with
+ENV_ATTR = "environment"  # JSON of the path environment variables the kernel got
+PATH_ENV = ("CLIPKIT_DATA", "CLIPKIT_RUNS")  # made absolute for the kernels
+
+
+# --------------------------------------------------------------------------- one point
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a worker needs to run one point (picklable)."""
+
+    point: Point
+    notebook: str
+    output: str
+    result: str
+    kernel: str
+    result_param: str
+    timeout: float | None
+    allow_nan: bool
+    batch: tuple[str, ...]
+    start_timeout: float = kernels.DEFAULT_START_TIMEOUT
+    env: tuple[tuple[str, str], ...] = ()  # environment variables the kernel gets
+    ipc_parent: str = ""  # where kernels' socket folders go ("": the system's temporary one)
+
+    @property
+    def partial(self) -> str:
+        """Where the notebook writes; the runner checks it and writes ``result``."""
+        return f"{self.result}.part"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one point ended: ``done`` or ``failed`` (with the error text), and its seconds."""
+
+    name: str
+    status: str
+    error: str = ""
+    wall_time: float = float("nan")
+    attempts: int = 1
+    retried: tuple[str, ...] = ()  # transient kernel failures that were retried
+
+
+def kernel_pythonpath() -> str | None:
+    """The folder to put on the kernel's PYTHONPATH so it imports this very clipkit.
+
+    None when clipkit is installed in site-packages (the kernel's python finds it there).
+    A source checkout or editable install is put first, so a kernel never runs another
+    copy of clipkit than the runner (e.g. the editable install's, from a git worktree).
+    """
+    root = Path(__file__).resolve().parents[3]  # the folder holding clipkit/
+    installed = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    return None if root in installed else str(root)
+
+
+def prepare_kernel_env() -> None:
+    """PYTHONPATH for kernels: this clipkit first, and every entry absolute.
+
+    A kernel runs in its notebook's folder, where a relative entry (``PYTHONPATH=.``)
+    would name another folder than the user meant.
+    """
+    root = kernel_pythonpath()
+    current = os.environ.get("PYTHONPATH", "")
+    parts = [os.path.abspath(p) for p in current.split(os.pathsep) if p]
+    if root is not None:
+        parts = [root, *[p for p in parts if p != root]]
+    if parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+
+
+def kernel_environment() -> dict[str, str]:
+    """The path variables of :data:`PATH_ENV` that are set, made absolute (``~`` expanded).
+
+    Computed by the runner, where a relative value means what the user meant; the
+    kernels, which run in their notebook's folder, get these values.
+    """
+    return {k: os.path.abspath(os.path.expanduser(os.environ[k]))
+            for k in PATH_ENV if os.environ.get(k)}
+
+
+def is_finished(result: str | os.PathLike[str], point: Point) -> bool:
+    """Whether ``result`` is a readable result file marked done for exactly ``point``."""
+    try:
+        with xr.open_dataset(result, engine=results.ENGINE) as ds:
+            attrs = dict(ds.attrs)
+    except (OSError, ValueError):
+        return False
+    return attrs.get("status") == results.STATUS_DONE and attrs.get(POINT_ATTR) == point.key
+
+
+error_text = kernels.error_text
+
+
+def _check_result(task: Task) -> tuple[xr.Dataset | None, str]:
+    path = Path(task.partial)
+    if not path.is_file():
+        return None, (
+            f"the notebook wrote no result file; it must save its Dataset to its "
+            f"{task.result_param!r} parameter with clipkit.results.save"
+        )
+    try:
+        ds = results.load(path)
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable result file: {exc}"
+    if ds.attrs.get("status") == results.STATUS_FAILED:
+        return None, str(ds.attrs.get("error") or "the notebook reported a failure")
+    missing = [b for b in task.batch if b not in ds.dims]
+    if missing:
+        return None, f"batched dimension {missing[0]!r} is not a dimension of the result"
+    for name, value in task.point.swept.items():
+        if name in ds.coords and ds[name].ndim == 0 and ds[name].item() != value:
+            return None, f"the result says {name}={ds[name].item()!r}, the point {value!r}"
+    if not task.allow_nan:
+        bad = results.has_nan(ds)
+        if bad:
+            return None, f"NaN in {', '.join(bad)}"
+    return ds, ""
+
+
+def _run_attrs(task: Task, execution: kernels.Execution) -> dict[str, Any]:
+    """What the runner records about how a point ran: attempts, retries, environment."""
+    return {
+        "attempts": execution.attempts,
+        "kernel_retries": json.dumps(execution.retried),
+        ENV_ATTR: json.dumps(dict(task.env), sort_keys=True),
+    }
+
+
+def _finalize(ds: xr.Dataset, task: Task, wall: float) -> xr.Dataset:
+    """Stamp what the sweep knows onto the notebook's result: coordinates, provenance."""
+    attrs = dict(ds.attrs)
+    stamped = results.stamp(
+        ds, task.point.swept,
+        config=task.point.params,
+        wall_time=wall,
+        device=str(attrs.get("device", "unrecorded (the notebook did not stamp it)")),
+    )
+    if "clipkit_version" in attrs:  # the notebook stamped it: keep its configuration
+        stamped.attrs["config"] = attrs.get("config", stamped.attrs["config"])
+        wall_nb = attrs.get("wall_time")
+        if isinstance(wall_nb, (int, float)) and math.isfinite(wall_nb):
+            stamped.attrs["wall_time"] = float(wall_nb)  # the notebook's own timing
+    # the grid decides what is swept; a fixed value the notebook stamped stays a scalar coord
+    stamped.attrs[results.SWEPT_ATTR] = json.dumps(list(task.point.swept))
+    stamped.attrs[POINT_ATTR] = task.point.key
+    return stamped
+
+
+def run_point(task: Task) -> Outcome:
+    """Run one point through papermill and leave a done or failed result file.
+
+    Runs in a worker (process pool or dask); never raises for a failing notebook. A
+    kernel that fails to start is retried (:func:`clipkit.kernels.execute`). A result
+    that cannot be written fails the point with an error naming the file.
+    """
+    prepare_kernel_env()
+    kernels.set_environment(dict(task.env))
+    start = time.perf_counter()
+    execution = kernels.execute(
+        task.notebook, task.output, {**task.point.params, task.result_param: task.partial},
+        kernel=task.kernel, cwd=str(Path(task.notebook).parent), timeout=task.timeout,
+        start_timeout=task.start_timeout, ipc_parent=task.ipc_parent or None,
+    )
+    wall = time.perf_counter() - start
+    error = execution.error
+    if not error:
+        ds, error = _check_result(task)
+        if ds is not None:
+            final = _finalize(ds, task, wall)
+            final.attrs.update(_run_attrs(task, execution))
+            try:
+                results.save(final, task.result)
+            except OSError as exc:
+                error = str(exc)
+            else:
+                Path(task.partial).unlink()
+                return Outcome(task.point.name, results.STATUS_DONE, "", wall,
+                               execution.attempts, tuple(execution.retried))
+    failed = results.failure(task.point.swept, error, config=task.point.params, wall_time=wall)
+    failed.attrs.update(_run_attrs(task, execution))
+    try:
+        results.save(failed, task.result)
+    except OSError as exc:
+        if str(exc) != error:
+            error = f"{error}; the failure record could not be written either: {exc}"
+    with contextlib.suppress(FileNotFoundError):
+        Path(task.partial).unlink()
+    return Outcome(task.point.name, results.STATUS_FAILED, error, wall,
+                   execution.attempts, tuple(execution.retried))

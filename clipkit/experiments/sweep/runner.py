@@ -1,0 +1,294 @@
+"""A sweep from start to end: lock the output folder, skip finished points, run the rest."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from clipkit.experiments import results
+from clipkit.experiments.sweep.executors import dask_futures, local_futures, visible_gpus
+from clipkit.experiments.sweep.kernels import error_text
+from clipkit.experiments.sweep.parameters import check
+from clipkit.experiments.sweep.point import Outcome, Task, is_finished, kernel_environment
+from clipkit.experiments.sweep.spec import Point, Spec, SweepError, format_value
+
+POINTS_DIR = "points"
+LOG_NAME = "sweep.log"
+WORKER_LOG = "workers.log"
+LOCK_NAME = ".sweep.lock"
+
+log = logging.getLogger("clipkit.sweep")
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+@dataclass
+class Summary:
+    """What a sweep did. ``dataset`` is the combined result (None on a dry run)."""
+
+    out: Path
+    points: list[Point]
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    wall_time: float = 0.0
+    dataset: xr.Dataset | None = None
+    combined: Path | None = None
+    retried: dict[str, list[str]] = field(default_factory=dict)  # transient kernel failures
+    unreadable: dict[str, str] = field(default_factory=dict)  # name: where it went, why
+
+    def line(self) -> str:
+        """One line: counts and time."""
+        extra = ""
+        if self.retried:
+            n = sum(len(v) for v in self.retried.values())
+            extra += f", {n} kernel start(s) retried"
+        if self.unreadable:
+            extra += f", {len(self.unreadable)} unreadable result(s) moved aside"
+        return (
+            f"{len(self.points)} points: {len(self.done)} done, {len(self.skipped)} skipped, "
+            f"{len(self.failed)} failed{extra} in {self.wall_time:.1f} s"
+        )
+
+
+def _default_out(spec: Spec) -> Path:
+    if spec.out is not None:
+        return spec.out / spec.profile if spec.profile else spec.out
+    suffix = f"-{spec.profile}" if spec.profile else ""
+    return Path("runs").resolve() / f"{spec.name}{suffix}"
+
+
+def make_tasks(spec: Spec, points: Sequence[Point], out: Path, ipc_parent: str = "") -> list[Task]:
+    folder = out / POINTS_DIR
+    env = tuple(sorted(kernel_environment().items()))
+    return [
+        Task(p, str(spec.notebook), str(folder / f"{p.name}.ipynb"), str(folder / f"{p.name}.nc"),
+             spec.kernel, spec.result_param, spec.timeout, spec.allow_nan, spec.batch,
+             spec.start_timeout, env, ipc_parent)
+        for p in points
+    ]
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Files of points that a killed sweep never finished: temporaries, unchecked results."""
+    for tmp in [*folder.glob(".*.tmp"), *folder.glob("*.nc.part")]:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _existing(task: Task) -> tuple[str, str]:
+    """The state of a point's result file: missing, done, redo (failed or other
+    parameters) or unreadable (with the reason)."""
+    path = Path(task.result)
+    if not path.exists():
+        return "missing", ""
+    error = results.read_error(path)
+    if error:
+        return "unreadable", error
+    return ("done" if is_finished(path, task.point) else "redo"), ""
+
+
+@contextlib.contextmanager
+def lock_folder(folder: Path, what: str = "sweep") -> Iterator[None]:
+    """Hold ``folder/.sweep.lock`` (a ``filelock.FileLock``) while a sweep writes there.
+
+    A second sweep on the same folder gets a :class:`SweepError` at once instead of
+    writing into the same files; the lock goes with the process, even a killed one.
+    """
+    import filelock
+
+    lock_path = folder / LOCK_NAME
+    lock = filelock.FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise SweepError(
+            f"output folder {str(folder)!r} is in use by another {what} (it holds "
+            f"{lock_path.name}); wait for that one to finish, or choose another output folder"
+        ) from None
+    except OSError as exc:
+        raise SweepError(f"cannot lock output folder {str(folder)!r}: {exc}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def make_output_folder(folder: Path) -> None:
+    """Create an output folder, or raise a SweepError that says why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SweepError(
+            f"cannot create output folder {str(folder)!r}: {exc.strerror or exc}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _logging_to(logfile: Path, verbose: bool) -> Iterator[None]:
+    """Log to OUT/sweep.log, and to the console (past the progress bar).
+
+    The console is the root logger's handler where logging is configured (the CLI does),
+    else one added here while the sweep runs (e.g. in Jupyter), if ``verbose``.
+    """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    file_handler = logging.FileHandler(logfile, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handlers: list[logging.Handler] = [file_handler]
+    root = logging.getLogger()
+    console = [root] if root.handlers else []
+    if verbose and not root.handlers:
+        handlers.append(logging.StreamHandler(sys.stderr))
+        handlers[-1].setFormatter(logging.Formatter("%(message)s"))
+        console = [log]
+    old_level = log.level
+    log.setLevel(logging.INFO)
+    for h in handlers:
+        log.addHandler(h)
+    try:
+        with logging_redirect_tqdm(console) if console else contextlib.nullcontext():
+            yield
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+        log.setLevel(old_level)
+
+
+def _describe(p: Point) -> str:
+    return " ".join(f"{k}={format_value(v)}" for k, v in p.swept.items()) or p.name
+
+
+def run(
+    spec_or_path: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    profile: str | None = None,
+    workers: int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    scheduler: Any = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    verbose: bool = True,
+) -> Summary:
+    """Run a sweep: validate, run the unfinished points, record failures, combine.
+
+    Args:
+        spec_or_path: a YAML spec file or the same content as a mapping.
+        profile: a profile of the spec (e.g. ``"quick"``, ``"full"``); default none.
+        workers: local worker processes; default the number of GPUs, at least 1.
+        out: the output folder; default the spec's ``out`` (plus the profile name) or
+            ``runs/SPECNAME[-PROFILE]`` in the current folder.
+        scheduler: a dask scheduler address, Client or cluster: run the points there
+            instead (OUT must then be on a filesystem the workers share).
+        dry_run: validate and list the points; run and write nothing.
+        progress: show a tqdm progress bar.
+        verbose: log to the console when logging is not configured.
+
+    Raises:
+        SweepError: an invalid spec or parameter, before anything runs or is written.
+    """
+    spec, points = check(spec_or_path, profile)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise SweepError(f"workers must be a positive integer, got {workers!r}")
+    out_dir = Path(out).expanduser().resolve() if out is not None else _default_out(spec)
+    summary = Summary(out=out_dir, points=points)
+    tasks = make_tasks(spec, points, out_dir)
+    if dry_run:
+        for t in tasks:
+            print(f"{t.point.name}: {results.to_json(t.point.params)}")
+        print(f"{len(tasks)} points -> {out_dir}")
+        return summary
+
+    start = time.perf_counter()
+    make_output_folder(out_dir / POINTS_DIR)
+    with lock_folder(out_dir), tempfile.TemporaryDirectory(prefix="clipkit-") as ipc:
+        # the kernels' socket folders go in `ipc`, removed here even when workers are killed
+        tasks = make_tasks(spec, points, out_dir, ipc)
+        _remove_stale_temporaries(out_dir / POINTS_DIR)
+        with _logging_to(out_dir / LOG_NAME, verbose):
+            _run_tasks(spec, tasks, summary, workers, scheduler, progress)
+            finished = [Path(t.result) for t in tasks if Path(t.result).is_file()]
+            summary.dataset = results.combine([results.load(f) for f in finished],
+                                              [f.name for f in finished])
+            summary.combined = results.save(summary.dataset, out_dir / results.COMBINED_NAME)
+            summary.wall_time = time.perf_counter() - start
+            log.info("sweep %s: %s; combined -> %s", spec.name, summary.line(), summary.combined)
+            for name, err in summary.failed.items():
+                log.info("  failed %s: %s", name, err)
+    return summary
+
+
+def _run_tasks(spec: Spec, tasks: Sequence[Task], summary: Summary, workers: int | None,
+               scheduler: Any, progress: bool) -> None:
+    """Sort out the existing result files, run the other points, log each outcome."""
+    from tqdm.auto import tqdm
+
+    todo = []
+    for t in tasks:
+        state, error = _existing(t)
+        if state == "done":
+            summary.skipped.append(t.point.name)
+            continue
+        if state == "unreadable":
+            moved = results.move_aside(t.result)
+            summary.unreadable[t.point.name] = f"moved to {moved.name}: {error}"
+            log.warning("UNREADABLE result %s (%s): moved to %s; the point runs again",
+                        Path(t.result).name, error, moved.name)
+        todo.append(t)
+    n_workers = workers or max(1, len(visible_gpus()))
+    where = "dask" if scheduler is not None else f"{n_workers} local worker(s)"
+    log.info("sweep %s: %d points, %d to run on %s, %d already done -> %s",
+             spec.name, len(summary.points), len(todo), where, len(summary.skipped), summary.out)
+    if not todo:
+        return
+    stream = (dask_futures(todo, scheduler) if scheduler is not None
+              else local_futures(todo, min(n_workers, len(todo)), summary.out / WORKER_LOG))
+    bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="point", disable=not progress)
+    try:
+        with bar:
+            for task, fut in stream:
+                outcome = _outcome(task, fut)
+                for i, err in enumerate(outcome.retried, start=1):
+                    log.warning("retry  %s: kernel start failed on attempt %d of %d (%s); "
+                                "ran again", _describe(task.point), i, outcome.attempts, err)
+                if outcome.retried:
+                    summary.retried[outcome.name] = list(outcome.retried)
+                if outcome.status == results.STATUS_DONE:
+                    summary.done.append(outcome.name)
+                    log.info("done   %s (%.1f s)", _describe(task.point), outcome.wall_time)
+                else:
+                    summary.failed[outcome.name] = outcome.error
+                    log.warning("FAILED %s (%.1f s): %s", _describe(task.point),
+                                outcome.wall_time, outcome.error)
+                bar.update()
+    except BaseException as exc:
+        stream.close()  # stops the workers now, not when the generator is collected
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped ({exc})"
+        log.warning("sweep %s %s: %d done, %d failed, %d not finished; rerun to resume "
+                    "(finished points are skipped)", spec.name, why, len(summary.done),
+                    len(summary.failed), len(todo) - len(summary.done) - len(summary.failed))
+        raise
+
+
+def _outcome(task: Task, fut: Any) -> Outcome:
+    """The outcome of a future; a worker that died is recorded as the point's failure."""
+    try:
+        return fut.result()
+    except Exception as exc:
+        error = f"worker failed: {error_text(exc)}"
+        with contextlib.suppress(Exception):
+            results.record_failure(task.result, task.point.swept, error, config=task.point.params)
+        return Outcome(task.point.name, results.STATUS_FAILED, error)

@@ -1,0 +1,169 @@
+"""The one training loop: K copies at once, a method's hooks, per-epoch history."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clipkit.train.protocol import Run, Step
+from clipkit.train.setup import (
+    NonFiniteLossError,
+    TrainSetup,
+    make_optimizer,
+    sample_loss_fn,
+    seeds_for,
+)
+
+
+def evaluate_copies(forward, x: Tensor, y: Tensor, k: int, loss_fn, task: str, chunk: int = 2048):
+    """Mean loss and accuracy per copy on (x, y), no grad."""
+    total = torch.zeros(k, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(k, dtype=torch.float64, device=x.device)
+    with torch.no_grad():
+        for s in range(0, x.shape[0], chunk):
+            xb = x[s : s + chunk].unsqueeze(0).expand(k, *x[s : s + chunk].shape)
+            yb = y[s : s + chunk].unsqueeze(0).expand(k, *y[s : s + chunk].shape)
+            out = forward(xb)
+            total += loss_fn(out, yb).double().sum(1)
+            if task == "classification":
+                correct += (out.argmax(-1) == yb).double().sum(1)
+    n = x.shape[0]
+    return total / n, (correct / n if task == "classification" else None)
+
+
+def train_loop(
+    *,
+    forward: Callable[[Tensor], Tensor],
+    opt_params: Sequence[Tensor],
+    param_dict: Callable[[], dict[str, Tensor]],
+    set_mode: Callable[[bool], None],
+    x: Tensor,
+    y: Tensor,
+    test: tuple[Tensor, Tensor] | None,
+    lam: Tensor,
+    seeds: Sequence[int],
+    setup: TrainSetup,
+    describe: Callable[[int], str],
+) -> dict[str, np.ndarray]:
+    """Train K copies; return per-epoch history arrays of shape (K, epochs).
+
+    Each step: (1) the method's work with θ fixed (CLIP: ascent on the pairs);
+    (2) the descent step on mean loss + λ·R(θ). Raises NonFiniteLossError (with the
+    finished epochs' history) when a copy's objective is NaN or infinite.
+    """
+    from tqdm.auto import tqdm
+
+    method, task, device = setup.method, setup.task, setup.device
+    k, n = len(seeds), x.shape[0]
+    loss_fn = sample_loss_fn(task)
+    data_gens, method_gens = [], []
+    for s in seeds:
+        a, b = seeds_for(s)
+        data_gens.append(torch.Generator().manual_seed(a))
+        method_gens.append(torch.Generator().manual_seed(b))
+    run = Run(forward, param_dict, x, y, loss_fn, method_gens, device, x.dtype)
+    opt = make_optimizer(opt_params, setup.optimizer, setup.lr, setup.momentum)
+    run.state = method.start(run)
+
+    batch = min(setup.batch_size, n)
+    steps_per_epoch = math.ceil(n / batch)
+    hist: dict[str, list[np.ndarray]] = {}
+    t0 = time.perf_counter()
+    lam_e, acc_prev = None, None
+
+    def put(name: str, value: Tensor | float) -> None:
+        if not isinstance(value, torch.Tensor):
+            value = torch.full((k,), float(value))
+        hist.setdefault(name, []).append(value.detach().double().cpu().numpy())
+
+    def history() -> dict[str, np.ndarray]:
+        return {key: np.stack(v, axis=1) for key, v in hist.items()}
+
+    bar = tqdm(range(setup.epochs), desc=setup.desc, disable=not setup.progress, leave=False)
+    for epoch in bar:
+        lam_e = method.schedule(epoch, lam, lam_e, acc_prev).to(device=device, dtype=x.dtype)
+        run.lam_nonzero = bool((lam_e != 0).any())
+        perm = torch.stack([torch.randperm(n, generator=g) for g in data_gens]).to(device)
+        sums = {"loss": 0.0, "penalty": 0.0, "acc": 0.0}
+        metric_sums: dict[str, Tensor] = {}
+        set_mode(True)
+        for s in range(steps_per_epoch):
+            idx = perm[:, s * batch : (s + 1) * batch]
+            xb, yb = x[idx], y[idx]
+            method.before_step(run, lam_e)
+            xin = method.inputs(run, xb, yb)
+            if method.input_grad:
+                xin = xin.detach().requires_grad_(True)
+            extra = method.extra_inputs(run)
+            if extra is None:
+                out, extra_out = forward(xin), None
+            else:
+                both = forward(torch.cat([xin, extra], dim=1))
+                out, extra_out = both[:, : xin.shape[1]], both[:, xin.shape[1] :]
+            if run.step == 0:
+                _check_output(out, yb, task)
+            sl = loss_fn(out, yb)
+            data_loss = sl.mean(1)
+            reg, metrics = method.penalty(run, Step(xin, yb, out, sl, lam_e, extra_out))
+            objective = data_loss if reg is None else data_loss + lam_e * reg
+            finite = torch.isfinite(objective)
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0, 0])
+                raise NonFiniteLossError(
+                    f"non-finite objective {objective[bad].item()} at epoch {epoch}, step {s} "
+                    f"({describe(bad)}); lower the learning rate or λ. The history of the "
+                    "finished epochs is in .history",
+                    epoch, s, history() if hist else None,
+                )
+            opt.zero_grad(set_to_none=True)
+            objective.sum().backward()
+            opt.step()
+            run.step += 1
+            w = idx.shape[1] / n
+            sums["loss"] = sums["loss"] + data_loss.detach() * w
+            if reg is not None:
+                sums["penalty"] = sums["penalty"] + reg.detach() * w
+            if task == "classification":
+                sums["acc"] = sums["acc"] + (out.argmax(-1) == yb).double().mean(1).detach() * w
+            for key, val in metrics.items():
+                metric_sums[key] = metric_sums.get(key, 0.0) + val.detach() * w
+        set_mode(False)
+        put("loss", sums["loss"])
+        put("penalty", sums["penalty"] if reg is not None else float("nan"))
+        put("lam_epoch", lam_e)
+        if task == "classification":
+            acc_prev = sums["acc"]
+            put("acc", sums["acc"])
+        for key, val in metric_sums.items():
+            put(key, val)
+        if test is not None:
+            tl, ta = evaluate_copies(forward, test[0], test[1], k, loss_fn, task)
+            put("test_loss", tl)
+            if ta is not None:
+                put("test_acc", ta)
+        put("time", time.perf_counter() - t0)
+        if setup.progress:
+            bar.set_postfix(loss=float(hist["loss"][-1].mean()))
+    return history()
+
+
+def _check_output(out: Tensor, y: Tensor, task: str) -> None:
+    if task == "regression":
+        if out.shape != y.shape:
+            raise ValueError(
+                f"model output shape {tuple(out.shape[2:])} does not match the labels' shape "
+                f"{tuple(y.shape[2:])} (per sample); for regression they must be equal"
+            )
+    else:
+        if out.dim() != 3:
+            raise ValueError(
+                f"classification needs logits of shape (batch, classes), got {tuple(out.shape[1:])}"
+            )
+        c = out.shape[-1]
+        if bool((y < 0).any()) or bool((y >= c).any()):
+            raise ValueError(f"class labels must lie in [0, {c}) for a model with {c} outputs")

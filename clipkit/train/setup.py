@@ -1,0 +1,155 @@
+"""What fit and fit_path share before training: checks of data and options, loss, optimizer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from torch import Tensor
+
+from clipkit.core.utils import check_int, resolve_device
+from clipkit.train.baselines import Standard
+from clipkit.train.protocol import Method
+
+OPTIMIZERS = ("sgd", "adam")
+TASKS = ("auto", "regression", "classification")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; ``history`` holds the finished epochs."""
+
+    def __init__(self, message: str, epoch: int, step: int, history: xr.Dataset | None):
+        super().__init__(message)
+        self.epoch, self.step, self.history = epoch, step, history
+
+
+def seeds_for(seed: int) -> tuple[int, int]:
+    """Independent seeds for the data order and the method's draws, from one seed.
+
+    Separate streams keep the data order the same whatever the method draws, so that
+    CLIP with λ = 0 gives exactly the weights of standard training.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    a, b = np.random.SeedSequence(int(seed)).generate_state(2)
+    return int(a), int(b)
+
+
+def _as_tensor(value, name: str) -> Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
+
+
+def check_data(data, name: str = "data") -> tuple[Tensor, Tensor]:
+    """(x, y) tensors with the same first dimension, or a clear error."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{name} must be a tuple (x, y) of tensors, got {type(data).__name__}")
+    x, y = _as_tensor(data[0], f"{name}[0] (x)"), _as_tensor(data[1], f"{name}[1] (y)")
+    if x.dim() < 2:
+        raise ValueError(f"{name}: x must have shape (N, *input_shape), got {tuple(x.shape)}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{name}: x and y have different lengths: x {tuple(x.shape)}, y {tuple(y.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    return x, y
+
+
+def infer_task(y: Tensor, task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
+    if task == "auto":
+        return "regression" if y.is_floating_point() else "classification"
+    if task == "classification" and y.is_floating_point():
+        raise ValueError("task='classification' needs integer class labels y")
+    return task
+
+
+def sample_loss_fn(task: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """Per-sample loss (K, B): squared error Σ_j (f_j − y_j)², or cross-entropy."""
+    if task == "regression":
+        return lambda out, y: (out - y).pow(2).flatten(2).sum(2)
+
+    def cross_entropy(out: Tensor, y: Tensor) -> Tensor:
+        k, b = out.shape[:2]
+        return F.cross_entropy(out.flatten(0, 1), y.flatten(0, 1), reduction="none").view(k, b)
+
+    return cross_entropy
+
+
+def make_optimizer(params, optimizer: str, lr: float, momentum: float) -> torch.optim.Optimizer:
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    return torch.optim.Adam(params, lr=lr)
+
+
+@dataclass
+class TrainSetup:
+    """Everything the loop needs besides the model axis."""
+
+    method: Method
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    task: str
+    device: torch.device
+    progress: bool
+    desc: str = "fit"
+
+
+def plan_run(
+    method: Method | None, data, *, epochs: int, batch_size: int, optimizer: str, lr: float,
+    momentum: float, device: str | torch.device, task: str, progress: bool, desc: str,
+) -> tuple[TrainSetup, Tensor, Tensor]:
+    """Validate what ``fit`` and ``fit_path`` share; return the set-up and the data (x, y)."""
+    method = Standard() if method is None else method
+    if not isinstance(method, Method):
+        raise TypeError(
+            f"method must be a clipkit method (ck.CLIP, ck.Standard, ck.WeightDecay, ...), "
+            f"got {method!r}"
+        )
+    x, y = check_data(data)
+    task = infer_task(y, task)
+    if method.schedule.needs_accuracy and task != "classification":
+        raise ValueError(f"{type(method.schedule).__name__} needs a classification task")
+    setup = TrainSetup(
+        method=method,
+        epochs=check_int(epochs, "epochs", 1),
+        batch_size=check_int(batch_size, "batch_size", 1),
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        task=task,
+        device=resolve_device(device),
+        progress=bool(progress),
+        desc=f"{desc} {method.name}",
+    )
+    return setup, x, y
+
+
+def place_data(
+    setup: TrainSetup, dtype: torch.dtype, x: Tensor, y: Tensor,
+    test: tuple[Tensor, Tensor] | None,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """x, y and test data on the device: inputs in the model's dtype, labels as the task needs."""
+    x = x.to(setup.device, dtype)
+    y = y.to(setup.device, dtype if setup.task == "regression" else torch.long)
+    if test is not None:
+        tx, ty = check_data(test, "test")
+        test = (tx.to(setup.device, dtype), ty.to(setup.device, y.dtype))
+    return x, y, test

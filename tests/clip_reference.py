@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 import clipkit as ck
-from clipkit.train.clip import PairState, accept, propose, quotients, quotients_from
+from clipkit.core.pairs import PairState, quotients, quotients_from
 
 
 def _value_and_grad(forward, u, v):
@@ -24,6 +24,29 @@ def _value_and_grad(forward, u, v):
         q = quotients(forward, u, v)
         gu, gv = torch.autograd.grad(q.sum(), (u, v))
     return q.detach(), gu, gv
+
+
+def _expand(t, like):
+    return t.view(*t.shape, *([1] * (like.dim() - t.dim())))
+
+
+def propose(pairs: PairState, data_range):
+    t = _expand(pairs.tau, pairs.u)
+    u_new, v_new = pairs.u + t * pairs.gu, pairs.v + t * pairs.gv
+    if data_range is not None:
+        u_new, v_new = u_new.clamp(*data_range), v_new.clamp(*data_range)
+    return u_new, v_new
+
+
+def accept(pairs: PairState, u_new, v_new, q_new, gu_new, gv_new, factor):
+    ok = q_new > pairs.q * (1 + torch.finfo(q_new.dtype).eps ** 0.5)
+    a = _expand(ok, pairs.u)
+    return PairState(
+        u=torch.where(a, u_new, pairs.u), v=torch.where(a, v_new, pairs.v),
+        tau=torch.where(ok, pairs.tau * factor, pairs.tau / factor),
+        q=torch.where(ok, q_new, pairs.q),
+        gu=torch.where(a, gu_new, pairs.gu), gv=torch.where(a, gv_new, pairs.gv),
+    )
 
 
 def ascend_reference(forward, pairs: PairState, steps: int, factor: float, data_range):
@@ -43,7 +66,7 @@ class ReferenceCLIP(ck.CLIP):
     def __post_init__(self):
         super().__post_init__()
         new = {"ascent_on": "quotient", "keep_step_sizes": False, "skip_above": None,
-               "ascent_every": 1}
+               "accept_rtol": None}
         for name, default in new.items():
             if getattr(self, name) != default:
                 raise ValueError(f"ReferenceCLIP has no option {name}={getattr(self, name)!r}")

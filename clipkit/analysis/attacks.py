@@ -1,4 +1,5 @@
-"""Robustness evaluation: FGSM, PGD (l2 / linf), Gaussian noise, and accuracy over a grid of eps.
+"""Robustness evaluation: FGSM, PGD (l2 / linf), the CLIP authors' PGD, Gaussian noise, and
+accuracy over a grid of eps.
 
 Every attack has the torchattacks call shape ``attack(model, x, y) -> x_adv``: configure it
 once (``PGD(eps=2.0, norm="l2")``), call it on batches. Inputs stay in ``clamp`` (the data
@@ -19,7 +20,10 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import Tensor, nn
 
-__all__ = ["FGSM", "PGD", "Attack", "GaussianNoise", "robust_accuracy"]
+from clipkit.core.pgd import pgd, uniform_ball
+from clipkit.core.utils import broadcast_to, eval_mode, flat_norm
+
+__all__ = ["FGSM", "PGD", "Attack", "AuthorsPGD", "GaussianNoise", "robust_accuracy"]
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -37,14 +41,6 @@ def _check_clamp(clamp: object) -> None:
     if (not isinstance(clamp, tuple | list) or len(clamp) != 2
             or not all(isinstance(c, int | float) for c in clamp) or not clamp[0] < clamp[1]):
         raise ValueError(f"clamp must be None or (low, high) with low < high, got {clamp!r}")
-
-
-def _bshape(x: Tensor) -> tuple[int, ...]:
-    return (-1, *[1] * (x.ndim - 1))
-
-
-def _flat_norm(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], -1).norm(dim=1)
 
 
 @dataclass
@@ -96,13 +92,8 @@ class Attack:
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y):
             raise ValueError("attack(model, x, y): x and y must be tensors of the same length")
-        flags = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
+        with eval_mode(model):
             return self._perturb(model, x.detach(), y.detach()).detach()
-        finally:
-            for m, flag in flags:
-                m.train(flag)
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
@@ -155,45 +146,79 @@ class PGD(Attack):
         if self.step_size is not None:
             _check_eps(self.step_size, "step_size")
 
-    def _project(self, x0: Tensor, x: Tensor) -> Tensor:
-        d = x - x0
-        if self.norm == "linf":
-            d = d.clamp(-self.eps, self.eps)
-        else:
-            n = _flat_norm(d).clamp_min(1e-30)
-            d = d * (self.eps / n).clamp(max=1.0).view(_bshape(d))
-        return self._clamp(x0 + d)
-
     def _start(self, x: Tensor) -> Tensor:
+        """δ0 uniform in the ball: in the cube [−ε, ε]^n (ℓ∞), or :func:`uniform_ball` (ℓ2)."""
         g = self._gen(x.device)
         if self.norm == "linf":
-            d = (torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1)
-            return self._clamp(x + self.eps * d)
-        # uniform in the l2 ball: direction uniform on the sphere, radius eps U^(1/n)
+            return self.eps * (torch.rand(x.shape, generator=g, device=x.device,
+                                          dtype=x.dtype) * 2 - 1)
         d = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-        n = x[0].numel()
-        r = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype) ** (1.0 / n)
-        d = d / _flat_norm(d).clamp_min(1e-30).view(_bshape(d)) * (self.eps * r).view(_bshape(d))
-        return self._clamp(x + d)
+        r = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype)
+        return uniform_ball(d, r, self.eps)
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if self.eps == 0:
             return x
         a = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
-        xa = self._start(x) if self.random_start else x
-        for _ in range(self.steps):
-            g = _loss_grad(model, self.loss, xa, y)
-            if self.norm == "linf":
-                step = g.sign()
-            else:
-                step = g / _flat_norm(g).clamp_min(1e-30).view(_bshape(g))
-            xa = self._project(x, xa + a * step)
-        return xa
+        delta0 = self._start(x) if self.random_start else torch.zeros_like(x)
+        return pgd(lambda xa: (_loss_grad(model, self.loss, xa, y), None), x, delta0,
+                   eps=self.eps, steps=self.steps, step_size=a, norm=self.norm,
+                   clamp=self.clamp)
+
+
+@dataclass
+class AuthorsPGD(Attack):
+    """The PGD-ℓ2 of the CLIP authors' code, for like-for-like comparisons with their table.
+
+    Start: δ uniform in the cube [−ε, ε]^n, clamped so that x + δ is in the data range,
+    rescaled onto the sphere ‖δ‖ = ε. Each of ``steps`` iterations (their test: 100, their
+    validation: 7) moves only the points the model still classifies correctly:
+    δ ← δ + a·sign(∇_δ loss) (a = ``step_size``, theirs 0.5), clamped so that x + δ is in
+    the data range, rescaled onto the sphere ‖δ‖ = ε. Returns clamp(x + δ).
+
+    It differs from :class:`PGD` (ℓ2) in three ways, each making it weaker: sign steps
+    rather than normalised gradient steps (in ℓ2 a sign step is not the steepest one), the
+    sphere rather than the ball, and no further steps on points already misclassified
+    (so the returned point is the first that fooled the model, never a stronger one).
+    """
+
+    steps: int = 100
+    step_size: float = 0.5
+    loss: Loss | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        _check_eps(self.step_size, "step_size")
+
+    def _perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        if self.eps == 0:
+            return x
+        g = self._gen(x.device)
+        d = self.eps * (torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1)
+        d = self._clamp(x + d) - x
+        d = d * broadcast_to(self.eps / flat_norm(d).clamp_min(1e-30), d)
+
+        def grad_fn(xa: Tensor) -> tuple[Tensor, Tensor]:
+            xa = xa.detach().requires_grad_(True)
+            with torch.enable_grad():
+                out = model(xa)
+                value = (self.loss(out, y) if self.loss is not None
+                         else F.cross_entropy(out, y, reduction="sum"))
+                (grad,) = torch.autograd.grad(value, xa)
+            return grad, out.argmax(1) == y
+
+        return pgd(grad_fn, x, d, eps=self.eps, steps=self.steps, step_size=self.step_size,
+                   norm="l2", step="sign", project="sphere", clamp=self.clamp)
 
 
 @dataclass
 class GaussianNoise(Attack):
-    """x_adv = clamp(x + eps z), z ~ N(0, I): eps is the noise standard deviation."""
+    """x_adv = clamp(x + eps z), z ~ N(0, I): eps is the noise standard deviation.
+
+    The CLIP authors' noise is this at eps = 1.0 (their default ``nl``).
+    """
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         z = torch.randn(x.shape, generator=self._gen(x.device), device=x.device, dtype=x.dtype)
@@ -230,9 +255,7 @@ def robust_accuracy(
     x, y = data
     p = next(iter(model.parameters()), None)
     device = p.device if p is not None else torch.device("cpu")
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         clean_ok = []
         with torch.no_grad():
             for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
@@ -250,9 +273,6 @@ def robust_accuracy(
                     right = model(xa).argmax(1) == yb
                 hits += int((right & ok[k * batch_size:k * batch_size + len(xb)]).sum())
             acc.append(hits / len(x))
-    finally:
-        for m, flag in flags:
-            m.train(flag)
     return xr.DataArray(
         acc, dims=("eps",), coords={"eps": eps_list}, name="robust_accuracy",
         attrs={"attack": type(attack).__name__, "clean_accuracy": float(ok.float().mean()),

@@ -3,12 +3,12 @@ spectral normalisation and adversarial training."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from clipkit.core.pgd import pgd, uniform_ball
 from clipkit.train.protocol import Method, Run
 from clipkit.train.schedules import check_lam
 
@@ -75,56 +75,30 @@ class SpectralNorm(Method):
         return model
 
 
-def _project(delta: Tensor, eps: float, norm: str) -> Tensor:
-    if norm == "linf":
-        return delta.clamp(-eps, eps)
-    flat = delta.flatten(2).norm(dim=2).clamp_min(1e-12)
-    factor = (eps / flat).clamp(max=1.0)
-    return delta * factor.view(*factor.shape, *([1] * (delta.dim() - 2)))
+def pgd_on_copies(run: Run, x: Tensor, y: Tensor, eps: float, steps: int, step_size: float,
+                  norm: str, data_range: tuple[float, float] | None) -> Tensor:
+    """PGD (``clipkit.core.pgd``) on the model axis: maximise the loss in the ε-ball around x.
 
-
-def pgd_batched(
-    run: Run,
-    x: Tensor,
-    y: Tensor,
-    eps: float,
-    steps: int,
-    step_size: float,
-    norm: str,
-    data_range: tuple[float, float] | None,
-) -> Tensor:
-    """PGD on the model axis: maximise the loss in the ε-ball (ℓ∞ or ℓ2) around x.
-
-    Random start in the ball (per-copy generators), ascent along sign(∇) (ℓ∞) or
-    ∇/‖∇‖ (ℓ2), projection onto the ball, clamp to the data range.
+    x is (K, B, *in); the random start is uniform in the ball, drawn with each copy's own
+    generator; the loss is each copy's sample loss.
     """
     shape = x.shape[1:]
     if norm == "linf":
-        delta = run.draw(lambda g: torch.rand(shape, generator=g, dtype=x.dtype) * 2 - 1) * eps
+        delta0 = run.draw(lambda g: torch.rand(shape, generator=g, dtype=x.dtype) * 2 - 1) * eps
     else:
         d = run.draw(lambda g: torch.randn(shape, generator=g, dtype=x.dtype))
         r = run.draw(lambda g: torch.rand(shape[:1], generator=g, dtype=x.dtype))
-        d = d / d.flatten(2).norm(dim=2).clamp_min(1e-12).view(*d.shape[:2], *[1] * (d.dim() - 2))
-        delta = d * (eps * r.pow(1.0 / math.prod(shape[1:]))).view(
-            *r.shape, *[1] * (d.dim() - 2)
-        )
-    x_adv = x + delta
-    if data_range is not None:
-        x_adv = x_adv.clamp(*data_range)
-    for _ in range(steps):
-        x_adv = x_adv.detach().requires_grad_(True)
+        delta0 = uniform_ball(d, r, eps, batch_dims=2)
+
+    def grad_fn(x_adv: Tensor) -> tuple[Tensor, None]:
+        x_adv = x_adv.requires_grad_(True)
         with torch.enable_grad():
             loss = run.sample_loss(run.forward(x_adv), y).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
-        if norm == "linf":
-            x_adv = x_adv + step_size * grad.sign()
-        else:
-            g = grad.flatten(2).norm(dim=2).clamp_min(1e-12)
-            x_adv = x_adv + step_size * grad / g.view(*g.shape, *[1] * (grad.dim() - 2))
-        x_adv = x + _project(x_adv - x, eps, norm)
-        if data_range is not None:
-            x_adv = x_adv.clamp(*data_range)
-    return x_adv.detach()
+        return grad, None
+
+    return pgd(grad_fn, x, delta0, eps=eps, steps=steps, step_size=step_size, norm=norm,
+               clamp=data_range, batch_dims=2)
 
 
 @dataclass
@@ -154,4 +128,4 @@ class AdversarialTraining(Method):
 
     def inputs(self, run, x, y):
         size = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
-        return pgd_batched(run, x, y, self.eps, self.steps, size, self.norm, self.data_range)
+        return pgd_on_copies(run, x, y, self.eps, self.steps, size, self.norm, self.data_range)

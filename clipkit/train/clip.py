@@ -14,148 +14,24 @@ forward over the 2P proposals (and a backward, except after the last step, whose
 gradient the next θ would make stale); then the descent step's forward and backward over
 the batch and the winning pair only, since the max's θ-gradient flows through that pair
 alone. With ``reduction="mean"`` the descent step runs over the batch and all pairs.
-With λ = 0 for every copy the descent step is standard training's. ``ascent_every=k``
-(an approximation, off by default) runs the ascent on every k-th training step only.
+With λ = 0 for every copy the descent step is standard training's.
 
 All tensors carry the model axis K first: u, v are (K, P, *in), q and τ are (K, P).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from clipkit.core.pairs import AscentRule, PairState, ascend, quotients_from
+from clipkit.core.utils import check_choice, check_int
 from clipkit.train.protocol import Method, Run, Step
 from clipkit.train.schedules import Warmup
 
-__all__ = [
-    "CLIP", "PairState", "accept", "ascend", "init_pairs", "propose", "quotients", "quotients_from",
-]
-
-_TINY = 1e-12
-
-
-def _expand(t: Tensor, like: Tensor) -> Tensor:
-    return t.view(*t.shape, *([1] * (like.dim() - t.dim())))
-
-
-def quotients(forward: Callable[[Tensor], Tensor], u: Tensor, v: Tensor) -> Tensor:
-    """q = ‖f(u) − f(v)‖ / ‖u − v‖ per pair; u, v: (K, P, *in) → (K, P). One forward."""
-    return quotients_from(forward(torch.cat([u, v], dim=1)), u, v)
-
-
-def quotients_from(out: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    """The quotients from the outputs ``out = f(cat[u, v])`` (K, 2P, *out)."""
-    p = u.shape[1]
-    num = (out[:, :p] - out[:, p:]).flatten(2).norm(dim=2)
-    den = (u - v).flatten(2).norm(dim=2).clamp_min(_TINY)
-    return num / den
-
-
-def _value(forward, u: Tensor, v: Tensor) -> Tensor:
-    """q per pair, without an autograd graph (one forward)."""
-    with torch.no_grad():
-        return quotients(forward, u, v)
-
-
-def _value_and_grad(forward, u: Tensor, v: Tensor, power: int = 1) -> tuple[Tensor, Tensor, Tensor]:
-    """q and the input gradients ∇_u(q^power), ∇_v(q^power) = power·q^(power−1)·∇q per pair.
-
-    One forward and one backward to the inputs (torch skips the weights' gradients).
-    """
-    u = u.detach().requires_grad_(True)
-    v = v.detach().requires_grad_(True)
-    with torch.enable_grad():
-        q = quotients(forward, u, v)
-        target = q if power == 1 else q**power
-        gu, gv = torch.autograd.grad(target.sum(), (u, v))
-    return q.detach(), gu, gv
-
-
-@dataclass
-class PairState:
-    """The pair set of a run: pairs (K, P, *in), step sizes and quotients (K, P), the
-    gradients that give the next proposal (None after the last ascent step of a training
-    step) and the winning pair of the current step: (index (K,), u_w, v_w (K, 1, *in))."""
-
-    u: Tensor
-    v: Tensor
-    tau: Tensor
-    q: Tensor | None = None
-    gu: Tensor | None = None
-    gv: Tensor | None = None
-    winner: tuple[Tensor, Tensor, Tensor] | None = None
-
-
-def propose(pairs: PairState, data_range: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
-    """The proposal u' = Π(u + τ g_u), v' = Π(v + τ g_v); g = ∇q (or ∇q^p); Π clamps to the
-    data range."""
-    t = _expand(pairs.tau, pairs.u)
-    u_new, v_new = pairs.u + t * pairs.gu, pairs.v + t * pairs.gv
-    if data_range is not None:
-        u_new, v_new = u_new.clamp(*data_range), v_new.clamp(*data_range)
-    return u_new, v_new
-
-
-def accept(
-    pairs: PairState, u_new: Tensor, v_new: Tensor, q_new: Tensor, gu_new: Tensor | None,
-    gv_new: Tensor | None, factor: float,
-) -> PairState:
-    """Keep the proposal where it raised q (τ ×= factor), else the old pair (τ ÷= factor).
-
-    "Raised" means by more than √eps relative (1.5e-8 in float64, 3.5e-4 in float32).
-    A pair inside one linear piece of a ReLU network has a constant quotient, and its
-    rounding error is amplified by the cancellation in f(u) − f(v); deciding on that
-    noise would make runs that differ only in summation order (vmap or not) drift apart.
-    Without the proposals' gradients (``gu_new=None``: no step follows) the result has none.
-    """
-    ok = q_new > pairs.q * (1 + torch.finfo(q_new.dtype).eps ** 0.5)
-    a = _expand(ok, pairs.u)
-    keep_grad = gu_new is not None and gv_new is not None
-    return PairState(
-        u=torch.where(a, u_new, pairs.u), v=torch.where(a, v_new, pairs.v),
-        tau=torch.where(ok, pairs.tau * factor, pairs.tau / factor),
-        q=torch.where(ok, q_new, pairs.q),
-        gu=torch.where(a, gu_new, pairs.gu) if keep_grad else None,
-        gv=torch.where(a, gv_new, pairs.gv) if keep_grad else None,
-    )
-
-
-def ascend(
-    forward: Callable[[Tensor], Tensor],
-    pairs: PairState,
-    steps: int,
-    factor: float = 1.3,
-    data_range: tuple[float, float] | None = None,
-    power: int = 1,
-) -> PairState:
-    """``steps`` ascent steps on q^power (power 1: on the quotients) with per-pair step sizes.
-
-    u ← Π(u + τ ∇_u q^power), v ← Π(v + τ ∇_v q^power) (Π: clamp to the data range);
-    accepted where q rises (τ ×= factor), rejected otherwise (τ ÷= factor). Cost: one
-    forward and backward over the pairs to evaluate them under the current θ, then per
-    step a forward over the proposals, with a backward for the next step's gradient on
-    all steps but the last (with ``steps=0``, one forward: the evaluation). The result
-    holds the quotients at the current θ, and no gradients.
-    """
-    if steps == 0:  # the values alone
-        return PairState(pairs.u.detach(), pairs.v.detach(), pairs.tau,
-                         _value(forward, pairs.u, pairs.v))
-    q, gu, gv = _value_and_grad(forward, pairs.u, pairs.v, power)
-    pairs = PairState(pairs.u.detach(), pairs.v.detach(), pairs.tau, q, gu, gv)
-    for i in range(steps):
-        u_new, v_new = propose(pairs, data_range)
-        if i < steps - 1:
-            q_new, gu_new, gv_new = _value_and_grad(forward, u_new, v_new, power)
-        else:  # the last step's gradient would belong to a θ that is about to change
-            q_new, gu_new, gv_new = _value(forward, u_new, v_new), None, None
-        pairs = accept(pairs, u_new, v_new, q_new, gu_new, gv_new, factor)
-    pairs.gu = pairs.gv = None
-    return pairs
-
+__all__ = ["CLIP", "init_pairs"]
 
 def init_pairs(
     run: Run,
@@ -240,17 +116,8 @@ class CLIP(Method):
         skip_above: skip the penalty (λ·0) on a step where Lip_X^p exceeds this (the
             authors' reg_max = 5000 with p = 2); None: never. The history's ``skipped``
             is the fraction of the epoch's steps skipped.
-        ascent_every: an approximation for speed: the ascent runs on every ``k``-th
-            training step only (counted from each draw of the pairs), so each pair gets an
-            ascent step every k steps. On the steps between, the penalty's pair is the one
-            with the largest quotient as last evaluated (values up to k − 1 steps of θ old;
-            the winner's own value is refreshed by every penalty evaluation), evaluated
-            again at the current θ. 1 (the paper's algorithm): every step. Measured
-            (benchmarks/bench_approx.py, Fashion-MNIST, 20 epochs, 3 seeds), it buys no more
-            than P/k pairs at every step cost: with clipkit's defaults k = 8 lost 5 points
-            of clean accuracy and let the network's slope grow 6× past what the pairs see;
-            with the authors' preset on the corrected model k = 4 made training collapse;
-            only on their published setting was it harmless. Prefer fewer pairs.
+        accept_rtol: an ascent step is accepted where the quotient rose by more than this,
+            relative; None: √eps of the dtype (see ``clipkit.core.pairs.AscentRule``).
         schedule: the λ schedule (Constant, Warmup, Discrepancy).
     """
 
@@ -269,19 +136,22 @@ class CLIP(Method):
     ascent_on: str = "quotient"
     keep_step_sizes: bool = False
     skip_above: float | None = None
-    ascent_every: int = 1
+    accept_rtol: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
-        self._check_int("pairs", 1)
-        self._check_int("ascent_steps", 0)
+        check_int(self.pairs, "CLIP: pairs", 1)
+        check_int(self.ascent_steps, "CLIP: ascent_steps", 0)
         if self.refresh is not None:
-            self._check_int("refresh", 1)
-        self._check_int("ascent_every", 1)
-        self._check_choice("init", ("noise", "points"))
-        self._check_choice("noise_dist", ("normal", "uniform"))
-        self._check_choice("reduction", ("max", "mean"))
-        self._check_choice("ascent_on", ("quotient", "penalty"))
+            check_int(self.refresh, "CLIP: refresh", 1)
+        check_choice(self.init, "CLIP: init", ("noise", "points"))
+        check_choice(self.noise_dist, "CLIP: noise_dist", ("normal", "uniform"))
+        check_choice(self.reduction, "CLIP: reduction", ("max", "mean"))
+        check_choice(self.ascent_on, "CLIP: ascent_on", ("quotient", "penalty"))
+        if self.accept_rtol is not None and not (
+                isinstance(self.accept_rtol, (int, float)) and self.accept_rtol >= 0):
+            raise ValueError(f"CLIP: accept_rtol must be a number >= 0 or None, got "
+                             f"{self.accept_rtol!r}")
         if self.power not in (1, 2) or isinstance(self.power, bool):
             raise ValueError(f"CLIP: power must be 1 or 2, got {self.power!r}")
         if not isinstance(self.keep_step_sizes, bool):
@@ -305,16 +175,6 @@ class CLIP(Method):
             if not lo < hi:
                 raise ValueError(f"CLIP: data_range must be (low, high), got {self.data_range!r}")
             self.data_range = (lo, hi)
-
-    def _check_int(self, name: str, low: int) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"CLIP: {name} must be an int >= {low}, got {value!r}")
-
-    def _check_choice(self, name: str, accepted: tuple[str, ...]) -> None:
-        value = getattr(self, name)
-        if value not in accepted:
-            raise ValueError(f"CLIP: {name} must be one of {accepted}, got {value!r}")
 
     @classmethod
     def authors(cls, **overrides) -> CLIP:
@@ -374,23 +234,21 @@ class CLIP(Method):
             raise ValueError("CLIP: init='points' needs at least 2 training points")
         return self._draw(run)
 
-    def _since_draw(self, run: Run) -> int:
-        return run.step if self.refresh is None else run.step % self.refresh
+    def rule(self) -> AscentRule:
+        """How the ascent moves the pairs (``clipkit.core.pairs``): CLIP's gradient rule."""
+        return AscentRule(factor=self.factor, step="gradient",
+                          power=self.power if self.ascent_on == "penalty" else 1,
+                          clamp=self.data_range, rtol=self.accept_rtol)
 
     def before_step(self, run, lam):
         """Ascent on the pairs with θ fixed (redrawn every ``refresh`` steps)."""
         state: PairState = run.state
-        since_draw = self._since_draw(run)
-        if self.refresh is not None and run.step > 0 and since_draw == 0:
+        if self.refresh is not None and run.step > 0 and run.step % self.refresh == 0:
             fresh = self._draw(run)
             if self.keep_step_sizes:
                 fresh.tau = state.tau
             state = fresh
-        if since_draw % self.ascent_every == 0:  # always right after a draw: q is unknown
-            power = self.power if self.ascent_on == "penalty" else 1
-            state = ascend(run.forward, state, self.ascent_steps, self.factor, self.data_range,
-                           power)
-        run.state = state
+        run.state = ascend(run.forward, state, self.ascent_steps, self.rule())
 
     def extra_inputs(self, run):
         """The pairs the penalty differentiates through, in the batch's forward pass.
@@ -411,34 +269,21 @@ class CLIP(Method):
     def penalty(self, run, step: Step):
         """R = Lip_X^p, Lip_X = max (or mean) over the pairs of the quotient at the current θ.
 
-        The history's ``lip`` is the largest quotient at the current θ (with
-        ``ascent_every > 1``: the penalty pair's). Where λ = 0 for every copy nothing is
-        differentiated: R is the value alone.
+        The history's ``lip`` is the largest quotient at the current θ. Where λ = 0 for
+        every copy nothing is differentiated: R is the value alone.
         """
         pairs: PairState = run.state
-        stale = self._since_draw(run) % self.ascent_every != 0  # no ascent in this step
-        if step.extra_out is None:  # λ = 0: the values for the history, without a graph
-            if stale and self.reduction == "max":
-                w = _winner(pairs.q)
-                fresh = _value(run.forward, _take(pairs.u, w), _take(pairs.v, w))[:, 0]
-                pairs.q = pairs.q.scatter(1, w.unsqueeze(1), fresh.unsqueeze(1))
-                lip = fresh
-            elif stale:
-                pairs.q = _value(run.forward, pairs.u, pairs.v)
+        if step.extra_out is None:  # λ = 0: the ascent's values, for the history
             q = pairs.q
-            if not (stale and self.reduction == "max"):
-                lip = q.amax(dim=1) if self.reduction == "max" else q.mean(dim=1)
-            top = lip if self.reduction == "max" else q.amax(dim=1)
+            lip = q.amax(dim=1) if self.reduction == "max" else q.mean(dim=1)
+            top = q.amax(dim=1)
         elif self.reduction == "mean":
             q = quotients_from(step.extra_out, pairs.u, pairs.v)
             lip, top = q.mean(dim=1), q.detach().amax(dim=1)
-            pairs.q = q.detach()
         else:
-            w, u_w, v_w = pairs.winner
+            _, u_w, v_w = pairs.winner
             lip = quotients_from(step.extra_out, u_w, v_w)[:, 0]
             top = lip.detach()
-            if self.ascent_every > 1:  # its value at this θ, for the choice of the next winner
-                pairs.q = pairs.q.scatter(1, w.unsqueeze(1), top.unsqueeze(1))
         reg = lip**self.power
         metrics = {"lip": top}
         if self.skip_above is not None:

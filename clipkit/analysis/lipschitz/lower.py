@@ -13,6 +13,7 @@ from clipkit.analysis.lipschitz.structure import (
     check_search,
     float64_copy,
 )
+from clipkit.core.pairs import AscentRule, PairState, ascend, stacked, value
 from clipkit.core.utils import device_dtype, eval_mode, flat_norm
 
 MAX_DENSE = 2**22  # entries of one chunk's dense Jacobian above which power iteration is used
@@ -94,12 +95,9 @@ def _jacobian_power(model: nn.Module, xb: Tensor, iters: int,
 
 def _quotients(model: nn.Module, u: Tensor, v: Tensor, batch_size: int) -> Tensor:
     """||f(u_k) - f(v_k)|| / ||u_k - v_k|| per pair (no gradient), in chunks."""
-    out = []
-    with torch.no_grad():
-        for ub, vb in zip(u.split(batch_size), v.split(batch_size), strict=True):
-            num = flat_norm(model(ub) - model(vb))
-            out.append(num / flat_norm(ub - vb))
-    return torch.cat(out)
+    forward = stacked(model)
+    return torch.cat([value(forward, ub[None], vb[None])[0]
+                      for ub, vb in zip(u.split(batch_size), v.split(batch_size), strict=True)])
 
 
 def _verify64(model64: nn.Module, u: Tensor, v: Tensor, batch_size: int) -> Tensor:
@@ -124,16 +122,14 @@ def quotient_search(
 ) -> tuple[float, Tensor, Tensor]:
     """Adversarial difference-quotient search: max_k ||f(u_k) - f(v_k)|| / ||u_k - v_k||.
 
-    CLIP's pair ascent run long. Each restart draws ``pairs`` pairs from the samples: half
-    (x_i, x_i + init_radius * std(x) * xi), xi ~ N(0, I), half (x_i, x_j) with i != j. Each
-    step moves (u, v) along the normalised gradient g of the quotient by
-    tau_k * ||u_k - v_k|| (the quotient is scale free in the pair's distance, so the raw
-    gradient, ~ 1/||u - v||, would make a fixed tau explode or stall); tau_k *= 1.3 when the
-    pair's quotient rose, otherwise the step is rejected and tau_k /= 1.3. Pairs are kept
-    ``min_distance * rms(x)`` apart (closer pairs only measure rounding) and in ``domain`` if
-    given. The best pairs' quotients are re-evaluated in float64.
-
-    Self-contained (no clipkit.clip import) so clip.py may share it.
+    CLIP's pair ascent (``clipkit.core.pairs.ascend``) run long. Each restart draws
+    ``pairs`` pairs from the samples: half (x_i, x_i + init_radius * std(x) * xi),
+    xi ~ N(0, I), half (x_i, x_j) with i != j. Each step moves (u, v) along the normalised
+    gradient of the quotient by tau_k * ||u_k - v_k|| (the rule ``step="normalized"``);
+    tau_k *= 1.3 when the pair's quotient rose, otherwise the step is rejected and
+    tau_k /= 1.3. Pairs are kept ``min_distance * rms(x)`` apart (closer pairs only measure
+    rounding) and in ``domain`` if given. The best pairs' quotients are re-evaluated in
+    float64.
 
     Returns:
         (best quotient in float64, u, v) of the best pair.
@@ -148,7 +144,8 @@ def quotient_search(
     rms = float(flat_norm(x).pow(2).mean().sqrt()) or 1.0
     dmin = min_distance * rms
     best_q, best_u, best_v = -1.0, x[0], x[0]
-    lo, hi = domain if domain is not None else (None, None)
+    rule = AscentRule(step="normalized", clamp=domain, min_distance=dmin, rtol=0.0)
+    forward = stacked(model)
     model64 = float64_copy(model)
     with eval_mode(model):
         for _ in range(restarts):
@@ -163,46 +160,17 @@ def quotient_search(
             u0 = x[i]
             v0 = torch.where(near.view(-1, *[1] * (x.ndim - 1)), x[i] + noise, x[j])
             for s in range(0, pairs, batch_size):
-                u, v = _ascend(model, u0[s:s + batch_size], v0[s:s + batch_size], steps,
-                               step_size, dmin, lo, hi)
+                u, v = u0[s:s + batch_size], v0[s:s + batch_size]
+                if domain is not None:
+                    u, v = u.clamp(*domain), v.clamp(*domain)
+                tau = torch.full(u.shape[:1], float(step_size), dtype=dtype, device=device)
+                found = ascend(forward, PairState(u[None], v[None], tau[None]), steps, rule)
+                u, v = found.u[0], found.v[0]
                 q64 = _verify64(model64, u, v, batch_size)
                 k = int(q64.argmax())
                 if float(q64[k]) > best_q:
                     best_q, best_u, best_v = float(q64[k]), u[k], v[k]
     return best_q, best_u.detach(), best_v.detach()
-
-
-def _ascend(model: nn.Module, u: Tensor, v: Tensor, steps: int, step_size: float, dmin: float,
-            lo: float | None, hi: float | None) -> tuple[Tensor, Tensor]:
-    """Per-pair adaptive normalised-gradient ascent of the quotients (see quotient_search)."""
-    bshape = (-1, *[1] * (u.ndim - 1))
-
-    def value_grad(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a = a.detach().requires_grad_(True)
-        b = b.detach().requires_grad_(True)
-        with torch.enable_grad():
-            q = flat_norm(model(a) - model(b)) / flat_norm(a - b)
-            ga, gb = torch.autograd.grad(q.sum(), (a, b))
-        return q.detach(), ga, gb
-
-    if lo is not None:
-        u, v = u.clamp(lo, hi), v.clamp(lo, hi)
-    q, ga, gb = value_grad(u, v)
-    tau = torch.full_like(q, step_size)
-    for _ in range(steps):
-        gnorm = (flat_norm(ga).pow(2) + flat_norm(gb).pow(2)).sqrt().clamp_min(1e-30)
-        length = (tau * flat_norm(u - v) / gnorm).view(bshape)
-        u1, v1 = u + length * ga, v + length * gb
-        if lo is not None:
-            u1, v1 = u1.clamp(lo, hi), v1.clamp(lo, hi)
-        q1, ga1, gb1 = value_grad(u1, v1)
-        ok = (q1 > q) & (flat_norm(u1 - v1) >= dmin) & torch.isfinite(q1)
-        okb = ok.view(bshape)
-        u, v = torch.where(okb, u1, u), torch.where(okb, v1, v)
-        ga, gb = torch.where(okb, ga1, ga), torch.where(okb, gb1, gb)
-        q = torch.where(ok, q1, q)
-        tau = torch.where(ok, tau * 1.3, tau / 1.3)
-    return u.detach(), v.detach()
 
 
 def random_quotients(

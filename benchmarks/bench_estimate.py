@@ -28,8 +28,6 @@ def settings() -> dict[str, ck.CLIP]:
         "defaults (64 pairs)": ck.CLIP(),
         "128 pairs": ck.CLIP(pairs=128),
         "2 ascent steps": ck.CLIP(ascent_steps=2),
-        "defaults, ascent_every=4": ck.CLIP(ascent_every=4),
-        "defaults, ascent_every=8": ck.CLIP(ascent_every=8),
         "0.1.0 defaults (16 pairs)": ck.CLIP(pairs=16),
     }
 

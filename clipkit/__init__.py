@@ -19,7 +19,7 @@ This namespace gathers what a user types: ``ck.fit``, ``ck.CLIP``, ``ck.data``,
 
 from clipkit.analysis import attacks, lipschitz, theory
 from clipkit.core import __version__, data, models
-from clipkit.experiments import notebook, results, sweep
+from clipkit.experiments import evaluate, notebook, results, sweep
 from clipkit.train import (
     CLIP,
     AdversarialTraining,
@@ -37,6 +37,7 @@ from clipkit.train import (
     path,
     schedules,
 )
+from clipkit.train.registry import make_method, make_schedule
 
 __all__ = [
     "CLIP",
@@ -53,9 +54,12 @@ __all__ = [
     "__version__",
     "attacks",
     "data",
+    "evaluate",
     "fit",
     "fit_path",
     "lipschitz",
+    "make_method",
+    "make_schedule",
     "models",
     "notebook",
     "path",

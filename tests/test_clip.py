@@ -95,7 +95,8 @@ def test_authors_preset_is_their_code_s_configuration():
     assert (c.pairs, c.ascent_steps, c.step_size, c.factor, c.reduction, c.power, c.refresh) == (
         500, 1, 10.0, 1.3, "max", 2, 2000)
     assert (c.init, c.noise_dist, c.noise, c.data_range) == ("noise", "uniform", 0.1, None)
-    assert (c.ascent_on, c.keep_step_sizes, c.skip_above) == ("penalty", True, 5000.0)
+    assert (c.ascent_on, c.keep_step_sizes, c.skip_above, c.accept_rtol) == (
+        "penalty", True, 5000.0, 0.0)
     assert c.schedule == ck.Warmup(6) and c.lam == 0.1
     assert ck.CLIP.authors(pairs=10).pairs == 10
 

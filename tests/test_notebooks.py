@@ -123,7 +123,8 @@ def test_theory_rate_bound_and_limits(theory):
 
 def test_regression_notebook(tmp_path):
     ds = results.load(execute("regression", tmp_path, n_train=30, n_test=50, epochs=40,
-                              batch_size=30, hidden=[16], pairs=8, grid_points=51))
+                              batch_size=30, hidden=[16], grid_points=51,
+                              options={"clip": {"pairs": 8, "ascent_steps": 3}}))
     assert list(ds.method.values) == ["standard", "weight_decay", "clip"]
     for var in ("f", "loss", "train_mse", "test_mse", "lip_lower", "lip_upper", "lip_exact",
                 "target"):
@@ -139,7 +140,8 @@ def test_regression_notebook(tmp_path):
 
 
 TINY = dict(n_train=0, n_test=0, n_eval=40, epochs=2, hidden=[16], batch_size=64,
-            pgd_steps=2, bracket_steps=2, warmup=1, clip_pairs=8, threads=1,
+            pgd_steps=2, bracket_steps=2, schedule="warmup", warmup=1, options={"pairs": 8},
+            threads=1,
             eps_noise=[0.0, 0.3], eps_fgsm=[0.0, 0.1], eps_pgd_l2=[0.0, 2.0],
             eps_pgd_linf=[0.0, 0.1])
 
@@ -158,7 +160,7 @@ def test_classification_result_has_the_variables(classification):
                 "lip_lower", "lip_upper"):
         assert var in ds, var
     assert ds.robust_acc.dims == ("lam", "attack", "eps")
-    assert list(ds.attack.values) == ["noise", "fgsm", "pgd_l2", "pgd_linf"]
+    assert list(ds.attack.values) == ["noise", "fgsm", "pgd_l2", "pgd_linf", "pgd_l2_authors"]
     assert list(ds.lam.values) == [0.0, 0.5]
     assert ds.test_acc.dims == ("lam", "epoch")
     assert "official train" in ds.attrs["data_source"]
@@ -181,7 +183,8 @@ def test_classification_numbers_are_consistent(classification):
 def test_classification_mnist_without_training_images_splits_the_test_set(tmp_path, data_root):
     ds = results.load(execute("classification", tmp_path, dataset="mnist",
                               data_root=str(data_root), method="standard", model="mlp",
-                              last_activation=True, attacks=["pgd_l2"], **TINY))
+                              last_activation=True, attacks=["pgd_l2"],
+                              **{**TINY, "options": {}}))
     assert "TEST split" in ds.attrs["data_source"]
     assert "120 training and 30 test" in ds.attrs["data_source"]
     assert list(ds.lam.values) == [0.0]

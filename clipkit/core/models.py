@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import nn
 
 from clipkit.core.utils import seeded
 
-__all__ = ["ACTIVATIONS", "activation_module", "cnn", "mlp"]
+__all__ = ["ACTIVATIONS", "activation_module", "classifier", "cnn", "mlp"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -86,3 +87,28 @@ def cnn(
             act(activation),
             nn.Linear(100, num_classes),
         )
+
+
+def classifier(
+    kind: str = "mlp",
+    *,
+    hidden: Sequence[int] = (200, 80),
+    activation: str = "sigmoid",
+    last_activation: bool = False,
+    image_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    seed: int | None = None,
+) -> nn.Sequential:
+    """An image classifier taking (N, *image_shape): ``"mlp"`` (Flatten, then
+    :func:`mlp` with the ``hidden`` widths; the authors' 200-80 with sigmoid by default) or
+    ``"cnn"`` (:func:`cnn`; ``last_activation`` is an MLP option only)."""
+    if kind == "mlp":
+        n_in = math.prod(image_shape)
+        net = mlp([n_in, *hidden, num_classes], activation, last_activation=last_activation,
+                  seed=seed)
+        return nn.Sequential(nn.Flatten(), *net)
+    if kind == "cnn":
+        if last_activation:
+            raise ValueError("classifier: last_activation is an option of the MLP only")
+        return cnn(image_shape[0], num_classes, activation, image_size=image_shape[-1], seed=seed)
+    raise ValueError(f"classifier: unknown kind {kind!r}; accepted: 'mlp', 'cnn'")

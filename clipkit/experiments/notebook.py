@@ -14,13 +14,19 @@ accepted for a float, a bool is not an int).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ParameterError", "parameters", "result_file", "choice", "Timer"]
+from clipkit.experiments.types import accepted, type_matches
+
+__all__ = [
+    "ParameterError", "Timer", "choice", "errors_name_parameters", "parameters", "positive",
+    "result_file",
+]
 
 _IGNORED = {"__annotations__", "_before", "In", "Out", "_", "__", "___", "exit", "quit",
             "get_ipython", "_ih", "_oh", "_dh", "_i", "_ii", "_iii"}
@@ -45,8 +51,6 @@ def parameters(namespace: Mapping[str, Any], before: Iterable[str]) -> dict[str,
         namespace: the notebook's ``globals()``.
         before: the names that existed before the parameters cell (``set(globals())``).
     """
-    from clipkit.experiments.sweep.parameters import accepted, type_matches
-
     annotations = dict(namespace.get("__annotations__", {}))
     before = set(before)
     new = [n for n in namespace if n not in before and n not in _IGNORED
@@ -83,6 +87,25 @@ def choice(name: str, value: Any, accepted: Iterable[Any]) -> Any:
             f"parameter {name!r} = {value!r}; accepted: {', '.join(map(repr, accepted))}"
         )
     return value
+
+
+def positive(params: Mapping[str, Any], *names: str) -> None:
+    """A :class:`ParameterError` naming the first of ``names`` whose value is below 1."""
+    for name in names:
+        if params[name] < 1:
+            raise ParameterError(f"parameter {name!r} must be >= 1, got {params[name]!r}")
+
+
+@contextlib.contextmanager
+def errors_name_parameters(*names: str) -> Iterator[None]:
+    """Turn a ValueError/TypeError raised inside the block (e.g. by ``ck.make_method``) into a
+    :class:`ParameterError` that says which notebook parameters it came from."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, ParameterError):
+            raise
+        raise ParameterError(f"{exc} (from the parameters {', '.join(names)})") from exc
 
 
 def _runs_root() -> Path:

@@ -55,13 +55,7 @@ runs), ``kernels`` (papermill on a kernel of its own, start failures retried), `
 """
 
 from clipkit.experiments.sweep.executors import gpu_for_worker, visible_gpus
-from clipkit.experiments.sweep.parameters import (
-    accepted,
-    check,
-    notebook_parameters,
-    type_matches,
-    validate,
-)
+from clipkit.experiments.sweep.parameters import check, notebook_parameters, validate
 from clipkit.experiments.sweep.point import (
     Outcome,
     Task,
@@ -87,6 +81,7 @@ from clipkit.experiments.sweep.spec import (
     plan,
     point_name,
 )
+from clipkit.experiments.types import accepted, type_matches
 
 __all__ = [
     "POINTS_DIR",

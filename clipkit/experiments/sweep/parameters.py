@@ -4,74 +4,15 @@ from __future__ import annotations
 
 import ast
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from clipkit.experiments import results
 from clipkit.experiments.sweep.spec import Point, Spec, SweepError, load_spec, naming, plan
+from clipkit.experiments.types import accepted, type_matches
 
 # --------------------------------------------------------------------------- validation
-
-
-def _split_top(text: str, sep: str) -> list[str]:
-    """Split ``text`` at ``sep`` outside brackets."""
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == sep and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur)
-    return [p.strip() for p in parts]
-
-
-def type_matches(value: Any, type_name: str) -> bool:
-    """Whether ``value`` fits a notebook parameter's annotation, e.g. ``list[float]``.
-
-    int is accepted where float is; bool is not an int. Types it cannot read are accepted.
-    """
-    t = type_name.strip().replace("typing.", "")
-    if t in ("", "Any", "object"):
-        return True
-    alternatives = _split_top(t, "|")
-    if len(alternatives) > 1:
-        return any(type_matches(value, a) for a in alternatives)
-    m = re.fullmatch(r"(Optional|Union)\[(.*)\]", t)
-    if m:
-        options = _split_top(m.group(2), ",") + (["None"] if m.group(1) == "Optional" else [])
-        return any(type_matches(value, o) for o in options)
-    m = re.fullmatch(r"(list|List|Sequence|tuple|Tuple)\[(.*)\]", t)
-    if m:
-        inner = _split_top(m.group(2), ",")[0].replace("...", "Any")
-        return isinstance(value, list) and all(type_matches(v, inner) for v in value)
-    if re.fullmatch(r"(dict|Dict|Mapping)(\[.*\])?", t):
-        return isinstance(value, dict)
-    checks = {
-        "None": lambda v: v is None,
-        "NoneType": lambda v: v is None,
-        "bool": lambda v: isinstance(v, bool),
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-        "list": lambda v: isinstance(v, list),
-        "List": lambda v: isinstance(v, list),
-        "tuple": lambda v: isinstance(v, list),
-    }
-    check = checks.get(t)
-    return True if check is None else check(value)
-
-
-_ACCEPTS = {
-    "float": "an int or a float",
-    "int": "an int (not a bool)",
-    "bool": "true or false",
-    "str": "a string",
-}
 
 
 def _declared_type(info: Mapping[str, Any]) -> str:
@@ -182,14 +123,6 @@ def check(
         points = plan(spec)
         validate(spec, points)
     return spec, points
-
-
-def accepted(declared: str) -> str:
-    """What a parameter declared as ``declared`` accepts, in words (``float``: an int or ...)."""
-    optional = re.fullmatch(r"Optional\[(.*)\]", declared)
-    base = optional.group(1) if optional else declared
-    words = _ACCEPTS.get(base, base)
-    return f"{words}, or None" if optional else words
 
 
 def _check_value(nb: str, name: str, value: Any, declared: str, where: str) -> None:

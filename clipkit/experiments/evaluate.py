@@ -1,0 +1,213 @@
+"""Train over a λ grid, and evaluate trained models into Datasets: the result schema.
+
+The notebooks call these functions, and the report and the figures read what they write,
+so the variables below are the contract (also in ``docs/results.md``).
+
+**Classification** (:func:`classification_result`; ``notebooks/classification.ipynb``):
+
+========================  =====================  =============================================
+variable                  dims                   meaning
+========================  =====================  =============================================
+loss, penalty, lam_epoch  (lam, epoch)           the training history of ``ck.fit`` (see
+lip, acc, test_loss,                             ``clipkit.train.history``)
+test_acc, time
+clean_acc                 (lam,)                 accuracy on the test set
+robust_acc                (lam, attack, eps)     accuracy under attack on the evaluation
+                                                 subset: a point counts when the clean and the
+                                                 attacked input are both classified right;
+                                                 NaN where ε is not in that attack's grid
+lip_lower, lip_upper      (lam,)                 ``ck.lipschitz.bracket`` (eval mode)
+========================  =====================  =============================================
+
+attrs: ``bracket_notes`` (which estimate gave each bound), ``method_config`` (JSON).
+Attack names: :data:`ATTACKS`.
+
+**Regression** (:func:`regression_result` of one :func:`evaluate_regression` per method;
+``notebooks/regression.ipynb``): over ``method``: ``f`` (method, x_grid) the network on a
+grid, ``train_mse``, ``test_mse`` (fresh noisy labels), ``test_mse_target`` (against the
+noise-free target), ``lip_lower``, ``lip_upper`` (bracket), ``lip_exact`` (exact on the
+grid's interval, for 1-D ReLU networks), ``loss`` (method, epoch), ``lam``,
+``train_seconds``; and the data ``x``, ``y`` (sample), ``target`` (x_grid), ``label_mean``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+
+from clipkit.analysis import attacks as atk
+from clipkit.analysis import lipschitz
+from clipkit.core.provenance import to_json
+from clipkit.train.fit import fit
+from clipkit.train.path import fit_path, model_at
+from clipkit.train.protocol import Method
+
+__all__ = [
+    "ATTACKS",
+    "classification_result",
+    "evaluate_classifier",
+    "evaluate_regression",
+    "make_attack",
+    "regression_result",
+    "train_lambda_grid",
+]
+
+#: attack names → what they are (``make_attack`` builds them)
+ATTACKS = {
+    "noise": "Gaussian noise clamp(x + σz) (ε = σ; the authors' noise is σ = 1)",
+    "fgsm": "FGSM, ℓ∞",
+    "pgd_l2": "PGD, ℓ2 ball, random start, normalised steps (clipkit's)",
+    "pgd_linf": "PGD, ℓ∞ ball, random start, sign steps",
+    "pgd_l2_authors": "the CLIP authors' PGD-ℓ2 (sphere, sign steps, misclassified points kept)",
+}
+
+
+def make_attack(name: str, *, seed: int = 0, steps: int = 20) -> atk.Attack:
+    """The attack called ``name`` (see :data:`ATTACKS`), its ε set per call of the evaluation.
+
+    ``steps`` is the number of PGD iterations (the authors' attack: their test uses 100).
+    """
+    if name == "noise":
+        return atk.GaussianNoise(eps=0.0, seed=seed)
+    if name == "fgsm":
+        return atk.FGSM(eps=0.0, seed=seed)
+    if name in ("pgd_l2", "pgd_linf"):
+        return atk.PGD(eps=0.0, norm=name[4:], steps=steps, seed=seed)
+    if name == "pgd_l2_authors":
+        return atk.AuthorsPGD(eps=0.0, steps=steps, seed=seed)
+    raise ValueError(f"unknown attack {name!r}; accepted: {', '.join(ATTACKS)}")
+
+
+def train_lambda_grid(
+    model_fn: Callable[[], nn.Module], data: tuple[Tensor, Tensor], method: Method,
+    lams: Sequence[float], *, seed: int = 0, **fit_kwargs,
+) -> tuple[list[nn.Module], xr.Dataset]:
+    """One trained model per λ and their histories over (lam, epoch).
+
+    A vectorisable method trains the grid as one ``fit_path`` run; the others one ``fit``
+    each (from ``model_fn()`` after ``torch.manual_seed(seed)``, as the path's copies are).
+    """
+    lams = [float(v) for v in lams]
+    if method.vectorizable:
+        path = fit_path(model_fn, data, method, lam=lams, seed=[seed], **fit_kwargs)
+        models = [model_at(path, model_fn, lam=lv, seed=seed) for lv in lams]
+        hist = path.drop_vars([v for v in path.data_vars if str(v).startswith("param_")])
+        return models, hist.sel(seed=seed, drop=True).drop_attrs()
+    models, histories = [], []
+    for lv in lams:
+        torch.manual_seed(seed)
+        net = model_fn()
+        histories.append(fit(net, data, method.replace(lam=lv), seed=seed, **fit_kwargs))
+        models.append(net.eval())
+    hist = xr.concat(histories, dim=xr.DataArray(lams, dims="lam", name="lam"),
+                     coords="minimal", compat="override")
+    return models, hist.drop_attrs()
+
+
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) -> float:
+    with torch.no_grad():
+        right = sum(int((model(xb).argmax(1) == yb).sum())
+                    for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True))
+    return right / len(y)
+
+
+def evaluate_classifier(
+    model: nn.Module, test: tuple[Tensor, Tensor], *, eval_data: tuple[Tensor, Tensor],
+    attacks: Mapping[str, Sequence[float]], seed: int = 0, pgd_steps: int = 20,
+    bracket_steps: int = 20, domain: tuple[float, float] | None = (0.0, 1.0),
+) -> xr.Dataset:
+    """Clean accuracy on ``test``; accuracy under each attack over its ε grid and the
+    Lipschitz bracket on ``eval_data``. One model: no ``lam`` dimension yet."""
+    all_eps = sorted({float(e) for grid in attacks.values() for e in grid})
+    robust = np.full((len(attacks), len(all_eps)), np.nan)
+    model.eval()
+    for i, (name, grid) in enumerate(attacks.items()):
+        acc = atk.robust_accuracy(model, eval_data, make_attack(name, seed=seed, steps=pgd_steps),
+                                  eps=list(grid))
+        for e, v in zip(acc.eps.values, acc.values, strict=True):
+            robust[i, all_eps.index(float(e))] = v
+    try:
+        br = lipschitz.bracket(model, eval_data[0], seed=seed, steps=bracket_steps, domain=domain)
+        lower, upper = br.lower, br.upper
+        note = f"lower by {br.lower_by.method}; upper by {br.upper_by.method}"
+    except lipschitz.UnsupportedModuleError as exc:
+        lower = upper = float("nan")
+        note = f"no bracket: {exc}"
+    ds = xr.Dataset(
+        {"clean_acc": ((), _accuracy(model, *test)),
+         "robust_acc": (("attack", "eps"), robust),
+         "lip_lower": ((), lower), "lip_upper": ((), upper)},
+        coords={"attack": list(attacks), "eps": all_eps},
+    )
+    ds.attrs["bracket_note"] = note
+    return ds
+
+
+_CLASSIFICATION_DESCRIPTIONS = {
+    "clean_acc": "accuracy on the {n_test} test images",
+    "robust_acc": "accuracy under attack on {n_eval} test images (a point counts when clean "
+                  "and attacked are both right); NaN: ε not in this attack's grid",
+    "lip_lower": "ck.lipschitz.bracket lower bound (eval mode)",
+    "lip_upper": "ck.lipschitz.bracket upper bound",
+}
+
+
+def classification_result(history: xr.Dataset, evaluations: Sequence[xr.Dataset],
+                          lams: Sequence[float], method: Method, *, n_test: int,
+                          n_eval: int) -> xr.Dataset:
+    """The classification result: the histories over (lam, epoch) and one evaluation per λ."""
+    lam = xr.DataArray([float(v) for v in lams], dims="lam", name="lam")
+    evals = xr.concat(evaluations, dim=lam, combine_attrs="drop")
+    ds = history.merge(evals)
+    for name, text in _CLASSIFICATION_DESCRIPTIONS.items():
+        ds[name].attrs["description"] = text.format(n_test=n_test, n_eval=n_eval)
+    ds.attrs["bracket_notes"] = " | ".join(e.attrs.get("bracket_note", "") for e in evaluations)
+    ds.attrs["method_config"] = to_json(method.config())
+    return ds
+
+
+def evaluate_regression(model: nn.Module, train: tuple[Tensor, Tensor],
+                        test: tuple[Tensor, Tensor], x_grid: Tensor,
+                        target: Callable[[Tensor], Tensor], *, seed: int = 0) -> xr.Dataset:
+    """A 1-D regression network: its values on ``x_grid``, errors, Lipschitz bracket and
+    exact constant on the grid's interval."""
+    model.eval()
+    with torch.no_grad():
+        f = model(x_grid.to(train[0].dtype))[:, 0].double().numpy()
+        train_mse = float(((model(train[0]) - train[1]) ** 2).mean())
+        test_mse = float(((model(test[0]) - test[1]) ** 2).mean())
+        xt = test[0].double()
+        target_mse = float(((model(test[0]).double() - target(xt)) ** 2).mean())
+    br = lipschitz.bracket(model, train[0], seed=seed)
+    interval = (float(x_grid.min()), float(x_grid.max()))
+    return xr.Dataset({
+        "f": ("x_grid", f, {"description": "the trained network on the grid"}),
+        "train_mse": ((), train_mse),
+        "test_mse": ((), test_mse, {"description": "MSE on fresh noisy test labels"}),
+        "test_mse_target": ((), target_mse,
+                            {"description": "MSE against the noise-free target"}),
+        "lip_lower": ((), br.lower, {"description": "ck.lipschitz.bracket lower bound"}),
+        "lip_upper": ((), br.upper, {"description": "ck.lipschitz.bracket upper bound"}),
+        "lip_exact": ((), lipschitz.exact(model, interval).value,
+                      {"description": "exact Lip on the grid's interval (piecewise linear)"}),
+    }, coords={"x_grid": x_grid[:, 0].double().numpy()})
+
+
+def regression_result(fits: Mapping[str, xr.Dataset], train: tuple[Tensor, Tensor],
+                      target: Callable[[Tensor], Tensor]) -> xr.Dataset:
+    """The regression result: one :func:`evaluate_regression` per method (each with its
+    ``loss``, ``lam`` and ``train_seconds``), concatenated over ``method``, and the data."""
+    method = xr.DataArray(list(fits), dims="method", name="method")
+    ds = xr.concat(list(fits.values()), dim=method, coords="minimal", compat="override")
+    x, y = train
+    grid = torch.as_tensor(ds.x_grid.values)
+    return ds.assign(
+        x=("sample", x[:, 0].double().numpy()),
+        y=("sample", y[:, 0].double().numpy()),
+        target=("x_grid", target(grid).numpy()),
+        label_mean=((), float(y.mean())),
+    ).assign_coords(sample=np.arange(len(x)))

@@ -140,7 +140,7 @@ def test_regression_notebook(tmp_path):
 
 
 TINY = dict(n_train=0, n_test=0, n_eval=40, epochs=2, hidden=[16], batch_size=64,
-            pgd_steps=2, bracket_steps=2, schedule="warmup", warmup=1, options={"pairs": 8},
+            pgd_steps=2, bracket_steps=2, schedule="warmup", warmup=1, options={"clip": {"pairs": 8}},
             threads=1,
             eps_noise=[0.0, 0.3], eps_fgsm=[0.0, 0.1], eps_pgd_l2=[0.0, 2.0],
             eps_pgd_linf=[0.0, 0.1])
@@ -184,7 +184,7 @@ def test_classification_mnist_without_training_images_splits_the_test_set(tmp_pa
     ds = results.load(execute("classification", tmp_path, dataset="mnist",
                               data_root=str(data_root), method="standard", model="mlp",
                               last_activation=True, attacks=["pgd_l2"],
-                              **{**TINY, "options": {}}))
+                              **TINY))
     assert "TEST split" in ds.attrs["data_source"]
     assert "120 training and 30 test" in ds.attrs["data_source"]
     assert list(ds.lam.values) == [0.0]

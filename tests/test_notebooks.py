@@ -140,8 +140,8 @@ def test_regression_notebook(tmp_path):
 
 
 TINY = dict(n_train=0, n_test=0, n_eval=40, epochs=2, hidden=[16], batch_size=64,
-            pgd_steps=2, bracket_steps=2, schedule="warmup", warmup=1, options={"clip": {"pairs": 8}},
-            threads=1,
+            pgd_steps=2, bracket_steps=2, schedule="warmup", warmup=1,
+            options={"clip": {"pairs": 8}}, threads=1,
             eps_noise=[0.0, 0.3], eps_fgsm=[0.0, 0.1], eps_pgd_l2=[0.0, 2.0],
             eps_pgd_linf=[0.0, 0.1])
 

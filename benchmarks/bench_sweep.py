@@ -21,7 +21,8 @@ from pathlib import Path
 
 from clipkit import sweep
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "tests" / "notebooks" / "work.ipynb"
+NOTEBOOK = (Path(__file__).resolve().parent.parent / "tests" / "experiments" / "notebooks"
+            / "work.ipynb")
 
 
 def time_papermill(points: int, folder: Path) -> float:

@@ -7,7 +7,7 @@ step (constant schedule). The methods are timed in turns, ``--repeat`` rounds, a
 keeps its best epoch, so that a load that comes and goes hits them alike.
 
 Rows marked "0.1.0 step" run the frozen copy of the CLIP step before its speed-up
-(tests/clip_reference.py), when the checkout has it.
+(tests/train/clip_reference.py), when the checkout has it.
 
 Targets: CLIP.authors() ≤ 4× standard; clipkit's defaults (64 pairs) ≤ 1.5×. "λ = 0
 (warm-up)" is an epoch of the authors' warm-up, pairs ascended, no penalty.
@@ -41,8 +41,8 @@ def mnist_shaped(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
 
 
 def reference_clip():
-    """The 0.1.0 CLIP step (tests/clip_reference.py), or None outside a checkout."""
-    sys.path.insert(0, str(ROOT / "tests"))
+    """The 0.1.0 CLIP step (tests/train/clip_reference.py), or None outside a checkout."""
+    sys.path.insert(0, str(ROOT / "tests" / "train"))
     try:
         from clip_reference import ReferenceCLIP
     except ImportError:

@@ -3,7 +3,8 @@
     PYTHONPATH=. python benchmarks/load_sweep.py [--points 40] [--workers 2] [--runs 3] [--load 2]
 
 Starts ``--load`` processes that spin on the CPU (pure Python loops), then runs a sweep of
-``--points`` tiny points (``tests/notebooks/quadratic.ipynb``: a few numpy lines each, so
+``--points`` tiny points (``tests/experiments/notebooks/quadratic.ipynb``: a few numpy lines
+each, so
 nearly all of a point's time is starting its kernel) on ``--workers`` local workers,
 ``--runs`` times in a row, each into a fresh folder. Prints, per run and in total: points
 done, failed, and kernel starts retried (each retry is also in the run's ``sweep.log``).
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from clipkit import sweep
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "tests" / "notebooks" / "quadratic.ipynb"
+NOTEBOOK = (Path(__file__).resolve().parent.parent / "tests" / "experiments" / "notebooks"
+            / "quadratic.ipynb")
 
 
 def spin() -> None:

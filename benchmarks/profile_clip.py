@@ -47,7 +47,7 @@ def method_for(which: str) -> tuple[ck.Method, str]:
     if which == "standard":
         return ck.Standard(), "relu"
     if which == "reference-authors":
-        sys.path.insert(0, str(ROOT / "tests"))
+        sys.path.insert(0, str(ROOT / "tests" / "train"))
         from clip_reference import ReferenceCLIP
         return ReferenceCLIP(lam=0.1, pairs=500, noise_dist="uniform", step_size=10.0, power=2,
                              refresh=2000, data_range=(0.0, 1.0), schedule=const), "sigmoid"

@@ -17,79 +17,6 @@ def _linear_forward(w):
     return lambda x: x @ w.T  # (K, P, d) -> (K, P, m)
 
 
-def test_clip_estimate_on_a_linear_map_never_exceeds_and_reaches_its_norm():
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randn(6, 10, generator=gen, dtype=torch.float64)
-    norm = torch.linalg.matrix_norm(w, ord=2).item()
-    forward = _linear_forward(w)
-    u = torch.randn(1, 32, 10, generator=gen, dtype=torch.float64)
-    v = torch.randn(1, 32, 10, generator=gen, dtype=torch.float64)
-    pairs = PairState(u, v, torch.ones(1, 32, dtype=torch.float64))
-    start = quotients(forward, u, v).max().item()
-    best = []
-    for _ in range(60):
-        pairs = ascend(forward, pairs, steps=5)
-        best.append(pairs.q.max().item())
-        assert best[-1] <= norm * (1 + 1e-9)  # a difference quotient is a lower bound
-    assert best == sorted(best)  # accepted steps only raise the quotients
-    assert best[-1] >= 0.99 * norm
-    assert start < 0.9 * norm  # the ascent did the work, not the start
-
-
-@pytest.mark.parametrize("steps", [0, 1, 7])
-def test_an_ascent_step_costs_one_forward_and_all_but_the_last_a_backward(steps, monkeypatch):
-    calls = {"forward": 0, "backward": 0}
-    w = torch.randn(3, 4, dtype=torch.float64)
-
-    def forward(x):
-        calls["forward"] += 1
-        return x @ w.T
-
-    grad = torch.autograd.grad
-
-    def counting_grad(*args, **kwargs):
-        calls["backward"] += 1
-        return grad(*args, **kwargs)
-
-    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
-    pairs = PairState(torch.randn(1, 8, 4), torch.randn(1, 8, 4), torch.ones(1, 8))
-    pairs = PairState(pairs.u.double(), pairs.v.double(), pairs.tau.double())
-    out = ascend(forward, pairs, steps=steps)
-    # one evaluation at the start (θ changed), one forward per step; the last step's
-    # gradient would be stale at the next θ, so it is not computed
-    assert calls == {"forward": steps + 1, "backward": steps}
-    assert out.gu is None and out.gv is None
-
-
-def test_step_sizes_grow_on_accepted_and_shrink_on_rejected_steps():
-    w = torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64))
-    u = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]], dtype=torch.float64)
-    v = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
-    # pair 1 differs along e2 only: the quotient is 1 and its gradient is 0 (a saddle),
-    # so the step does not raise it and is rejected
-    pairs = ascend(_linear_forward(w), PairState(u, v, torch.full((1, 2), 0.5).double()), 1)
-    assert pairs.tau[0, 0].item() == pytest.approx(0.5 * 1.3)
-    assert pairs.tau[0, 1].item() == pytest.approx(0.5 / 1.3)
-    assert torch.equal(pairs.u[0, 1], u[0, 1]) and torch.equal(pairs.v[0, 1], v[0, 1])
-
-
-def test_quotients_work_on_images_and_projection_keeps_the_data_range():
-    model = ck.models.cnn()
-
-    def forward(x):
-        return model(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1)
-
-    gen = torch.Generator().manual_seed(1)
-    u = torch.rand(1, 5, 1, 28, 28, generator=gen)
-    v = (u + 0.1 * torch.randn(u.shape, generator=gen)).clamp(0, 1)
-    q = quotients(forward, u, v)
-    assert q.shape == (1, 5) and bool((q > 0).all())
-    out = ascend(forward, PairState(u, v, torch.full((1, 5), 10.0)), 3,
-                 AscentRule(clamp=(0.0, 1.0)))
-    assert float(out.u.min()) >= 0 and float(out.v.max()) <= 1
-    assert bool((out.q >= q - 1e-6).all())
-
-
 def test_authors_preset_is_their_code_s_configuration():
     c = ck.CLIP.authors()
     assert (c.pairs, c.ascent_steps, c.step_size, c.factor, c.reduction, c.power, c.refresh) == (
@@ -128,7 +55,7 @@ def test_lam_of_the_wrong_type_is_a_type_error():
         ck.CLIP(lam="0.1")
 
 
-# --- the speed-up is exact: the same weights as the 0.1.0 step (tests/clip_reference.py)
+# --- the speed-up is exact: the same weights as the 0.1.0 step (tests/train/clip_reference.py)
 
 def _weights(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])

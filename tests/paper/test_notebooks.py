@@ -18,7 +18,7 @@ import pytest
 from clipkit.experiments import results
 from clipkit.paper import report
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 pytestmark = pytest.mark.slow
 
 

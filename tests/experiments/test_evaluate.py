@@ -1,0 +1,80 @@
+"""clipkit.experiments.evaluate: the result schema on tiny models, and the λ-grid training."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import clipkit as ck
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 1, 4, 4, generator=g)
+    y = (x.flatten(1)[:, :8].sum(1) > x.flatten(1)[:, 8:].sum(1)).long()
+    return x, y
+
+
+def model_fn():
+    return ck.models.classifier("mlp", hidden=[8], activation="relu", image_shape=(1, 4, 4),
+                                num_classes=2)
+
+
+def test_every_attack_name_builds_an_attack_and_unknown_names_are_named():
+    for name in ck.evaluate.ATTACKS:
+        assert isinstance(ck.evaluate.make_attack(name), ck.attacks.Attack)
+    assert isinstance(ck.evaluate.make_attack("pgd_l2_authors"), ck.attacks.AuthorsPGD)
+    with pytest.raises(ValueError, match="unknown attack 'cw'; accepted: noise"):
+        ck.evaluate.make_attack("cw")
+
+
+@pytest.mark.parametrize("method", [ck.WeightDecay(), ck.SpectralNorm()],
+                         ids=["vectorised path", "one fit per lam"])
+def test_a_lambda_grid_gives_one_model_per_lambda_and_histories_over_lam_and_epoch(method,
+                                                                                   images):
+    lams = [0.0, 0.1] if method.name == "WeightDecay" else [0.0]
+    models, hist = ck.evaluate.train_lambda_grid(model_fn, images, method, lams, seed=1,
+                                                 epochs=2, batch_size=20, progress=False)
+    assert len(models) == len(lams) and hist.loss.dims == ("lam", "epoch")
+    assert list(hist.lam.values) == lams and not any(v.startswith("param_") for v in hist)
+
+
+def test_a_classification_result_has_the_documented_variables(images):
+    lams = [0.0, 1.0]
+    models, hist = ck.evaluate.train_lambda_grid(model_fn, images, ck.WeightDecay(), lams,
+                                                 epochs=2, batch_size=20, test=images,
+                                                 progress=False)
+    grids = {"noise": [0.0, 0.2], "pgd_l2": [0.0, 0.5], "pgd_l2_authors": [0.5]}
+    evals = [ck.evaluate.evaluate_classifier(m, images, eval_data=images, attacks=grids,
+                                             pgd_steps=3, bracket_steps=3) for m in models]
+    ds = ck.evaluate.classification_result(hist, evals, lams, ck.WeightDecay(), n_test=60,
+                                           n_eval=60)
+    assert ds.robust_acc.dims == ("lam", "attack", "eps")
+    assert list(ds.attack.values) == list(grids) and list(ds.eps.values) == [0.0, 0.2, 0.5]
+    assert ds.test_acc.dims == ("lam", "epoch") and ds.clean_acc.dims == ("lam",)
+    # a cell outside an attack's grid is NaN; ε = 0 is the clean accuracy on those points
+    assert np.isnan(float(ds.robust_acc.sel(lam=0.0, attack="noise", eps=0.5)))
+    np.testing.assert_allclose(ds.robust_acc.sel(attack="noise", eps=0.0), ds.clean_acc)
+    assert bool((ds.robust_acc.fillna(0) <= ds.clean_acc + 1e-12).all())
+    assert bool((ds.lip_lower <= ds.lip_upper * (1 + 1e-9)).all())
+    assert "60 test images" in ds.clean_acc.attrs["description"]
+    assert "WeightDecay" in ds.attrs["method_config"] and ds.attrs["bracket_notes"].count("|") == 1
+
+
+def test_a_regression_result_concatenates_methods_and_keeps_the_data():
+    x, y = ck.data.regression(n=20, seed=0)
+    xt, yt = ck.data.regression(n=30, seed=1)
+    grid = torch.linspace(-1, 1, 11)[:, None]
+    fits = {}
+    for name in ("standard", "clip"):
+        model = ck.models.mlp([1, 8, 1], seed=0)
+        hist = ck.fit(model, (x, y), ck.make_method(name), epochs=3, progress=False)
+        fits[name] = ck.evaluate.evaluate_regression(
+            model, (x, y), (xt, yt), grid, ck.data.regression_target).assign(loss=hist.loss)
+    ds = ck.evaluate.regression_result(fits, (x, y), ck.data.regression_target)
+    assert list(ds.method.values) == ["standard", "clip"] and ds.f.dims == ("method", "x_grid")
+    assert ds.loss.dims == ("method", "epoch") and ds.x.dims == ("sample",)
+    np.testing.assert_allclose(ds.target, ck.data.regression_target(grid.double())[:, 0])
+    assert bool((ds.lip_exact <= ds.lip_upper * (1 + 1e-6)).all())
+    assert isinstance(ds, xr.Dataset) and float(ds.label_mean) == pytest.approx(float(y.mean()))

@@ -1,0 +1,102 @@
+"""clipkit.train.baselines: each baseline's penalty or input change against a direct computation."""
+
+import json
+
+import pytest
+import torch
+
+import clipkit as ck
+from clipkit.train.protocol import Run, Step
+
+
+def tiny_run(model, x, y):
+    def forward(xk):
+        out = model(xk.reshape(-1, *xk.shape[2:]))
+        return out.view(xk.shape[0], xk.shape[1], *out.shape[1:])
+
+    def params():
+        return {n: p.unsqueeze(0) for n, p in model.named_parameters()}
+
+    def loss(out, yy):
+        return (out - yy).pow(2).flatten(2).sum(2)
+
+    return Run(forward, params, x, y, loss, [torch.Generator().manual_seed(0)],
+               torch.device("cpu"), x.dtype)
+
+
+@pytest.fixture
+def setting():
+    torch.manual_seed(0)
+    model = ck.models.mlp([3, 5, 2], activation="tanh").double()
+    x = torch.rand(8, 3, dtype=torch.float64)
+    y = torch.rand(8, 2, dtype=torch.float64)
+    return model, x, y, tiny_run(model, x, y)
+
+
+def test_weight_decay_is_the_squared_norm_of_every_parameter_biases_included(setting):
+    model, x, y, run = setting
+    reg, metrics = ck.WeightDecay(0.1).penalty(run, None)
+    direct = sum(float(p.pow(2).sum()) for p in model.parameters())
+    assert float(reg) == pytest.approx(direct) and metrics == {}
+
+
+def test_gradient_penalty_is_the_mean_squared_input_gradient_of_the_loss(setting):
+    model, x, y, run = setting
+    xin = x.unsqueeze(0).requires_grad_(True)
+    out = run.forward(xin)
+    sl = run.sample_loss(out, y.unsqueeze(0))
+    reg, _ = ck.GradientPenalty(0.1).penalty(run, Step(xin, y, out, sl, torch.ones(1)))
+    direct = []
+    for i in range(len(x)):
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((model(xi) - y[i:i + 1]).pow(2).sum(), xi)
+        direct.append(float(g.pow(2).sum()))
+    assert float(reg) == pytest.approx(sum(direct) / len(direct))
+    assert ck.GradientPenalty.input_grad
+
+
+def test_spectral_norm_divides_each_weight_by_its_largest_singular_value():
+    torch.manual_seed(0)
+    model = ck.SpectralNorm(n_power_iterations=50).prepare(ck.models.mlp([6, 8, 4]))
+    model.train()
+    model(torch.rand(3, 6))  # a forward in training mode runs the power iterations
+    for layer in (model[0], model[2]):
+        assert float(torch.linalg.matrix_norm(layer.weight, ord=2)) == pytest.approx(1.0, rel=1e-3)
+    assert not ck.SpectralNorm.vectorizable
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_adversarial_training_inputs_stay_in_the_ball_and_range_and_raise_the_loss(norm, setting):
+    model, x, y, run = setting
+    method = ck.AdversarialTraining(eps=0.05, steps=5, norm=norm)
+    xk, yk = x.unsqueeze(0), y.unsqueeze(0)
+    adv = method.inputs(run, xk, yk)
+    d = (adv - xk).flatten(2)
+    size = d.abs().amax(2) if norm == "linf" else d.norm(dim=2)
+    assert float(size.max()) <= 0.05 + 1e-9
+    assert float(adv.min()) >= 0 and float(adv.max()) <= 1
+    clean = run.sample_loss(run.forward(xk), yk).sum()
+    attacked = run.sample_loss(run.forward(adv), yk).sum()
+    assert float(attacked) > float(clean)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ck.Standard(lam=0.1), "Standard: lam must be 0"),
+        (lambda: ck.SpectralNorm(lam=0.1), "lam is not used"),
+        (lambda: ck.AdversarialTraining(steps=0), "steps must be an int >= 1"),
+        (lambda: ck.AdversarialTraining(norm="l1"), "norm must be 'linf' or 'l2'"),
+        (lambda: ck.WeightDecay(lam=-1.0), "lam must be a finite number >= 0"),
+    ],
+)
+def test_bad_baseline_settings_are_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_config_is_json_ready_and_replace_checks_again():
+    cfg = ck.WeightDecay(1e-3, schedule=ck.Warmup(2)).config()
+    assert json.loads(json.dumps(cfg))["schedule"] == {"schedule": "Warmup", "epochs": 2}
+    with pytest.raises(ValueError, match="lam must be"):
+        ck.WeightDecay(1e-3).replace(lam=-2.0)

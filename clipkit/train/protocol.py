@@ -1,4 +1,9 @@
-"""What a training method is to the loop: the hooks of Method, and what it sees (Run, Step)."""
+"""What a training method is to the loop: the hooks of Method, and what it sees (Run, Step).
+
+Every method works on a *model axis* K first: inputs are (K, B, *in), outputs
+(K, B, *out), penalties (K,). ``ck.fit`` trains one model (K = 1); ``ck.fit_path`` trains
+K copies at once with vmap. Random choices use one torch.Generator per copy.
+"""
 
 from __future__ import annotations
 

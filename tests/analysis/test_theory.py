@@ -1,4 +1,4 @@
-"""clipkit.theory held against the mathematics of DESIGN §3 and against independent solvers."""
+"""clipkit.theory held against the statements of docs/mathematics.md and independent solvers."""
 
 from __future__ import annotations
 

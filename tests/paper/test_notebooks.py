@@ -199,7 +199,8 @@ def test_classification_rejects_unknown_and_mistyped_parameters(tmp_path, data_r
     with pytest.raises(papermill.PapermillExecutionError, match="'epochs'.*str"):
         execute("classification", tmp_path, epochs="2")
     with pytest.raises(papermill.PapermillExecutionError, match="has no λ"):
-        execute("classification", tmp_path, method="standard", lam=[0.1])
+        execute("classification", tmp_path, method="standard", lam=[0.1],
+                data_root=str(data_root))  # the data load before the method is built
 
 
 # --------------------------------------------------------------------------- explore, report

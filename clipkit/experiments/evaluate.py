@@ -119,17 +119,27 @@ def evaluate_classifier(
     model: nn.Module, test: tuple[Tensor, Tensor], *, eval_data: tuple[Tensor, Tensor],
     attacks: Mapping[str, Sequence[float]], seed: int = 0, pgd_steps: int = 20,
     bracket_steps: int = 20, domain: tuple[float, float] | None = (0.0, 1.0),
+    progress: bool = False,
 ) -> xr.Dataset:
     """Clean accuracy on ``test``; accuracy under each attack over its ε grid and the
-    Lipschitz bracket on ``eval_data``. One model: no ``lam`` dimension yet."""
+    Lipschitz bracket on ``eval_data``. One model: no ``lam`` dimension yet.
+
+    ``progress``: a tqdm bar over the attacks and the bracket (a widget in a notebook).
+    """
+    from tqdm.auto import tqdm
+
     all_eps = sorted({float(e) for grid in attacks.values() for e in grid})
     robust = np.full((len(attacks), len(all_eps)), np.nan)
     model.eval()
+    bar = tqdm(total=len(attacks) + 1, desc="evaluate", disable=not progress, leave=False)
     for i, (name, grid) in enumerate(attacks.items()):
+        bar.set_postfix_str(name)
         acc = atk.robust_accuracy(model, eval_data, make_attack(name, seed=seed, steps=pgd_steps),
                                   eps=list(grid))
         for e, v in zip(acc.eps.values, acc.values, strict=True):
             robust[i, all_eps.index(float(e))] = v
+        bar.update()
+    bar.set_postfix_str("Lipschitz bracket")
     try:
         br = lipschitz.bracket(model, eval_data[0], seed=seed, steps=bracket_steps, domain=domain)
         lower, upper = br.lower, br.upper
@@ -137,6 +147,8 @@ def evaluate_classifier(
     except lipschitz.UnsupportedModuleError as exc:
         lower = upper = float("nan")
         note = f"no bracket: {exc}"
+    bar.update()
+    bar.close()
     ds = xr.Dataset(
         {"clean_acc": ((), _accuracy(model, *test)),
          "robust_acc": (("attack", "eps"), robust),
@@ -204,7 +216,7 @@ def regression_result(fits: Mapping[str, xr.Dataset], train: tuple[Tensor, Tenso
     method = xr.DataArray(list(fits), dims="method", name="method")
     ds = xr.concat(list(fits.values()), dim=method, coords="minimal", compat="override")
     x, y = train
-    grid = torch.as_tensor(ds.x_grid.values)
+    grid = torch.tensor(ds.x_grid.values)  # a copy: xarray's index values are read-only
     return ds.assign(
         x=("sample", x[:, 0].double().numpy()),
         y=("sample", y[:, 0].double().numpy()),

@@ -1,35 +1,38 @@
 """Helpers for the parameterised notebooks: strict parameters, where results go, provenance.
 
-A clipkit notebook starts with ``_before = set(globals())``, then has one cell tagged
-``parameters`` with *annotated* defaults (``lam: list[float] = [0.1]``); papermill puts its
-injected cell after that one. The next cell calls :func:`parameters`::
+A clipkit notebook has one cell tagged ``parameters`` with *annotated* defaults
+(``lam: list[float] = [0.1]``); papermill puts its injected cell (``# Parameters`` and one
+assignment per value) after that one. The next cell calls :func:`parameters`::
 
-    params = ck.notebook.parameters(globals(), _before)
+    params = ck.notebook.parameters(globals())
 
-which returns the parameters as a dict and raises :class:`ParameterError` for a name the
-parameters cell does not declare (papermill would silently define it) or a value whose
-type does not match the annotation (the same rules as ``clipkit sweep``: an int is
-accepted for a float, a bool is not an int).
+which returns the parameters as a dict and raises :class:`ParameterError` for a name
+papermill injected that the parameters cell does not declare (papermill would silently
+define it) or a value whose type does not match the annotation (the same rules as
+``clipkit sweep``: an int is accepted for a float, a bool is not an int). Nothing is
+remembered between calls, so cells can be edited and re-run in any order.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import difflib
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from clipkit.experiments.types import accepted, type_matches
+from clipkit.experiments.types import accepted, list_hint, type_matches
 
 __all__ = [
-    "ParameterError", "Timer", "choice", "errors_name_parameters", "parameters", "positive",
-    "result_file",
+    "ParameterError", "Timer", "choice", "errors_name_parameters", "injected_names",
+    "parameters", "positive", "result_file",
 ]
 
-_IGNORED = {"__annotations__", "_before", "In", "Out", "_", "__", "___", "exit", "quit",
-            "get_ipython", "_ih", "_oh", "_dh", "_i", "_ii", "_iii"}
+#: the first line of the cell papermill injects (its Python translator's comment)
+INJECTED_HEADER = "# Parameters"
 
 
 class ParameterError(ValueError):
@@ -44,22 +47,51 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
-def parameters(namespace: Mapping[str, Any], before: Iterable[str]) -> dict[str, Any]:
-    """Check the parameters defined since ``before`` against their annotations; return them.
+def injected_names(history: Sequence[str]) -> list[str]:
+    """The names assigned by papermill's injected cells among the executed cell sources
+    ``history`` (IPython's ``In``), in order; papermill's own ``PAPERMILL_*`` left out."""
+    names: list[str] = []
+    for source in history:
+        if not isinstance(source, str) or source.lstrip().split("\n", 1)[0].strip() != (
+                INJECTED_HEADER):
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else (
+                [node.target] if isinstance(node, ast.AnnAssign) else [])
+            names += [t.id for t in targets if isinstance(t, ast.Name)
+                      and not t.id.startswith("PAPERMILL_") and t.id not in names]
+    return names
+
+
+def parameters(namespace: Mapping[str, Any], before: Iterable[str] | None = None
+               ) -> dict[str, Any]:
+    """Check the notebook's parameters against their annotations; return them as a dict.
+
+    The parameters are the names the parameters cell annotates (``__annotations__`` of
+    the notebook's namespace). A name assigned by a papermill-injected cell (found in
+    IPython's input history ``In``) that is not one of them is an error, and so is a
+    value that does not fit its annotation.
 
     Args:
         namespace: the notebook's ``globals()``.
-        before: the names that existed before the parameters cell (``set(globals())``).
+        before: ignored (notebooks written for clipkit 0.1 passed a snapshot of globals).
     """
+    del before
     annotations = dict(namespace.get("__annotations__", {}))
-    before = set(before)
-    new = [n for n in namespace if n not in before and n not in _IGNORED
-           and not n.startswith("_")]  # IPython's _i1, _1, ... ; parameters have no "_"
-    unknown = sorted(n for n in new if n not in annotations)
+    history = namespace.get("In", [])
+    unknown = [n for n in injected_names(history if isinstance(history, list) else [])
+               if n not in annotations]
     if unknown:
+        close = {n: difflib.get_close_matches(n, list(annotations), n=1) for n in unknown}
+        guesses = "; ".join(f"did you mean {c[0]!r} for {n!r}?" for n, c in close.items() if c)
         raise ParameterError(
-            f"unknown parameter(s) {', '.join(map(repr, unknown))}; this notebook's "
-            f"parameters are: {', '.join(sorted(annotations))}"
+            f"unknown parameter(s) {', '.join(map(repr, unknown))} (injected by papermill); "
+            f"this notebook's parameters are: {', '.join(sorted(annotations))}"
+            + (f"; {guesses}" if guesses else "")
         )
     out = {}
     for name, annotation in annotations.items():
@@ -71,9 +103,11 @@ def parameters(namespace: Mapping[str, Any], before: Iterable[str]) -> dict[str,
         value = namespace[name]
         type_name = _type_name(annotation)
         if not type_matches(value, type_name):
+            hint = list_hint(name, value, type_name, "papermill")
             raise ParameterError(
                 f"parameter {name!r} = {value!r} is a {type(value).__name__}; "
                 f"the notebook declares {type_name}, accepted: {accepted(type_name)}"
+                + (f"; {hint}" if hint else "")
             )
         out[name] = value
     return out

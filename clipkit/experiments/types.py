@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["accepted", "type_matches"]
+__all__ = ["accepted", "list_hint", "type_matches"]
 
 
 def _split_top(text: str, sep: str) -> list[str]:
@@ -71,11 +71,40 @@ _ACCEPTS = {
     "bool": "true or false",
     "str": "a string",
 }
+_ITEMS = {"float": "numbers", "int": "ints", "bool": "booleans", "str": "strings"}
+_LIST = re.compile(r"(list|List|Sequence|tuple|Tuple)\[(.*)\]")
 
 
 def accepted(declared: str) -> str:
     """What a parameter declared as ``declared`` accepts, in words (``float``: an int or ...)."""
     optional = re.fullmatch(r"Optional\[(.*)\]", declared)
     base = optional.group(1) if optional else declared
-    words = _ACCEPTS.get(base, base)
+    listed = _LIST.fullmatch(base.strip())
+    if listed:
+        inner = _split_top(listed.group(2), ",")[0]
+        words = f"a list of {_ITEMS.get(inner, inner)}"
+    else:
+        words = _ACCEPTS.get(base, base)
     return f"{words}, or None" if optional else words
+
+
+def list_hint(name: str, value: Any, declared: str, where: str) -> str:
+    """How to give a list, when a single value was given for a list parameter ("" else).
+
+    ``where`` says whose syntax to show: ``"papermill"`` (its ``-p`` passes one value,
+    ``-y`` takes YAML) or ``"spec"`` (a sweep's YAML file).
+    """
+    listed = _LIST.fullmatch(re.sub(r"^Optional\[(.*)\]$", r"\1", declared.strip()))
+    if listed is None or isinstance(value, list):
+        return ""
+    inner = _split_top(listed.group(2), ",")[0]
+    if isinstance(value, str) and value.strip().startswith("["):
+        example = value.strip()  # papermill's -p gave the text of a list
+    elif type_matches(value, inner):
+        example = f"[{value!r}]" if isinstance(value, str) else f"[{value}]"
+    else:
+        return ""
+    if where == "papermill":
+        return (f"write a list: papermill ... -y '{name}: {example}' "
+                f"(papermill's -p passes a single value or text)")
+    return f"write a list, e.g. {name}: {example}"

@@ -32,6 +32,8 @@ __all__ = [
     "history",
     "tradeoff",
     "ATTACK_LABELS",
+    "METHOD_NAMES",
+    "line_label",
 ]
 
 ATTACK_LABELS = {
@@ -39,6 +41,7 @@ ATTACK_LABELS = {
     "fgsm": "FGSM (ℓ∞ ε)",
     "pgd_l2": "PGD-ℓ2 (ε)",
     "pgd_linf": "PGD-ℓ∞ (ε)",
+    "pgd_l2_authors": "authors' PGD-ℓ2 (ε)",
 }
 _FLOOR = 1e-4  # Lipschitz constants below this are drawn at it (log axes have no 0)
 
@@ -217,12 +220,14 @@ def regression_fits(ds: xr.Dataset) -> plt.Figure:
 def _series(ds: xr.Dataset, var: str, keep: Sequence[str]) -> list[tuple[str, xr.DataArray]]:
     """Split ``ds[var]`` into labelled lines over the dims not in ``keep`` (NaN lines dropped).
 
-    Seeds are averaged; other dims (method, lam, last_activation, ...) label the lines.
+    Seeds are averaged; other dims label the lines (see :func:`line_label`): method, λ and
+    the setting always, the others where they have several values.
     """
     da = ds[var]
     if "seed" in da.dims:
         da = da.mean("seed")
-    other = [d for d in da.dims if d not in keep]
+    other = sorted((d for d in da.dims if d not in keep),
+                   key=lambda d: _LABEL_ORDER.index(d) if d in _LABEL_ORDER else len(_LABEL_ORDER))
     if not other:
         return [("", da)]
     stacked = da.stack(_line=other)
@@ -231,13 +236,30 @@ def _series(ds: xr.Dataset, var: str, keep: Sequence[str]) -> list[tuple[str, xr
         line = stacked.isel(_line=k)
         if bool(np.isnan(line.values).all()):
             continue
-        label = ", ".join(f"{_short(d)}={_fmt(line[d].item())}" for d in other)
+        label = ", ".join(line_label(d, line[d].item()) for d in other
+                          if d in _LABEL_ORDER[:3] or da.sizes[d] > 1)
         lines.append((label, line.drop_vars(["_line", *other], errors="ignore")))
     return lines
 
 
-def _short(dim: str) -> str:
-    return {"last_activation": "sigmoid on logits", "lam": "λ"}.get(dim, dim)
+_LABEL_ORDER = ("method", "lam", "last_activation", "dataset")
+#: how a method's name reads in a legend
+METHOD_NAMES = {"standard": "standard", "weight_decay": "weight decay", "clip": "CLIP",
+                "gradient_penalty": "gradient penalty", "spectral_norm": "spectral norm",
+                "adversarial": "adversarial training"}
+
+
+def line_label(dim: str, value) -> str:
+    """How one coordinate of a line reads in a legend: ``CLIP``, ``λ = 0.1``, ``corrected``."""
+    if dim == "method":
+        return METHOD_NAMES.get(str(value), str(value))
+    if dim == "lam":
+        return f"λ = {_fmt(value)}"
+    if dim == "last_activation":
+        return "published (sigmoid on logits)" if bool(value) else "corrected"
+    if dim == "dataset":
+        return str(value)
+    return f"{dim} = {_fmt(value)}"
 
 
 def _fmt(v) -> str:
@@ -278,12 +300,15 @@ def tradeoff(ds: xr.Dataset, attack: str = "pgd_l2", eps: float | None = None) -
     """The accuracy–robustness–Lipschitz trade-off as λ varies.
 
     Left: clean accuracy and accuracy under ``attack`` at ``eps`` (default: the largest
-    ε) against λ. Right: the Lipschitz bracket [lower, upper] against λ (log scale).
+    ε of this attack's grid) against λ. Right: the Lipschitz bracket [lower, upper]
+    against λ (log scale).
     """
     if "lam" not in ds.dims:
         raise ValueError("tradeoff needs a result over λ (a 'lam' dimension)")
     sub = ds.sel(attack=attack)
-    eps = float(sub.eps.max()) if eps is None else float(eps)
+    if eps is None:  # the largest ε of this attack's grid (the others' may be larger)
+        eps = float(sub.robust_acc.dropna("eps", how="all").eps.max())
+    eps = float(eps)
     sub = sub.sel(eps=eps, method="nearest")
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     lam = ds.lam.values

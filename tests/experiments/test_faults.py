@@ -306,9 +306,11 @@ def test_notebook_parameter_errors_name_the_parameter_value_and_what_is_accepted
     namespace = {"__annotations__": {"lam": float, "seed": int}, "lam": "big", "seed": 0}
     with pytest.raises(ParameterError, match="parameter 'lam' = 'big' is a str; the notebook "
                                              "declares float, accepted: an int or a float"):
-        parameters(namespace, set())
-    with pytest.raises(ParameterError, match=r"unknown parameter\(s\) 'sed'; .*lam, seed"):
-        parameters({**namespace, "lam": 0.1, "sed": 1}, set())
+        parameters(namespace)
+    injected = {"In": ["", "# Parameters\nlam = 0.1\nsed = 1\n"], "lam": 0.1, "sed": 1}
+    with pytest.raises(ParameterError, match=r"unknown parameter\(s\) 'sed' \(injected by "
+                                             r"papermill\); .*lam, seed"):
+        parameters({**namespace, **injected})
     with pytest.raises(ParameterError, match="parameter 'method' = 'clp'; accepted: 'clip', "
                                              "'standard'"):
         choice("method", "clp", ["clip", "standard"])

@@ -198,6 +198,27 @@ def test_kernels_import_this_clipkit(monkeypatch):
     assert kernel_pythonpath() is None
 
 
+def test_a_sweep_turns_progress_bars_off_unless_its_spec_sets_them(tmp_path, monkeypatch):
+    from clipkit.experiments.sweep import kernels
+
+    regression = Path(clipkit.__file__).resolve().parents[1] / "notebooks" / "regression.ipynb"
+    sent = []
+    monkeypatch.setattr(kernels, "execute", lambda nb, out, params, **kw: (
+        sent.append(dict(params)) or kernels.Execution(error="not run")))
+    for fields, headless in (({"fixed": {"epochs": 2}}, (("progress", False),)),
+                             ({"fixed": {"progress": True}}, ()),
+                             ({"grid": {"progress": [True, False]}}, ())):
+        spec, points = sweep.check({"notebook": str(regression), **fields})
+        (tmp_path / "out" / sweep.POINTS_DIR).mkdir(parents=True, exist_ok=True)
+        tasks = sweep.make_tasks(spec, points, tmp_path / "out")
+        assert all(t.headless == headless for t in tasks)
+        sweep.run_point(tasks[0])
+        # the kernel gets progress = false unless the point sets it; the point is unchanged
+        assert sent[-1]["progress"] is tasks[0].point.params.get("progress", False)
+    spec, points = sweep.check({"notebook": str(QUADRATIC)})  # declares no progress
+    assert sweep.make_tasks(spec, points, tmp_path / "out")[0].headless == ()
+
+
 # --------------------------------------------------------------------------- running
 
 

@@ -2,6 +2,8 @@
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import papermill
@@ -31,3 +33,28 @@ def test_notebooks_are_stored_without_outputs(notebook):
     for cell in json.loads(notebook.read_text())["cells"]:
         if cell["cell_type"] == "code":
             assert not cell["outputs"] and cell["execution_count"] is None
+
+
+def test_notebooks_are_as_nbstripout_leaves_them():
+    """What the git filter / pre-commit hook (README) would commit: no outputs, no execution
+    counts, no widget state, cell ids 0, 1, ... ."""
+    pytest.importorskip("nbstripout", reason="nbstripout is in the dev extras")
+    run = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", *map(str, NOTEBOOKS)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, (
+        f"{run.stdout}{run.stderr}: strip them with `nbstripout notebooks/*.ipynb`")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_metadata_is_what_jupyterlab_writes(notebook):
+    """JupyterLab marks a notebook "unsaved" as soon as it opens when its kernel reports
+    another kernelspec or language_info than the file has (tests/paper/test_jupyterlab.py
+    checks it in a browser). Only the Python version differs between machines."""
+    from ipykernel.ipkernel import IPythonKernel
+
+    meta = json.loads(notebook.read_text())["metadata"]
+    assert meta["kernelspec"] == {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                  "name": "python3"}
+    expected = {k: v for k, v in IPythonKernel.language_info.items() if k != "version"}
+    assert {k: v for k, v in meta["language_info"].items() if k != "version"} == expected
+    assert set(meta) == {"kernelspec", "language_info"}

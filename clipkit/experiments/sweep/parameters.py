@@ -10,7 +10,7 @@ from typing import Any
 
 from clipkit.experiments import results
 from clipkit.experiments.sweep.spec import Point, Spec, SweepError, load_spec, naming, plan
-from clipkit.experiments.types import accepted, type_matches
+from clipkit.experiments.types import accepted, list_hint, type_matches
 
 # --------------------------------------------------------------------------- validation
 
@@ -127,7 +127,12 @@ def check(
 
 def _check_value(nb: str, name: str, value: Any, declared: str, where: str) -> None:
     if not type_matches(value, declared):
+        hint = list_hint(name, value, declared, "spec")
+        if hint and where == "grid":  # each point gets one element of the grid's list
+            hint = (f"each point gets one value of the grid; give every run the whole list "
+                    f"with batch: [{name}], or one list per point: {name}: [[{value!r}], ...]")
         raise SweepError(
             f"parameter {name!r} ({where}) = {value!r} is a {type(value).__name__}; "
             f"notebook {nb!r} declares {declared}, accepted: {accepted(declared)}"
+            + (f"; {hint}" if hint else "")
         )

@@ -42,6 +42,7 @@ class Task:
     start_timeout: float = kernels.DEFAULT_START_TIMEOUT
     env: tuple[tuple[str, str], ...] = ()  # environment variables the kernel gets
     ipc_parent: str = ""  # where kernels' socket folders go ("": the system's temporary one)
+    headless: tuple[tuple[str, Any], ...] = ()  # parameters set unless the point sets them
 
     @property
     def partial(self) -> str:
@@ -177,7 +178,8 @@ def run_point(task: Task) -> Outcome:
     kernels.set_environment(dict(task.env))
     start = time.perf_counter()
     execution = kernels.execute(
-        task.notebook, task.output, {**task.point.params, task.result_param: task.partial},
+        task.notebook, task.output,
+        {**dict(task.headless), **task.point.params, task.result_param: task.partial},
         kernel=task.kernel, cwd=str(Path(task.notebook).parent), timeout=task.timeout,
         start_timeout=task.start_timeout, ipc_parent=task.ipc_parent or None,
     )

@@ -18,7 +18,7 @@ import xarray as xr
 from clipkit.experiments import results
 from clipkit.experiments.sweep.executors import dask_futures, local_futures, visible_gpus
 from clipkit.experiments.sweep.kernels import error_text
-from clipkit.experiments.sweep.parameters import check
+from clipkit.experiments.sweep.parameters import check, notebook_parameters
 from clipkit.experiments.sweep.point import Outcome, Task, is_finished, kernel_environment
 from clipkit.experiments.sweep.spec import Point, Spec, SweepError, format_value
 
@@ -26,6 +26,9 @@ POINTS_DIR = "points"
 LOG_NAME = "sweep.log"
 WORKER_LOG = "workers.log"
 LOCK_NAME = ".sweep.lock"
+#: notebook parameters a sweep sets unless its spec does: nobody watches a sweep's kernels,
+#: so progress bars would only be stale text in the executed notebooks
+HEADLESS = {"progress": False}
 
 log = logging.getLogger("clipkit.sweep")
 
@@ -72,10 +75,13 @@ def _default_out(spec: Spec) -> Path:
 def make_tasks(spec: Spec, points: Sequence[Point], out: Path, ipc_parent: str = "") -> list[Task]:
     folder = out / POINTS_DIR
     env = tuple(sorted(kernel_environment().items()))
+    declared = notebook_parameters(spec.notebook)
+    headless = tuple((k, v) for k, v in HEADLESS.items()
+                     if k in declared and k not in spec.grid and k not in spec.fixed)
     return [
         Task(p, str(spec.notebook), str(folder / f"{p.name}.ipynb"), str(folder / f"{p.name}.nc"),
              spec.kernel, spec.result_param, spec.timeout, spec.allow_nan, spec.batch,
-             spec.start_timeout, env, ipc_parent)
+             spec.start_timeout, env, ipc_parent, headless)
         for p in points
     ]
 

@@ -1,0 +1,267 @@
+"""The sweep explorer behind ``notebooks/explore.ipynb``: open a sweep, choose, redraw in place.
+
+It opens the result of any sweep of the paper's notebooks, recognised by its variables:
+
+* **classification** (``classification.ipynb``: ``paper/tradeoff.yaml``, ``table.yaml``):
+  accuracy under one attack against ε, the test accuracy per epoch, and the trade-off
+  (accuracy, robustness, Lipschitz bracket) against λ; a line per method, λ and setting;
+* **theory** (``lambda_to_constant.ipynb``: ``paper/theory.yaml``): the fits at several λ,
+  Lip(f_λ) against λ with the rate bound, the distance to the label mean;
+* **regression** (``regression.ipynb``: ``paper/regression.yaml``): the fits of each method.
+
+:func:`controls` lists a choice per swept dimension (:data:`ALL`, where the figures can
+draw a line per value), :func:`figures` draws a selection, and :class:`Explorer`
+puts ipywidgets dropdowns over the figures, which each change redraws in place (IPython
+display handles: the figures stay in a saved or papermill-executed notebook).
+:func:`summary` is what the notebook writes: one number per run and λ.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+
+from clipkit.experiments import results
+from clipkit.paper import plots
+
+__all__ = ["ALL", "KINDS", "MAKE_A_SWEEP", "Explorer", "controls", "figures", "kind", "open_sweep",
+           "summary"]
+
+#: sweep kinds, each recognised by a variable only its notebook writes
+KINDS = {"classification": "robust_acc", "theory": "exact_f", "regression": "test_mse_target"}
+#: the command that makes a sweep to explore (run from the repository's root)
+MAKE_A_SWEEP = "clipkit sweep paper/tradeoff.yaml --profile quick --out runs/tradeoff"
+_SLOTS = {"classification": 3, "theory": 3, "regression": 1}  # figure areas per kind
+ALL = "all"  # the choice of every value of a dimension (a line each)
+
+
+def open_sweep(folder: str | os.PathLike[str]) -> xr.Dataset:
+    """A sweep's combined Dataset: ``folder/combined.nc``, else its run files combined.
+
+    A missing folder, or one without results, raises FileNotFoundError naming the
+    command that makes a sweep.
+    """
+    folder = Path(folder)
+    combined = folder / results.COMBINED_NAME
+    if combined.is_file():
+        return results.load(combined)
+    has_runs = folder.is_dir() and any(
+        (folder / "points" if (folder / "points").is_dir() else folder).glob("*.nc"))
+    if not has_runs:
+        raise FileNotFoundError(
+            f"no sweep in {str(folder.absolute())!r} (no {results.COMBINED_NAME}, no run "
+            f"files). Make one from the repository's root with\n    {MAKE_A_SWEEP}\n"
+            f"(a few minutes on a CPU; paper/theory.yaml or paper/regression.yaml likewise) "
+            f"and set sweep_dir to its folder (from notebooks/: \"../runs/tradeoff\"); "
+            f"`make reproduce` makes every sweep of paper/ under runs/paper-quick/")
+    return results.open_sweep(folder)
+
+
+def kind(ds: xr.Dataset) -> str:
+    """Which notebook's sweep ``ds`` is: classification, theory or regression."""
+    for name, var in KINDS.items():
+        if var in ds:
+            return name
+    raise ValueError(
+        f"not a sweep of classification, lambda_to_constant or regression.ipynb: it has "
+        f"none of the variables {', '.join(KINDS.values())} (it has "
+        f"{', '.join(map(str, ds.data_vars)) or 'no variables'})")
+
+
+def _swept(ds: xr.Dataset) -> list[str]:
+    """The sweep's dimensions (those of its per-run ``status``), seeds last."""
+    dims = [str(d) for d in ds["status"].dims] if "status" in ds else []
+    return sorted(dims, key=lambda d: d == "seed")
+
+
+def _prepare(ds: xr.Dataset) -> xr.Dataset:
+    """One-value settings of a classification sweep as dimensions (so legends name them)."""
+    if kind(ds) == "classification":
+        for dim in ("method", "last_activation", "dataset"):
+            if dim in ds.coords and dim not in ds.dims:
+                ds = ds.expand_dims(dim)
+    return ds
+
+
+def controls(ds: xr.Dataset) -> dict[str, list[tuple[str, Any]]]:
+    """The choices for ``ds``: name -> [(label, value)], the first being the default.
+
+    The value :data:`ALL` draws every value of that dimension as its own line.
+    """
+    ds = _prepare(ds)
+    k = kind(ds)
+    out: dict[str, list[tuple[str, Any]]] = {}
+    if k == "classification":
+        dims = [d for d in ("method", "last_activation", "dataset") if d in ds.dims]
+        dims += [d for d in _swept(ds) if d not in dims and d != "seed"]
+        for dim in dims:
+            values = [(plots.line_label(dim, v.item()), v.item()) for v in ds[dim]]
+            many = [(ALL, ALL)] if len(values) > 1 else []
+            out[dim] = values[:1] + many + values[1:] if dim == "dataset" else many + values
+        out["lam"] = [(ALL, ALL)] + [(plots.line_label("lam", float(v)), float(v))
+                                       for v in ds.lam.values]
+        out["attack"] = [(plots.ATTACK_LABELS.get(str(a), str(a)), str(a))
+                         for a in ds.attack.values]
+        return out
+    if k == "theory" and "power" in ds.dims:
+        out["power"] = [(f"p = {int(p)}", int(p)) for p in ds.power.values]
+    for dim in _swept(ds):
+        if dim not in out:  # the figures show one run: one value each
+            out[dim] = [(plots.line_label(dim, v.item()), v.item()) for v in ds[dim]]
+    return out
+
+
+def _select(ds: xr.Dataset, choice: Mapping[str, Any], skip: tuple[str, ...] = ()) -> xr.Dataset:
+    """``ds`` at the chosen values; a chosen value keeps its dimension (length 1), so the
+    legends still name it; :data:`ALL` keeps all values."""
+    picks = {d: [_position(ds, d, v)] for d, v in choice.items()
+             if not (isinstance(v, str) and v == ALL) and d in ds.dims and d not in skip}
+    return ds.isel(picks)
+
+
+def _position(ds: xr.Dataset, dim: str, value: Any) -> int:
+    # by position: pandas reads a list of booleans (last_activation) as a mask, not labels
+    return [v.item() for v in ds[dim]].index(value)
+
+
+def _one_run(ds: xr.Dataset, choice: Mapping[str, Any]) -> xr.Dataset:
+    return ds.isel({d: _position(ds, d, v) for d, v in choice.items()
+                    if d in ds.dims and d != "power"})
+
+
+def _legend_outside(fig: plt.Figure) -> plt.Figure:
+    """The legend of a one-panel figure to the right of it (a line per choice can be many)."""
+    (ax,) = fig.axes
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  borderaxespad=0.0)
+    return fig
+
+
+def _note(text: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 0.6))
+    ax.axis("off")
+    ax.text(0, 0.5, text, va="center", fontsize=9)
+    return fig
+
+
+def figures(ds: xr.Dataset, choice: Mapping[str, Any] | None = None) -> list[plt.Figure]:
+    """The explorer's figures for one choice (see :func:`controls`; missing: defaults)."""
+    ds = _prepare(ds)
+    choice = {**{n: opts[0][1] for n, opts in controls(ds).items()}, **(choice or {})}
+    k = kind(ds)
+    if k == "classification":
+        attack = choice["attack"]
+        d = _select(ds, choice, skip=("attack",))
+        wide = _select(ds, choice, skip=("attack", "lam"))
+        out = [_legend_outside(plots.robustness(d, attacks=[attack])),
+               _legend_outside(plots.history(d))]
+        if wide.sizes.get("lam", 1) > 1:
+            out.append(plots.tradeoff(wide, attack=attack))
+        else:
+            out.append(_note("one λ in this sweep: no trade-off curve over λ"))
+        return out
+    run = _one_run(ds, choice)
+    if k == "theory":
+        power = int(choice.get("power", 1))
+        return [plots.theory_fits(run, power=power), plots.theory_lipschitz(run, power=power),
+                plots.theory_distance(run, power=power)]
+    return [plots.regression_fits(run)]
+
+
+def summary(ds: xr.Dataset) -> xr.Dataset:
+    """One number per run (and λ): the variables without a curve dimension (epoch, x_grid,
+    sample, eps) and the runs' status; for a classification sweep also the accuracy under
+    each attack at its largest ε (``robust_acc_max_eps``, ``eps_max``)."""
+    curves = {"epoch", "x_grid", "sample", "eps"}
+    text = {"config", "source", "error"}
+    keep = [v for v, da in ds.data_vars.items() if not curves & set(da.dims) and v not in text]
+    out = ds[keep]
+    if kind(ds) == "classification":
+        per_attack = [ds.robust_acc.sel(attack=a).dropna("eps", how="all") for a in ds.attack]
+        out = out.assign(
+            robust_acc_max_eps=xr.concat([r.isel(eps=-1, drop=True) for r in per_attack],
+                                         dim="attack").assign_coords(attack=ds.attack.values),
+            eps_max=("attack", [float(r.eps[-1]) for r in per_attack]),
+        )
+    return out.drop_attrs()
+
+
+def describe(ds: xr.Dataset) -> str:
+    """One line: the kind of sweep, its dimensions and how its runs ended."""
+    dims = ", ".join(f"{d} {ds.sizes[d]}" for d in _swept(ds)) or "one run"
+    line = f"{kind(ds)} sweep: {dims}"
+    if "status" in ds and ds.status.ndim:
+        states, counts = np.unique(ds.status.values, return_counts=True)
+        line += "; runs: " + ", ".join(f"{c} {s}" for s, c in zip(states, counts, strict=True))
+    return line
+
+
+class Explorer:
+    """Dropdowns over the figures of a sweep; a change redraws the figures in place.
+
+    ``Explorer(ds).show()`` displays the controls and, below them, one display area per
+    figure; each change of a control replaces those figures (an error is shown there too,
+    rather than only in JupyterLab's log console).
+    """
+
+    def __init__(self, ds: xr.Dataset, **initial: Any) -> None:
+        import ipywidgets as widgets
+
+        self.ds = _prepare(ds)
+        self.kind = kind(self.ds)
+        self.redraws = 0
+        self.widgets: dict[str, widgets.Dropdown] = {}
+        for name, options in controls(self.ds).items():
+            value = initial.get(name, options[0][1])
+            if value not in [v for _, v in options]:
+                raise ValueError(f"{name} = {value!r} is not in this sweep; it has: "
+                                 f"{', '.join(repr(v) for _, v in options)}")
+            self.widgets[name] = widgets.Dropdown(
+                options=options, value=value, description="λ" if name == "lam" else name,
+                style={"description_width": "initial"}, layout={"width": "max-content"})
+        self._handles: list[Any] = []
+
+    @property
+    def choice(self) -> dict[str, Any]:
+        return {name: w.value for name, w in self.widgets.items()}
+
+    def _draw(self) -> list[Any]:
+        try:
+            figs = figures(self.ds, self.choice)
+        except Exception as exc:  # shown where the figures were, not only in a log
+            figs = [_note(f"cannot draw {self.choice}: {type(exc).__name__}: {exc}")]
+        figs += [None] * (_SLOTS[self.kind] - len(figs))
+        for f in figs:
+            if f is not None:
+                plt.close(f)  # displayed by hand; the inline backend must not show it again
+        return figs
+
+    def show(self) -> None:
+        """Display the controls and the figures (call once per cell run)."""
+        import ipywidgets as widgets
+        from IPython.display import HTML, display
+
+        display(widgets.HBox(list(self.widgets.values()),
+                             layout={"flex_flow": "row wrap"}))
+        self._handles = [display(f if f is not None else HTML(""), display_id=True)
+                         for f in self._draw()]
+        for w in self.widgets.values():
+            w.observe(self.redraw, names="value")
+
+    def redraw(self, change: Any = None) -> None:
+        """Draw the current choice into the figure areas."""
+        from IPython.display import HTML
+
+        for handle, f in zip(self._handles, self._draw(), strict=True):
+            if handle is not None:  # None: no IPython display (a script)
+                handle.update(f if f is not None else HTML(""))
+        self.redraws += 1

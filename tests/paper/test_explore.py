@@ -1,0 +1,151 @@
+"""The sweep explorer: what it offers for each kind of sweep, and that it draws the chosen data.
+
+The sweeps here are made of hand-written run Datasets with the notebooks' variables
+(``fake_sweeps.py``), combined as ``clipkit sweep`` combines them; each figure is checked
+against the numbers behind it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import xarray as xr
+
+from clipkit.experiments import results
+from clipkit.paper import explore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_sweeps import classification_run, regression_run, theory_run  # noqa: E402
+
+matplotlib.use("Agg")
+@pytest.fixture(scope="module")
+def grid() -> xr.Dataset:
+    """Two methods × two settings, three λ each: the sweep of a trade-off over methods."""
+    return results.combine([classification_run(m, last, [0.0, 0.1, 1.0])
+                            for m in ("clip", "weight_decay") for last in (False, True)])
+
+
+def labels(fig) -> list[str]:
+    return [text.get_text() for ax in fig.axes if ax.get_legend()
+            for text in ax.get_legend().get_texts()]
+
+
+def test_a_missing_sweep_names_the_command_that_makes_one(tmp_path):
+    for folder in (tmp_path / "nowhere", tmp_path):
+        with pytest.raises(FileNotFoundError) as err:
+            explore.open_sweep(folder)
+        assert explore.MAKE_A_SWEEP in str(err.value) and str(folder) in str(err.value)
+        assert "runs/paper-quick/" in str(err.value)
+
+
+def test_a_sweep_opens_from_its_combined_file_or_its_runs(tmp_path, grid):
+    results.save(classification_run("clip", False, [0.1]), tmp_path / "points" / "a.nc")
+    assert explore.describe(explore.open_sweep(tmp_path)).startswith("classification sweep")
+    results.save(grid, tmp_path / results.COMBINED_NAME)
+    opened = explore.open_sweep(tmp_path)
+    assert explore.describe(opened) == ("classification sweep: method 2, last_activation 2; "
+                                        "runs: 4 done")
+
+
+def test_classification_controls(grid):
+    c = explore.controls(grid)
+    assert list(c) == ["method", "last_activation", "dataset", "lam", "attack"]
+    assert c["method"] == [("all", "all"), ("CLIP", "clip"), ("weight decay", "weight_decay")]
+    assert c["last_activation"] == [("all", "all"), ("corrected", False),
+                                    ("published (sigmoid on logits)", True)]
+    assert c["dataset"] == [("fashion-mnist", "fashion-mnist")]
+    assert c["lam"] == [("all", "all"), ("λ = 0", 0.0), ("λ = 0.1", 0.1), ("λ = 1", 1.0)]
+    assert [v for _, v in c["attack"]] == ["noise", "pgd_l2"]
+
+
+def test_the_figures_draw_the_chosen_lines_with_their_names(grid):
+    robustness, history, tradeoff = explore.figures(
+        grid, {"method": "clip", "lam": 0.1, "attack": "pgd_l2"})
+    assert labels(robustness) == ["CLIP, λ = 0.1, corrected",
+                                  "CLIP, λ = 0.1, published (sigmoid on logits)"]
+    assert labels(history) == labels(robustness)
+    line = robustness.axes[0].get_lines()[1]
+    want = grid.robust_acc.sel({"method": "clip", "last_activation": True, "lam": 0.1,
+                                "attack": "pgd_l2"})
+    np.testing.assert_allclose(line.get_xdata(), [0.0, 1.0, 2.0])  # pgd_l2's grid, no NaN
+    np.testing.assert_allclose(line.get_ydata(), want.dropna("eps").values)
+    # the trade-off is over every λ of the other choices, at pgd_l2's largest ε
+    assert "clean CLIP, corrected" in labels(tradeoff)
+    assert "PGD-ℓ2 (ε) = 2 CLIP, corrected" in labels(tradeoff)
+    noise = labels(explore.figures(grid, {"attack": "noise"})[2])
+    assert "Gaussian noise (σ) = 1 weight decay, published (sigmoid on logits)" in noise
+    everything = explore.figures(grid)[0]  # the defaults: all methods, settings and λ
+    assert len(labels(everything)) == 2 * 2 * 3
+
+
+def test_a_one_method_sweep_still_names_method_and_setting():
+    sweep = results.combine([classification_run("clip", False, [0.0, 0.1, 1.0], swept=False)])
+    assert "method" not in sweep.dims  # a scalar coordinate: the sweep did not vary it
+    fig = explore.figures(sweep, {"lam": 1.0})[0]
+    assert labels(fig) == ["CLIP, λ = 1, corrected"]
+    one_lam = results.combine([classification_run("clip", False, [0.1], swept=False)])
+    assert "no trade-off" in explore.figures(one_lam)[2].axes[0].texts[0].get_text()
+
+
+def test_the_explorer_redraws_on_a_change_and_shows_errors_in_place(grid, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    with pytest.raises(ValueError, match="attack = 'fgsm' is not in this sweep; it has: "
+                                         "'noise', 'pgd_l2'"):
+        explore.Explorer(grid, attack="fgsm")
+    ex = explore.Explorer(grid, attack="pgd_l2")
+    assert ex.choice == {"method": "all", "last_activation": "all",
+                         "dataset": "fashion-mnist", "lam": "all", "attack": "pgd_l2"}
+    ex.show()  # no IPython here: nothing displayed, the figures are still drawn
+    ex.widgets["method"].value = "weight_decay"
+    assert ex.redraws == 1
+    drawn = []
+    monkeypatch.setattr(explore, "figures", lambda ds, choice: drawn.append(choice) or 1 / 0)
+    monkeypatch.setattr(explore, "_note", lambda text: drawn.append(text))
+    ex.widgets["lam"].value = 1.0
+    assert ex.redraws == 2 and drawn[0]["lam"] == 1.0
+    assert drawn[1].startswith("cannot draw") and "ZeroDivisionError" in drawn[1]
+
+
+def test_the_summary_has_one_number_per_run_and_lam(grid):
+    s = explore.summary(grid)
+    assert not {"epoch", "eps"} & set(s.dims)
+    assert set(s.data_vars) >= {"clean_acc", "lip_lower", "lip_upper", "robust_acc_max_eps",
+                                "eps_max", "status"}
+    assert list(s.eps_max.values) == [1.0, 2.0]  # each attack's own largest ε
+    xr.testing.assert_equal(s.robust_acc_max_eps.sel(attack="noise", drop=True),
+                            grid.robust_acc.sel(attack="noise", eps=1.0, drop=True)
+                            .transpose(*s.robust_acc_max_eps.sel(attack="noise").dims))
+
+
+# --------------------------------------------------------------------------- other sweeps
+
+
+def test_a_theory_sweep_shows_one_run_and_power():
+    sweep = results.combine([theory_run(0), theory_run(1)])
+    assert explore.kind(sweep) == "theory"
+    assert explore.controls(sweep) == {"power": [("p = 1", 1), ("p = 2", 2)],
+                                       "seed": [("seed = 0", 0), ("seed = 1", 1)]}
+    fits, lipschitz, distance = explore.figures(sweep, {"power": 2, "seed": 1})
+    first = fits.axes[0].get_lines()[0]  # the exact minimiser at the smallest λ
+    np.testing.assert_allclose(first.get_ydata(), sweep.exact_f.sel(seed=1, power=2).isel(lam=0))
+    assert "p = 2" in lipschitz.axes[0].get_title() and "p = 2" in distance.axes[0].get_title()
+    assert set(explore.summary(sweep).dims) == {"seed", "power", "lam", "wd_lam"}
+
+
+def test_a_regression_sweep_shows_each_method_of_one_run():
+    sweep = results.combine([regression_run(0), regression_run(1)])
+    assert explore.kind(sweep) == "regression"
+    (fig,) = explore.figures(sweep, {"seed": 1})
+    drawn = {line.get_label().split(":")[0]: line.get_ydata() for line in fig.axes[0].get_lines()
+             if ":" in line.get_label()}
+    np.testing.assert_allclose(drawn["clip"], sweep.f.sel({"seed": 1, "method": "clip"}))
+
+
+def test_something_else_is_refused_with_what_it_accepts():
+    with pytest.raises(ValueError, match="not a sweep of classification, lambda_to_constant or "
+                                         "regression.ipynb.*robust_acc, exact_f"):
+        explore.kind(xr.Dataset({"loss": ("epoch", [1.0])}))

@@ -118,15 +118,20 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) ->
 def evaluate_classifier(
     model: nn.Module, test: tuple[Tensor, Tensor], *, eval_data: tuple[Tensor, Tensor],
     attacks: Mapping[str, Sequence[float]], seed: int = 0, pgd_steps: int = 20,
-    bracket_steps: int = 20, domain: tuple[float, float] | None = (0.0, 1.0),
+    authors_steps: int | None = None, bracket_steps: int = 20,
+    domain: tuple[float, float] | None = (0.0, 1.0),
 ) -> xr.Dataset:
     """Clean accuracy on ``test``; accuracy under each attack over its ε grid and the
-    Lipschitz bracket on ``eval_data``. One model: no ``lam`` dimension yet."""
+    Lipschitz bracket on ``eval_data``. One model: no ``lam`` dimension yet.
+
+    ``pgd_steps`` are the iterations of clipkit's PGD attacks, ``authors_steps`` those of
+    the authors' PGD (None: ``pgd_steps``; their test: 100)."""
     all_eps = sorted({float(e) for grid in attacks.values() for e in grid})
     robust = np.full((len(attacks), len(all_eps)), np.nan)
     model.eval()
     for i, (name, grid) in enumerate(attacks.items()):
-        acc = atk.robust_accuracy(model, eval_data, make_attack(name, seed=seed, steps=pgd_steps),
+        steps = authors_steps if name == "pgd_l2_authors" and authors_steps else pgd_steps
+        acc = atk.robust_accuracy(model, eval_data, make_attack(name, seed=seed, steps=steps),
                                   eps=list(grid))
         for e, v in zip(acc.eps.values, acc.values, strict=True):
             robust[i, all_eps.index(float(e))] = v

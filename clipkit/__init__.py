@@ -19,10 +19,11 @@ This namespace gathers what a user types: ``ck.fit``, ``ck.CLIP``, ``ck.data``,
 
 from clipkit.analysis import attacks, lipschitz, theory
 from clipkit.core import __version__, data, models
-from clipkit.experiments import evaluate, notebook, results, sweep
+from clipkit.experiments import curves, evaluate, notebook, results, sweep
 from clipkit.train import (
     CLIP,
     AdversarialTraining,
+    BestEpoch,
     Constant,
     Discrepancy,
     GradientPenalty,
@@ -42,6 +43,7 @@ from clipkit.train.registry import make_method, make_schedule
 __all__ = [
     "CLIP",
     "AdversarialTraining",
+    "BestEpoch",
     "Constant",
     "Discrepancy",
     "GradientPenalty",
@@ -53,6 +55,7 @@ __all__ = [
     "WeightDecay",
     "__version__",
     "attacks",
+    "curves",
     "data",
     "evaluate",
     "fit",

@@ -118,13 +118,15 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) ->
 def evaluate_classifier(
     model: nn.Module, test: tuple[Tensor, Tensor], *, eval_data: tuple[Tensor, Tensor],
     attacks: Mapping[str, Sequence[float]], seed: int = 0, pgd_steps: int = 20,
-    bracket_steps: int = 20, domain: tuple[float, float] | None = (0.0, 1.0),
-    progress: bool = False,
+    authors_steps: int | None = None, bracket_steps: int = 20,
+    domain: tuple[float, float] | None = (0.0, 1.0), progress: bool = False,
 ) -> xr.Dataset:
     """Clean accuracy on ``test``; accuracy under each attack over its ε grid and the
     Lipschitz bracket on ``eval_data``. One model: no ``lam`` dimension yet.
 
-    ``progress``: a tqdm bar over the attacks and the bracket (a widget in a notebook).
+    ``pgd_steps`` are the iterations of clipkit's PGD attacks, ``authors_steps`` those of
+    the authors' PGD (None: ``pgd_steps``; their test: 100). ``progress``: a tqdm bar over
+    the attacks and the bracket (a widget in a notebook).
     """
     from tqdm.auto import tqdm
 
@@ -134,7 +136,8 @@ def evaluate_classifier(
     bar = tqdm(total=len(attacks) + 1, desc="evaluate", disable=not progress, leave=False)
     for i, (name, grid) in enumerate(attacks.items()):
         bar.set_postfix_str(name)
-        acc = atk.robust_accuracy(model, eval_data, make_attack(name, seed=seed, steps=pgd_steps),
+        steps = authors_steps if name == "pgd_l2_authors" and authors_steps else pgd_steps
+        acc = atk.robust_accuracy(model, eval_data, make_attack(name, seed=seed, steps=steps),
                                   eps=list(grid))
         for e, v in zip(acc.eps.values, acc.values, strict=True):
             robust[i, all_eps.index(float(e))] = v

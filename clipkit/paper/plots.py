@@ -8,7 +8,7 @@ draws from its variables only, so a figure can be regenerated from the result fi
   :func:`theory_distance`, :func:`theory_power`;
 * regression (``regression.ipynb``): :func:`regression_fits`;
 * classification (``classification.ipynb``, one run or a sweep): :func:`robustness`,
-  :func:`history`, :func:`tradeoff`.
+  :func:`history`, :func:`learning_curves`, :func:`tradeoff`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
+from clipkit.paper.rows import run_of
+
 __all__ = [
     "save",
     "theory_fits",
@@ -30,6 +32,7 @@ __all__ = [
     "regression_fits",
     "robustness",
     "history",
+    "learning_curves",
     "tradeoff",
     "ATTACK_LABELS",
     "METHOD_NAMES",
@@ -41,7 +44,13 @@ ATTACK_LABELS = {
     "fgsm": "FGSM (ℓ∞ ε)",
     "pgd_l2": "PGD-ℓ2 (ε)",
     "pgd_linf": "PGD-ℓ∞ (ε)",
-    "pgd_l2_authors": "authors' PGD-ℓ2 (ε)",
+    "pgd_l2_authors": "the authors' PGD-ℓ2 (ε)",
+}
+#: the learning curves' panels: history variable -> its label
+CURVES = {
+    "test_acc": "clean test accuracy",
+    "curve_pgd_l2_authors": "PGD-ℓ2 ε=2, authors' attack",
+    "curve_pgd_l2": "PGD-ℓ2 ε=2, clipkit's",
 }
 _FLOOR = 1e-4  # Lipschitz constants below this are drawn at it (log axes have no 0)
 
@@ -292,6 +301,64 @@ def history(ds: xr.Dataset, var: str = "test_acc") -> plt.Figure:
     ax.set_xlabel("epoch")
     ax.set_ylabel(var)
     ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(ds: xr.Dataset, methods: Sequence[str] = ("standard", "clip"),
+                    labels: Sequence[str] = ("none", "CLIP")) -> plt.Figure:
+    """Accuracy per epoch, clean and under both PGD-ℓ2 attacks, for ``methods``.
+
+    One column per setting (``last_activation``: published, corrected), one row per
+    variable of :data:`CURVES` the result has; per method the mean over seeds (line) and
+    their range (band). A dotted line marks the first epoch with λ > 0; dots mark the
+    epochs whose weights were tested (``selected``), at their clean accuracy.
+    """
+    rows = [v for v in CURVES if v in ds]
+    lasts = sorted(ds.last_activation.values, reverse=True) if "last_activation" in ds.dims \
+        else [None]  # the published setting first
+    fig, axes = plt.subplots(len(rows), len(lasts), figsize=(5.2 * len(lasts), 2.6 * len(rows)),
+                             squeeze=False, sharex=True, sharey="row")
+    for j, last in enumerate(lasts):
+        d = ds if last is None else ds.sel(last_activation=last)
+        title = "published (sigmoid on logits)" if last else "corrected model"
+        axes[0][j].set_title(title if last is not None else "", fontsize=10)
+        for c, (method, label) in enumerate(zip(methods, labels, strict=True)):
+            if "method" in d.dims and method not in d.method.values:
+                continue
+            m = d.sel({"method": method}) if "method" in d.dims else d
+            m = run_of(m)
+            for i, var in enumerate(rows):
+                da = m[var]
+                if "seed" not in da.dims:
+                    da = da.expand_dims("seed")
+                ok = ~np.isnan(da.values).all(axis=0)
+                ep = da.epoch.values[ok]
+                mean = da.mean("seed").values[ok]
+                ax = axes[i][j]
+                ax.plot(ep, mean, "o-" if ok.sum() < len(ok) else "-", ms=2.5, color=f"C{c}",
+                        label=f"{label} ({da.sizes['seed']} seeds)")
+                ax.fill_between(ep, da.min("seed").values[ok], da.max("seed").values[ok],
+                                color=f"C{c}", alpha=0.2, lw=0)
+            on = (m.lam_epoch > 0).values.reshape(-1, m.sizes["epoch"]).any(axis=0)
+            if on.any():
+                for ax in axes[:, j]:
+                    ax.axvline(float(m.epoch.values[on.argmax()]), color=f"C{c}", ls=":", lw=1)
+            if "selected" in m and rows[0] == "test_acc":
+                sel = m.selected.values.reshape(-1, m.sizes["epoch"])
+                acc = m.test_acc.values.reshape(-1, m.sizes["epoch"])
+                for s_sel, s_acc in zip(sel, acc, strict=True):
+                    if np.isfinite(s_sel).all():
+                        k = int(s_sel.argmax())
+                        axes[0][j].plot(m.epoch.values[k], s_acc[k], "o", ms=6, mfc="none",
+                                        color=f"C{c}")
+    for i, var in enumerate(rows):
+        axes[i][0].set_ylabel(CURVES[var], fontsize=8)
+        for ax in axes[i]:
+            ax.set_ylim(0, 1)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 

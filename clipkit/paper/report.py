@@ -17,7 +17,7 @@ from pathlib import Path
 import xarray as xr
 
 from clipkit.core import __version__
-from clipkit.paper import plots, runinfo, tables
+from clipkit.paper import plots, rows, runinfo, tables, verdicts
 
 __all__ = ["SPECS", "TEMPLATE", "build"]
 
@@ -111,30 +111,40 @@ def _regression(rg: xr.Dataset, figs: _Figures, tabs: Path) -> str:
 
 def _classification(tb: xr.Dataset | None, g97: xr.Dataset | None, figs: _Figures,
                     tabs: Path) -> tuple[str, list[dict]]:
-    rows: list[dict] = []
+    found: list[dict] = []
     if tb is not None:
-        rows += tables.table_rows(tb)
+        found += rows.table_rows(tb)
     if g97 is not None:
-        rows += tables.table_rows(g97, row_name="CLIP (goal 0.97)")
+        found += rows.table_rows(g97, row_name="CLIP (goal 0.97)")
     order = {"none": 0, "weight decay": 1, "CLIP (goal 0.95)": 2, "CLIP (goal 0.97)": 3}
-    rows.sort(key=lambda r: (r["dataset"], not r["last_activation"], order.get(r["row"], 9)))
+    found.sort(key=lambda r: (r["dataset"], not r["last_activation"], order.get(r["row"], 9)))
     text = ""
-    for dataset, title in (("mnist", "MNIST"), ("fashion-mnist", "Fashion-MNIST")):
-        if not any(r["dataset"] == dataset for r in rows):
+    for dataset, title in verdicts.TITLES.items():
+        if not any(r["dataset"] == dataset for r in found):
             continue
-        table = tables.classification_table(rows, dataset)
+        table = tables.classification_table(found, dataset)
         (tabs / f"table_{dataset}.md").write_text(table)
         text += f"### {title}\n\n{table}\n"
-        if tb is not None and dataset in tb.dataset.values:
-            d = tb.sel(dataset=dataset)
-            text += figs.draw(f"robustness_{dataset}", lambda d=d: plots.robustness(d),
-                              f"{title}: accuracy under each attack against ε, for every "
-                              "configuration.")
-            text += figs.draw(f"history_{dataset}", lambda d=d: plots.history(d),
-                              f"{title}: test accuracy per epoch.")
-    if rows:
-        (tabs / "table_rows.json").write_text(json.dumps(rows, indent=1))
-    return text or NOT_RUN, rows
+        if tb is None or dataset not in tb.dataset.values:
+            continue
+        d = tb.sel(dataset=dataset)
+        text += figs.draw(f"robustness_{dataset}", lambda d=d: plots.robustness(d),
+                          f"{title}: accuracy under each attack against ε (the noise grid "
+                          "included), for every configuration (seed means).")
+        if "test_acc" in d and "method" in d.dims and "clip" in d.method.values:
+            text += figs.draw(
+                f"curves_{dataset}", lambda d=d: plots.learning_curves(d),
+                f"{title}: learning curves of CLIP and no regularization, both settings: "
+                "clean test accuracy and accuracy under both PGD-ℓ2 attacks (ε = 2) per "
+                "epoch; seed mean and range; dotted: the first epoch with λ > 0; circles: "
+                "the tested epochs.")
+            curves = tables.curve_table(d)
+            (tabs / f"curves_{dataset}.md").write_text(curves)
+            text += f"The learning curves' numbers (seed means, %):\n\n{curves}\n"
+    if found:
+        (tabs / "table_rows.json").write_text(
+            json.dumps([rows.row_json(r) for r in found], indent=1))
+    return text or NOT_RUN, found
 
 
 def _tradeoff(to: xr.Dataset, figs: _Figures, tabs: Path) -> str:
@@ -148,20 +158,17 @@ def _tradeoff(to: xr.Dataset, figs: _Figures, tabs: Path) -> str:
 
 def _run_lines(runs: Path, profile: str, data: dict[str, xr.Dataset | None]) -> str:
     lines = runinfo.device_lines(runinfo.compute_time(runs, SPECS), profile)
-    cfg = runinfo.first_config(data.get("table"))
-    if profile == "quick" and cfg:
-        lines.append(
-            f"* **The quick profile is small**: {cfg.get('n_train') or 'all'} training images, "
-            f"{cfg.get('epochs')} epochs, {cfg.get('n_eval')} test images for the attacks and "
-            f"brackets, {cfg.get('pgd_steps')} PGD steps (the paper: 60,000 images, 100 "
-            "epochs, 3 seeds).")
+    lines.append(f"* What the **{profile}** profile ran (from the result files' "
+                 "configurations; the paper: 54,000 training images, 100 epochs, 3 seeds):")
+    lines += ["  " + line for line in runinfo.profile_lines(runs, SPECS)]
     sources = sorted(runinfo.data_sources(runs, ("table", "table_goal97", "tradeoff")))
     lines += [f"* Data: {s}." for s in sources]
     if any("TEST split" in s for s in sources):
         lines.append(
             "* **MNIST differs from the paper**: the MNIST training images were not available, "
-            "so every MNIST number here comes from the 10,000 official *test* images, split "
-            "8,000 train / 2,000 test by a seeded permutation (`ck.data.train_test`).")
+            "so every MNIST number here comes from the official *test* images, split into a "
+            "training and a test part by a seeded permutation (`ck.data.train_test`; the "
+            "sizes are in the data line above).")
     return "\n".join(lines) + "\n"
 
 
@@ -193,7 +200,7 @@ def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
         s = timings.get(name)
         return f"`{c}`" + (f" ({s:.0f} s)" if s is not None else "")
 
-    classification, rows = _classification(data["table"], data["table_goal97"], figs, tabs)
+    classification, found = _classification(data["table"], data["table_goal97"], figs, tabs)
     fill = {
         "profile": profile, "version": __version__, "python": platform.python_version(),
         "wall": f"{total_seconds / 60:.1f} min" if total_seconds is not None else "not recorded",
@@ -202,7 +209,7 @@ def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
         "regression": (_regression(data["regression"], figs, tabs)
                        if data["regression"] is not None else NOT_RUN),
         "tables": classification,
-        "comparison": "\n".join(tables.comparison(rows, profile)),
+        "comparison": verdicts.comparison(found),
         "tradeoff": (_tradeoff(data["tradeoff"], figs, tabs)
                      if data["tradeoff"] is not None else NOT_RUN),
         **{f"cmd_{name}": cmd(name) for name in SPECS},

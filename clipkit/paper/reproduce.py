@@ -1,10 +1,10 @@
 """The README's main job: run every sweep of ``paper/`` and rebuild the report.
 
 ``python -m clipkit.reproduce`` (``make reproduce``, ``clipkit reproduce``) runs the
-``quick`` profile of each sweep spec (``*.yaml``) in ``paper/`` (theory, regression,
-trade-off, the MNIST/Fashion-MNIST table) on the local machine, then regenerates
-``paper/figures``, ``paper/tables`` and ``paper/README.md`` from the results, and prints
-where they are. Finished points are skipped on a second run (the sweeps resume).
+``quick`` profile (or ``--profile paper`` / ``full``) of each sweep spec (``*.yaml``) in
+``paper/`` (theory, regression, trade-off, the MNIST/Fashion-MNIST table) on the local
+machine, then regenerates ``paper/figures``, ``paper/tables`` and ``paper/README.md`` from
+the results, and prints where they are. Finished points are skipped on a second run (the sweeps resume).
 
 Every spec is read and checked before the first point runs. Relative ``--paper`` and
 ``--runs`` folders (and ``CLIPKIT_DATA``) are taken from the current folder. The report
@@ -39,7 +39,9 @@ class ReproduceError(ValueError):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from clipkit.cli import positive_int
 
-    p.add_argument("--profile", default="quick", help="the sweeps' profile (quick or full)")
+    p.add_argument("--profile", default="quick",
+                   help="the sweeps' profile: quick (CPU, about 20 min), paper (CPU, hours) "
+                        "or full (GPU)")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="local worker processes (default: 2, or one per GPU)")
     p.add_argument("--paper", default=str(ROOT / "paper"),

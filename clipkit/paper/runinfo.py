@@ -16,7 +16,10 @@ import xarray as xr
 
 from clipkit.experiments import results
 
-__all__ = ["compute_time", "data_sources", "device_lines", "first_config", "load_sweep"]
+__all__ = [
+    "compute_time", "data_sources", "device_lines", "first_config", "load_sweep",
+    "point_facts", "profile_lines",
+]
 
 
 def load_sweep(runs: Path, name: str) -> xr.Dataset | None:
@@ -61,13 +64,16 @@ def device_lines(prov: dict, profile: str) -> list[str]:
     gpu = any(d.startswith("cuda") for d in devices)
     lines = [f"* device: **{where}**; {prov['runs']} finished runs computed for "
              f"{prov['seconds'] / 60:.1f} min in all (from the result files' provenance)."]
-    if profile != "full":
+    others = {"paper": "the CPU profile (a few hours)",
+              "full": "paper scale (full data sets, 100 epochs, 3 seeds, the authors' 500 "
+                      f"pairs) on a GPU{'' if gpu else '; these runs used none'}"}
+    others.pop(profile, None)
+    if others:
         lines.append(
-            "* The `full` profile (full data sets, 100 epochs, 3 seeds, the authors' 500 pairs) "
-            f"needs a GPU{'' if gpu else '; these runs used none'}. It was not run for this "
-            "report, so none of its numbers are reported here. Run it with "
-            "`clipkit reproduce --profile full` (or each `clipkit sweep paper/SPEC.yaml "
-            "--profile full`) on a GPU machine.")
+            "* Not run for this report, so none of their numbers are here: "
+            + "; ".join(f"the `{p}` profile, {what}" for p, what in others.items())
+            + ". Run one with `clipkit reproduce --profile NAME`; the settings are in "
+            "`paper/*.yaml`.")
     return lines
 
 
@@ -91,3 +97,84 @@ def first_config(ds: xr.Dataset | None) -> dict:
         if isinstance(text, str) and text.startswith("{"):
             return json.loads(text)
     return {}
+
+
+def point_facts(runs: Path, name: str) -> list[dict]:
+    """Per finished point of a sweep: its notebook parameters (``config``), the dataset,
+    the method's settings and the image counts it recorded (attrs of the point file)."""
+    facts = []
+    for path in sorted((runs / name / "points").glob("*.nc")):
+        with xr.open_dataset(path, engine=results.ENGINE) as ds:
+            attrs = dict(ds.attrs)
+        if attrs.get("status") != results.STATUS_DONE:
+            continue
+        cfg = attrs.get("config", "{}")
+        method = attrs.get("method_config", "{}")
+        facts.append({
+            "config": json.loads(cfg) if isinstance(cfg, str) else dict(cfg),
+            "method_config": json.loads(method) if isinstance(method, str) else {},
+            "train_images": attrs.get("train_images"),
+            "validation_images": attrs.get("validation_images"),
+        })
+    return facts
+
+
+def _values(facts: list[dict], get) -> str:
+    """The distinct values of ``get(fact)`` (None dropped), sorted, joined: "30" or "30, 60"."""
+    found = sorted({v for f in facts if (v := get(f)) is not None}, key=str)
+    return ", ".join(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+                     for v in found) or "–"
+
+
+def _classification_line(name: str, facts: list[dict]) -> str:
+    def cfg(key: str, among: list[dict] = facts) -> str:
+        return _values(among, lambda f: f["config"].get(key))
+
+    by_data: dict[str, list[dict]] = {}
+    for f in facts:
+        by_data.setdefault(str(f["config"].get("dataset")), []).append(f)
+    data = "; ".join(
+        f"{d}: {_values(fs, lambda f: f['train_images'])} training images"
+        + (f" + {_values(fs, lambda f: f['validation_images'] or None)} held out for "
+           "validation" if any(f["validation_images"] for f in fs) else "")
+        for d, fs in sorted(by_data.items()))
+    clip = [f for f in facts if f["method_config"].get("method") == "CLIP"]
+    select = cfg("select")
+    parts = [
+        f"**{name}** ({len(facts)} runs): {data}",
+        f"{cfg('epochs')} epochs",
+        f"seeds {cfg('seed')}",
+        f"CLIP with {_values(clip, lambda f: f['method_config'].get('pairs'))} pairs"
+        if clip else "no CLIP runs",
+        f"weights tested: {select}" + (
+            f" (the authors' rule: validation under their PGD with {cfg('val_steps')} "
+            "iterations)" if "authors" in select else ""),
+        f"attacks and bracket on {cfg('n_eval')} test images (the authors' PGD "
+        f"{cfg('authors_pgd_steps')} iterations, clipkit's PGD {cfg('pgd_steps')})",
+    ]
+    if any(f["config"].get("curve_every") for f in facts):
+        parts.append(f"learning curves every {cfg('curve_every')} epochs on "
+                     f"{cfg('n_curve')} test images")
+    return "* " + "; ".join(parts) + "."
+
+
+def profile_lines(runs: Path, names: Sequence[str]) -> list[str]:
+    """What each sweep ran, read from its finished points' configurations."""
+    lines = []
+    for name in names:
+        facts = point_facts(runs, name)
+        if not facts:
+            continue
+        if any("dataset" in f["config"] and "n_eval" in f["config"] for f in facts):
+            lines.append(_classification_line(name, facts))
+            continue
+        keys = [k for k in ("n", "n_train", "epochs", "hidden", "pairs")
+                if any(k in f["config"] for f in facts)]
+        lines.append(f"* **{name}** ({len(facts)} runs): " + "; ".join(
+            f"{k} {_values(facts, lambda f, k=k: _plain(f['config'].get(k)))}" for k in keys)
+            + ".")
+    return lines
+
+
+def _plain(value):
+    return str(value) if isinstance(value, (list, dict)) else value

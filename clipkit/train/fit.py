@@ -13,6 +13,7 @@ from clipkit.core.utils import seeded
 from clipkit.train.history import history_dataset
 from clipkit.train.loop import train_loop
 from clipkit.train.protocol import Method
+from clipkit.train.selection import BestEpoch, EpochMeasure
 from clipkit.train.setup import NonFiniteLossError, place_data, plan_run, seeds_for
 
 
@@ -31,6 +32,8 @@ def fit(
     test: tuple[Tensor, Tensor] | None = None,
     task: str = "auto",
     progress: bool = True,
+    on_epoch: EpochMeasure | None = None,
+    select: BestEpoch | None = None,
 ) -> xr.Dataset:
     """Train ``model`` in place on ``data = (x, y)`` with ``method``; return the history.
 
@@ -38,12 +41,17 @@ def fit(
     integer class labels). ``seed`` fixes the data order and the method's random draws
     (the model's initialisation is the caller's: build it with ``seed=`` or after
     ``torch.manual_seed``). Returns an ``xarray.Dataset`` over ``epoch``.
+
+    ``on_epoch(models, epoch) -> {name: values}`` measures the model after each epoch into
+    the history; ``select`` (``ck.BestEpoch``) leaves the model with the weights of its
+    best-scoring epoch instead of the last (``clipkit.train.selection``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     setup, x, y = plan_run(
         method, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         momentum=momentum, device=device, task=task, progress=progress, desc="fit",
+        on_epoch=on_epoch, select=select,
     )
     method, task = setup.method, setup.task
     with seeded(seeds_for(seed)[1]):  # a method's own random set-up (spectral norm's u)
@@ -63,6 +71,7 @@ def fit(
         **method.config(), "epochs": setup.epochs, "batch_size": setup.batch_size,
         "optimizer": optimizer, "lr": lr, "momentum": momentum, "seed": seed, "task": task,
         "n_train": int(x.shape[0]),
+        **({"select": select.config()} if select is not None else {}),
     }
     t0 = time.perf_counter()
     try:
@@ -70,6 +79,7 @@ def fit(
             forward=forward, opt_params=list(model.parameters()), param_dict=param_dict,
             set_mode=model.train, x=x, y=y, test=test, lam=lam, seeds=[seed], setup=setup,
             describe=lambda k: f"{method.name}, lam={method.lam}, seed={seed}",
+            copies=lambda: [model],
         )
     except NonFiniteLossError as exc:
         if exc.history is not None:

@@ -17,7 +17,9 @@ DESCRIPTIONS = {
     "acc": "training accuracy over the epoch's batches",
     "test_loss": "test loss at the end of the epoch",
     "test_acc": "test accuracy at the end of the epoch",
-    "time": "seconds since the start of training",
+    "score": "the selection score of the epoch (ck.BestEpoch)",
+    "selected": "1 at the epoch whose weights were kept (ck.BestEpoch), 0 elsewhere",
+    "time": "seconds since the start of training (with the test evaluation and on_epoch)",
 }
 
 

@@ -8,9 +8,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from clipkit.train.protocol import Run, Step
+from clipkit.train.selection import Keeper, measured
 from clipkit.train.setup import (
     NonFiniteLossError,
     TrainSetup,
@@ -49,12 +50,16 @@ def train_loop(
     seeds: Sequence[int],
     setup: TrainSetup,
     describe: Callable[[int], str],
+    copies: Callable[[], list[nn.Module]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Train K copies; return per-epoch history arrays of shape (K, epochs).
 
     Each step: (1) the method's work with θ fixed (CLIP: ascent on the pairs);
-    (2) the descent step on mean loss + λ·R(θ). Raises NonFiniteLossError (with the
-    finished epochs' history) when a copy's objective is NaN or infinite.
+    (2) the descent step on mean loss + λ·R(θ). After each epoch: the test evaluation,
+    ``setup.on_epoch(copies(), epoch)`` and ``setup.select`` (``clipkit.train.selection``;
+    with a selection the kept epoch's weights are written back into the parameters at the
+    end). Raises NonFiniteLossError (with the finished epochs' history) when a copy's
+    objective is NaN or infinite.
     """
     from tqdm.auto import tqdm
 
@@ -84,6 +89,9 @@ def train_loop(
     def history() -> dict[str, np.ndarray]:
         return {key: np.stack(v, axis=1) for key, v in hist.items()}
 
+    keeper = Keeper(setup.select, param_dict()) if setup.select is not None else None
+    if setup.on_epoch is not None and copies is None:
+        raise ValueError("train_loop: on_epoch needs the copies as modules (copies=...)")
     bar = tqdm(range(setup.epochs), desc=setup.desc, disable=not setup.progress, leave=False)
     for epoch in bar:
         lam_e = method.schedule(epoch, lam, lam_e, acc_prev).to(device=device, dtype=x.dtype)
@@ -146,10 +154,18 @@ def train_loop(
             put("test_loss", tl)
             if ta is not None:
                 put("test_acc", ta)
+        if setup.on_epoch is not None:
+            for key, val in measured(setup.on_epoch(copies(), epoch), k).items():
+                put(key, val)
+        if keeper is not None:
+            keeper.after_epoch(epoch, {key: v[-1] for key, v in hist.items()}, param_dict())
         put("time", time.perf_counter() - t0)
         if setup.progress:
             bar.set_postfix(loss=float(hist["loss"][-1].mean()))
-    return history()
+    out = history()
+    if keeper is not None:
+        out.update(keeper.restore(param_dict()))
+    return out
 
 
 def _check_output(out: Tensor, y: Tensor, task: str) -> None:

@@ -25,6 +25,7 @@ from clipkit.train.history import history_dataset
 from clipkit.train.loop import train_loop
 from clipkit.train.protocol import Method
 from clipkit.train.schedules import check_lam
+from clipkit.train.selection import BestEpoch, EpochMeasure
 from clipkit.train.setup import (
     NonFiniteLossError,
     TrainSetup,
@@ -33,7 +34,7 @@ from clipkit.train.setup import (
     seeds_for,
 )
 
-__all__ = ["fit_path", "init_copy", "model_at"]
+__all__ = ["CopyView", "fit_path", "init_copy", "model_at"]
 
 
 def init_copy(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -82,16 +83,21 @@ def fit_path(
     task: str = "auto",
     max_models: int | None = None,
     progress: bool = True,
+    on_epoch: EpochMeasure | None = None,
+    select: BestEpoch | None = None,
 ) -> xr.Dataset:
     """Train one copy of ``model_fn()`` per (λ, seed), vectorised; return one Dataset.
 
     The result has dims (lam, seed, epoch) for the history, and the trained parameters
     as variables ``param_<name>`` over (lam, seed, …) (see :func:`model_at`).
     ``max_models`` splits the K copies into chunks trained one after another (memory).
+    ``on_epoch`` and ``select`` as in ``ck.fit``: the measure gets the chunk's copies as
+    modules, and with a selection the stored parameters are each copy's kept epoch's.
     """
     setup, x, y = plan_run(
         method, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         momentum=momentum, device=device, task=task, progress=progress, desc="fit_path",
+        on_epoch=on_epoch, select=select,
     )
     method, task = setup.method, setup.task
     if not method.vectorizable:
@@ -130,6 +136,7 @@ def fit_path(
         "batch_size": setup.batch_size, "optimizer": optimizer, "lr": lr,
         "momentum": momentum, "task": task, "n_train": int(x.shape[0]),
         "max_models": max_models,
+        **({"select": select.config()} if select is not None else {}),
     }
     ds.attrs.update(provenance(config, device=str(setup.device),
                                wall_time=time.perf_counter() - t0, status="done"))
@@ -160,6 +167,9 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup):
     def forward(xk: Tensor) -> Tensor:
         return batched(params, buffers, xk)
 
+    def modules() -> list[nn.Module]:
+        return [CopyView(template, params, buffers, i) for i in range(len(copies))]
+
     xd, yd, testd = place_data(setup, dtype, x, y, test)
     lam = torch.tensor([c[0] for c in copies], dtype=dtype, device=device)
     try:
@@ -168,6 +178,7 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup):
             set_mode=template.train, x=xd, y=yd, test=testd, lam=lam,
             seeds=[c[1] for c in copies], setup=setup,
             describe=lambda k: f"{setup.method.name}, lam={copies[k][0]}, seed={copies[k][1]}",
+            copies=modules,
         )
     except NonFiniteLossError as exc:
         exc.history = None  # a path has no single history; the message names the copy
@@ -175,6 +186,26 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup):
     template.eval()
     trained = {n: p.detach().cpu().numpy() for n, p in params.items()}
     return hist, trained
+
+
+class CopyView(nn.Module):
+    """Copy ``k`` of a path's stacked parameters as a module (read-only, detached).
+
+    ``forward`` is ``functional_call`` of the template with that copy's parameters and
+    buffers; the template (a submodule) carries the train/eval flags, which the view
+    takes from it when made.
+    """
+
+    def __init__(self, template: nn.Module, params: dict[str, Tensor],
+                 buffers: dict[str, Tensor], k: int):
+        super().__init__()
+        self.template = template
+        self._params = {n: p[k].detach() for n, p in params.items()}
+        self._buffers_k = {n: b[k] for n, b in buffers.items()}
+        self.train(template.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return functional_call(self.template, (self._params, self._buffers_k), (x,))
 
 
 def model_at(ds: xr.Dataset, model_fn: Callable[[], nn.Module], **where) -> nn.Module:

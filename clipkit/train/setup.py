@@ -15,6 +15,7 @@ from torch import Tensor
 from clipkit.core.utils import check_int, resolve_device
 from clipkit.train.baselines import Standard
 from clipkit.train.protocol import Method
+from clipkit.train.selection import BestEpoch, EpochMeasure
 
 OPTIMIZERS = ("sgd", "adam")
 TASKS = ("auto", "regression", "classification")
@@ -110,11 +111,14 @@ class TrainSetup:
     device: torch.device
     progress: bool
     desc: str = "fit"
+    on_epoch: EpochMeasure | None = None
+    select: BestEpoch | None = None
 
 
 def plan_run(
     method: Method | None, data, *, epochs: int, batch_size: int, optimizer: str, lr: float,
     momentum: float, device: str | torch.device, task: str, progress: bool, desc: str,
+    on_epoch: EpochMeasure | None = None, select: BestEpoch | None = None,
 ) -> tuple[TrainSetup, Tensor, Tensor]:
     """Validate what ``fit`` and ``fit_path`` share; return the set-up and the data (x, y)."""
     method = Standard() if method is None else method
@@ -127,6 +131,15 @@ def plan_run(
     task = infer_task(y, task)
     if method.schedule.needs_accuracy and task != "classification":
         raise ValueError(f"{type(method.schedule).__name__} needs a classification task")
+    if on_epoch is not None and not callable(on_epoch):
+        raise TypeError(f"on_epoch must be a function (models, epoch) -> {{name: values}}, "
+                        f"got {on_epoch!r}")
+    if select is not None:
+        if not isinstance(select, BestEpoch):
+            raise TypeError(f"select must be None (keep the last epoch) or a ck.BestEpoch, "
+                            f"got {select!r}")
+        if select.needs_accuracy and task != "classification":
+            raise ValueError("select: BestEpoch with goal_acc needs a classification task")
     setup = TrainSetup(
         method=method,
         epochs=check_int(epochs, "epochs", 1),
@@ -138,6 +151,8 @@ def plan_run(
         device=resolve_device(device),
         progress=bool(progress),
         desc=f"{desc} {method.name}",
+        on_epoch=on_epoch,
+        select=select,
     )
     return setup, x, y
 

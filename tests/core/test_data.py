@@ -100,3 +100,19 @@ def test_real_mnist_test_split_and_missing_train_images(data_root):
     if not any((data_root / "mnist").glob("train-images*")):
         with pytest.raises(ck.data.DataNotFoundError, match="train-images"):
             ck.data.mnist(train=True, root=data_root, download=False)
+
+
+def test_hold_out_splits_off_a_seeded_fraction_without_overlap():
+    x = torch.arange(50.0).view(50, 1)
+    y = torch.arange(50)
+    (xa, ya), (xb, yb) = ck.data.hold_out((x, y), 0.1, seed=3)
+    assert len(ya) == 45 and len(yb) == 5  # the authors' int(0.9 n) training points
+    assert sorted(torch.cat([ya, yb]).tolist()) == list(range(50))
+    assert torch.equal(xa[:, 0].long(), ya) and torch.equal(xb[:, 0].long(), yb)
+    (_, ya2), (_, yb2) = ck.data.hold_out((x, y), 0.1, seed=3)
+    assert torch.equal(yb, yb2) and torch.equal(ya, ya2)
+    assert not torch.equal(ck.data.hold_out((x, y), 0.1, seed=4)[1][1], yb)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        ck.data.hold_out((x, y), 1.0)
+    with pytest.raises(ValueError, match="leaves an empty part"):
+        ck.data.hold_out((x[:1], y[:1]), 0.1)

@@ -191,6 +191,25 @@ def test_classification_mnist_without_training_images_splits_the_test_set(tmp_pa
     assert bool(ds.last_activation.item()) is True
 
 
+def test_classification_with_the_authors_selection_and_learning_curves(tmp_path, data_root):
+    params = {**TINY, "epochs": 3, "eps_pgd_l2": [0.0, 2.0]}
+    ds = results.load(execute("classification", tmp_path, dataset="fashion-mnist",
+                              data_root=str(data_root), method="clip", last_activation=True,
+                              select="authors", val_steps=2, curve_every=2, n_curve=20,
+                              authors_pgd_steps=3, **params))
+    # 10 % of the 300 training images held out, never trained on
+    assert ds.attrs["train_images"] == 270 and ds.attrs["validation_images"] == 30
+    assert "30 of the training images held out" in ds.attrs["data_source"]
+    assert float(ds.selected.sum()) == 1.0  # one kept epoch
+    kept = int(ds.selected.squeeze().values.argmax())
+    assert float(ds.score.squeeze()[kept]) == float(ds.score.max())
+    np.testing.assert_allclose(ds.score, ds.val_acc_pgd + (ds.acc > 0.95))
+    # curves at epochs 2 and 3 (every 2, and the last), NaN at epoch 1
+    for var in ("curve_pgd_l2_authors", "curve_pgd_l2"):
+        assert list(np.isnan(ds[var].squeeze().values)) == [True, False, False], var
+    assert '"select": "authors"' in ds.attrs["config"]
+
+
 def test_classification_rejects_unknown_and_mistyped_parameters(tmp_path, data_root):
     import papermill
 
@@ -238,5 +257,5 @@ def test_report_builds_figures_tables_and_readme(tmp_path, theory, classificatio
     # the device sentence comes from the runs' provenance (these ran on the CPU)
     minutes = (theory.attrs["wall_time"] + 2 * ds.attrs["wall_time"]) / 60
     assert f"device: **cpu**; 3 finished runs computed for {minutes:.1f} min" in text
-    assert "needs a GPU; these runs used none" in text
-    assert "quick profile is small" in text
+    assert "on a GPU; these runs used none" in text
+    assert "What the **quick** profile ran" in text and "**table** (1 runs)" in text

@@ -1,0 +1,182 @@
+"""The report's sentences on the classification table, each computed from its rows.
+
+CLIP against no regularization under both PGD attacks (:func:`gains`), how much of CLIP's
+gain depends on the attack (:func:`attack_dependence`), the side-by-side with the
+authors' published MNIST numbers (:func:`side_by_side`) and the two goal accuracies
+(:func:`goal_rows`). Every verb ("raises", "agrees") comes from
+:class:`clipkit.paper.rows.Change` or a stated tolerance; only the frame is typed.
+"""
+
+from __future__ import annotations
+
+import math
+
+from clipkit.paper.rows import AGREE_TOL, GAIN_TOL, Change, Stat
+
+__all__ = [
+    "AUTHORS_MNIST",
+    "CHANCE",
+    "attack_dependence",
+    "comparison",
+    "gains",
+    "goal_rows",
+    "side_by_side",
+]
+
+#: the authors' published MNIST table (their README): FC 200-80, mean of 3 runs, in
+#: fractions (clean, Gaussian noise, PGD-ℓ2 ε = 2)
+AUTHORS_MNIST = {
+    "none": (0.971, 0.345, 0.312),
+    "CLIP (goal 0.95)": (0.964, 0.298, 0.714),
+    "CLIP (goal 0.97)": (0.970, 0.346, 0.724),
+}
+#: a seed whose clean accuracy is at most this is "at chance" (10 classes: 0.1, plus 5 points)
+CHANCE = 0.15
+ATTACKS = {"pgd_authors": "the authors' PGD-ℓ2", "pgd": "clipkit's PGD-ℓ2"}
+TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
+def _p(v: float) -> str:
+    return "–" if not math.isfinite(v) else f"{100 * v:.1f}"
+
+
+def _pair(rows: list[dict], dataset: str, last: bool,
+          clip: str = "CLIP (goal 0.95)") -> tuple[dict | None, dict | None]:
+    by = {r["row"]: r for r in rows if r["dataset"] == dataset and r["last_activation"] == last}
+    return by.get("none"), by.get(clip)
+
+
+def _seeds(stat: Stat) -> str:
+    return ", ".join(_p(v) for v in stat.values)
+
+
+def gains(rows: list[dict]) -> str:
+    """A table: per dataset and setting, no regularization → CLIP under each attack."""
+    out = []
+    for dataset, title in TITLES.items():
+        for last in (True, False):
+            none, clip = _pair(rows, dataset, last)
+            if none is None or clip is None:
+                continue
+            for key, name in (("clean", "clean"), *ATTACKS.items()):
+                ch = Change(none[key], clip[key])
+                out.append([title, none["setting"], name, none[key].pct(), clip[key].pct(),
+                            f"{100 * ch.gain:+.1f}", ch.verb()])
+    if not out:
+        return ""
+    head = ["data", "setting", "accuracy", "none %", "CLIP %", "gain (points)", "CLIP …"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return ("\n".join(lines + ["| " + " | ".join(r) + " |" for r in out]) + "\n\n"
+            f"A change within {100 * GAIN_TOL:g} points counts as none; \"by more than the "
+            "seeds' spread\" means that every seed of the one row is beyond every seed of the "
+            f"other by more than {100 * GAIN_TOL:g} points.\n")
+
+
+def _collapsed(row: dict) -> list[int]:
+    """Indices of the seeds whose clean accuracy is at chance (≤ :data:`CHANCE`)."""
+    return [i for i, v in enumerate(row["clean"].values) if v <= CHANCE]
+
+
+def attack_dependence(rows: list[dict]) -> list[str]:
+    """Per dataset, the published setting: CLIP's gain under each attack, and the part of
+    the gain under the authors' attack that clipkit's PGD does not confirm."""
+    out = []
+    for dataset, title in TITLES.items():
+        none, clip = _pair(rows, dataset, True)
+        if none is None or clip is None:
+            continue
+        a = Change(none["pgd_authors"], clip["pgd_authors"])
+        o = Change(none["pgd"], clip["pgd"])
+        text = (f"**{title}, published setting.** Under the authors' attack the PGD-ℓ2 "
+                f"(ε = 2) accuracy goes from {none['pgd_authors'].pct()} % without "
+                f"regularization to {clip['pgd_authors'].pct()} % with CLIP "
+                f"({100 * a.gain:+.1f} points): CLIP {a.verb()}. Under clipkit's PGD: "
+                f"{none['pgd'].pct()} % → {clip['pgd'].pct()} % ({100 * o.gain:+.1f} "
+                f"points): CLIP {o.verb()}.")
+        if a.gain > GAIN_TOL:
+            kept = max(o.gain, 0.0) / a.gain
+            text += (f" Of the gain measured with the authors' attack, "
+                     f"{100 * (a.gain - max(o.gain, 0.0)):.1f} points "
+                     f"({100 * (1 - kept):.0f} %) depend on the attack: a standard PGD "
+                     f"confirms {100 * kept:.0f} % of it.")
+        text += (f" The attack itself: on the CLIP networks their attack leaves "
+                 f"{_p(clip['pgd_authors'].mean - clip['pgd'].mean)} points more accuracy "
+                 f"than clipkit's, on the unregularized ones "
+                 f"{_p(none['pgd_authors'].mean - none['pgd'].mean)}.")
+        if a.seeds > 1 and not a.separated:
+            text += (f" Seeds (authors' attack): none {_seeds(none['pgd_authors'])} %, CLIP "
+                     f"{_seeds(clip['pgd_authors'])} %; clean accuracy of the CLIP seeds "
+                     f"{_seeds(clip['clean'])} %.")
+            dead = _collapsed(clip)
+            if dead:
+                text += (f" {len(dead)} of {clip['clean'].n} CLIP seeds ended at chance "
+                         f"(clean accuracy ≤ {100 * CHANCE:g} %): the penalty drove those "
+                         "networks to a (near) constant output; they make the spread.")
+        out += [text, ""]
+    return out
+
+
+def side_by_side(rows: list[dict]) -> list[str]:
+    """The authors' published MNIST numbers beside ours (published setting)."""
+    mn = {r["row"]: r for r in rows if r["dataset"] == "mnist" and r["last_activation"]}
+    table, verdicts = [], []
+    for row, (c, n, p) in AUTHORS_MNIST.items():
+        r = mn.get(row)
+        if r is None:
+            continue
+        table.append([row, _p(c), r["clean"].pct(), _p(n), r["noise_1"].pct(), _p(p),
+                      r["pgd_authors"].pct(), r["pgd"].pct()])
+        for name, theirs, ours in (("clean", c, r["clean"]), ("noise", n, r["noise_1"]),
+                                   ("PGD-ℓ2 (their attack)", p, r["pgd_authors"])):
+            if not ours.n:
+                continue
+            d = ours.mean - theirs
+            word = ("agrees" if abs(d) <= AGREE_TOL else
+                    f"is {100 * abs(d):.1f} points {'higher' if d > 0 else 'lower'}")
+            verdicts.append(f"{row}, {name}: ours {word}")
+    if not table:
+        return ["No MNIST runs in the published setting were found.", ""]
+    head = ["regularization", "authors clean %", "ours clean %", "authors noise %",
+            "ours noise σ=1 %", "authors PGD-ℓ2 ε=2 %", "ours, their PGD %", "ours, clipkit PGD %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in table]
+    return ["\n".join(lines) + "\n",
+            f"Against the published numbers (agreement: within {100 * AGREE_TOL:g} points): "
+            + "; ".join(verdicts) + ".", ""]
+
+
+def goal_rows(rows: list[dict]) -> list[str]:
+    """What differs between the CLIP rows with goal accuracy 0.95 and 0.97."""
+    out = []
+    for dataset, title in TITLES.items():
+        for last in (True, False):
+            _, g95 = _pair(rows, dataset, last)
+            _, g97 = _pair(rows, dataset, last, clip="CLIP (goal 0.97)")
+            if g95 is None or g97 is None:
+                continue
+            n = min(g95["clean"].n, g97["clean"].n)  # seeds run in both (the first n)
+            same_lam = g95["lam_end"].values[:n] == g97["lam_end"].values[:n]
+            if g95["epoch"].values[:n] == g97["epoch"].values[:n]:
+                diff = f"the same epochs were kept (mean {g95['epoch'].num()})"
+            else:
+                diff = (f"the kept epochs differ (mean {g95['epoch'].num()} and "
+                        f"{g97['epoch'].num()})")
+            out.append(f"{title}, {g95['setting']}: λ per epoch "
+                       f"{'is the same' if same_lam else 'differs'} in the two CLIP rows; "
+                       f"{diff}.")
+    return out + [""] if out else []
+
+
+def comparison(rows: list[dict]) -> str:
+    """The report's comparison subsection: gains, the attack, the authors, the goals."""
+    parts = []
+    table = gains(rows)
+    if table:
+        parts += ["### CLIP against no regularization, under both attacks", "", table]
+        parts += attack_dependence(rows)
+    parts += ["### Side by side with the authors (MNIST, published setting)", ""]
+    parts += side_by_side(rows)
+    goals = goal_rows(rows)
+    if goals:
+        parts += ["### The two goal accuracies", ""] + goals
+    return "\n".join(parts)

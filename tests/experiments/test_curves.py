@@ -1,0 +1,54 @@
+"""The per-epoch measures: the authors' validation score and the learning curves under attack."""
+
+import math
+
+import pytest
+import torch
+
+import clipkit as ck
+from clipkit.experiments import curves
+
+
+@pytest.fixture(scope="module")
+def models_and_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(120, 1, 6, 6, generator=g)
+    y = (x.flatten(1)[:, :18].sum(1) > x.flatten(1)[:, 18:].sum(1)).long()
+    models = []
+    for seed in (0, 1):
+        m = ck.models.mlp([36, 16, 2], activation="sigmoid", seed=seed)
+        ck.fit(m, (x.flatten(1), y), epochs=3, lr=0.05, seed=seed, progress=False)
+        models.append(torch.nn.Sequential(torch.nn.Flatten(), m).eval())
+    return models, (x[:60], y[:60]), (x[60:], y[60:])
+
+
+def test_validation_score_is_the_authors_accuracy_under_their_pgd7(models_and_data):
+    models, val, _ = models_and_data
+    measure = curves.epoch_measure(epochs=2, val=val)
+    out = measure(models, 0)
+    assert set(out) == {curves.VALIDATION}
+    for m, value in zip(models, out[curves.VALIDATION], strict=True):
+        xa = ck.attacks.AuthorsPGD(eps=2.0, steps=7, seed=0)(m, *val)
+        with torch.no_grad():
+            direct = float((m(xa).argmax(1) == val[1]).double().mean())
+        assert value == pytest.approx(direct)  # counted as their validation step counts
+
+
+def test_curves_match_robust_accuracy_and_are_nan_between_measured_epochs(models_and_data):
+    models, _, test = models_and_data
+    measure = curves.epoch_measure(epochs=5, curve=test, every=2, curve_steps=3)
+    skipped, due, last = measure(models, 0), measure(models, 1), measure(models, 4)
+    assert set(due) == {"curve_pgd_l2_authors", "curve_pgd_l2"}
+    assert all(math.isnan(v) for v in skipped["curve_pgd_l2"])
+    for name in ("pgd_l2_authors", "pgd_l2"):
+        for m, a, b in zip(models, due[f"curve_{name}"], last[f"curve_{name}"], strict=True):
+            attack = ck.evaluate.make_attack(name, seed=0, steps=3)
+            ref = float(ck.attacks.robust_accuracy(m, test, attack, eps=[2.0])[0])
+            assert a == pytest.approx(ref) and b == pytest.approx(ref)
+
+
+def test_the_notebooks_selection_is_the_authors_rule():
+    rule = curves.authors_selection(0.97)
+    assert rule == ck.BestEpoch(curves.VALIDATION, goal_acc=0.97)
+    with pytest.raises(ValueError, match="give validation data"):
+        curves.epoch_measure(epochs=3)

@@ -4,7 +4,8 @@
 ``quick`` profile (or ``--profile paper`` / ``full``) of each sweep spec (``*.yaml``) in
 ``paper/`` (theory, regression, trade-off, the MNIST/Fashion-MNIST table) on the local
 machine, then regenerates ``paper/figures``, ``paper/tables`` and ``paper/README.md`` from
-the results, and prints where they are. Finished points are skipped on a second run (the sweeps resume).
+the results, and prints where they are. Finished points are skipped on a second run (the
+sweeps resume).
 
 Every spec is read and checked before the first point runs. Relative ``--paper`` and
 ``--runs`` folders (and ``CLIPKIT_DATA``) are taken from the current folder. The report

@@ -53,8 +53,8 @@ def copy_notebook(name: str, root: Path, **defaults) -> None:
         pattern = re.compile(rf"^({key}: [^=]+= )(.*?)(  #.*)?$")
         hits = [i for i, line in enumerate(lines) if pattern.match(line)]
         assert len(hits) == 1, f"no parameter {key!r} in {name}"
-        lines[hits[0]] = pattern.sub(lambda m: m.group(1) + repr(value) + (m.group(3) or ""),
-                                     lines[hits[0]])
+        lines[hits[0]] = pattern.sub(
+            lambda m, value=value: m.group(1) + repr(value) + (m.group(3) or ""), lines[hits[0]])
     cell["source"] = "\n".join(lines)
     nb["metadata"]["language_info"]["version"] = sys.version.split()[0]
     (root / name).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")

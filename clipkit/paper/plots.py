@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
+from clipkit.paper.labels import LABEL_ORDER, METHOD_NAMES, line_label
 from clipkit.paper.rows import run_of
 
 __all__ = [
@@ -236,7 +237,7 @@ def _series(ds: xr.Dataset, var: str, keep: Sequence[str]) -> list[tuple[str, xr
     if "seed" in da.dims:
         da = da.mean("seed")
     other = sorted((d for d in da.dims if d not in keep),
-                   key=lambda d: _LABEL_ORDER.index(d) if d in _LABEL_ORDER else len(_LABEL_ORDER))
+                   key=lambda d: LABEL_ORDER.index(d) if d in LABEL_ORDER else len(LABEL_ORDER))
     if not other:
         return [("", da)]
     stacked = da.stack(_line=other)
@@ -246,33 +247,9 @@ def _series(ds: xr.Dataset, var: str, keep: Sequence[str]) -> list[tuple[str, xr
         if bool(np.isnan(line.values).all()):
             continue
         label = ", ".join(line_label(d, line[d].item()) for d in other
-                          if d in _LABEL_ORDER[:3] or da.sizes[d] > 1)
+                          if d in LABEL_ORDER[:3] or da.sizes[d] > 1)
         lines.append((label, line.drop_vars(["_line", *other], errors="ignore")))
     return lines
-
-
-_LABEL_ORDER = ("method", "lam", "last_activation", "dataset")
-#: how a method's name reads in a legend
-METHOD_NAMES = {"standard": "standard", "weight_decay": "weight decay", "clip": "CLIP",
-                "gradient_penalty": "gradient penalty", "spectral_norm": "spectral norm",
-                "adversarial": "adversarial training"}
-
-
-def line_label(dim: str, value) -> str:
-    """How one coordinate of a line reads in a legend: ``CLIP``, ``λ = 0.1``, ``corrected``."""
-    if dim == "method":
-        return METHOD_NAMES.get(str(value), str(value))
-    if dim == "lam":
-        return f"λ = {_fmt(value)}"
-    if dim == "last_activation":
-        return "published (sigmoid on logits)" if bool(value) else "corrected"
-    if dim == "dataset":
-        return str(value)
-    return f"{dim} = {_fmt(value)}"
-
-
-def _fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def robustness(ds: xr.Dataset, attacks: Sequence[str] | None = None) -> plt.Figure:

@@ -108,6 +108,8 @@ def test_the_explorer_redraws_on_a_change_and_shows_errors_in_place(grid, monkey
     ex.widgets["lam"].value = 1.0
     assert ex.redraws == 2 and drawn[0]["lam"] == 1.0
     assert drawn[1].startswith("cannot draw") and "ZeroDivisionError" in drawn[1]
+    for widget in ex.widgets.values():  # closed here, not by __del__ at interpreter exit
+        widget.close()
 
 
 def test_the_summary_has_one_number_per_run_and_lam(grid):

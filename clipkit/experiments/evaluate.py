@@ -154,8 +154,9 @@ def evaluate_classifier(
     √2·L·ε. ``certified`` (:data:`CERTIFY`): "global" takes L = the bracket's upper, the
     smallest certified global bound, so it costs one forward pass beyond the bracket;
     "local" certifies each point on its ε-ball (far slower); "none" skips it.
-    ``sdp_iters``: the bracket's L-BFGS budget for the LipSDP certificate (20: about 1 s for
-    784-200-80-10 on one core, within 0.1 % of the bound 300 iterations give).
+    ``sdp_iters``: the bracket's L-BFGS budget for the LipSDP certificate (20: 1-3 s for
+    784-200-80-10 on one loaded core; 0.1 % looser than 300 iterations on a standard-trained
+    network, 7 % on a CLIP-trained one, where 300 take 7-30 s; benchmarks/bench_lipschitz.py).
     """
     check_choice(certified, "certified", CERTIFY)
     from tqdm.auto import tqdm

@@ -14,10 +14,10 @@ The package is layered; each layer imports only the ones below it (``docs/archit
 * ``clipkit.paper``: figures, tables, the reproduction report, ``clipkit reproduce``.
 
 This namespace gathers what a user types: ``ck.fit``, ``ck.CLIP``, ``ck.data``,
-``ck.lipschitz``, ``ck.attacks``, ``ck.theory``, ``ck.results``, ...
+``ck.lipschitz``, ``ck.certify``, ``ck.attacks``, ``ck.theory``, ``ck.results``, ...
 """
 
-from clipkit.analysis import attacks, lipschitz, theory
+from clipkit.analysis import attacks, certify, lipschitz, theory
 from clipkit.core import __version__, data, models
 from clipkit.experiments import curves, evaluate, notebook, results, sweep
 from clipkit.train import (
@@ -55,6 +55,7 @@ __all__ = [
     "WeightDecay",
     "__version__",
     "attacks",
+    "certify",
     "curves",
     "data",
     "evaluate",

@@ -19,6 +19,7 @@ __all__ = [
     "device_dtype",
     "eval_mode",
     "flat_norm",
+    "one_thread",
     "resolve_device",
     "seeded",
 ]
@@ -58,6 +59,22 @@ def seeded(seed: int | None) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch's CPU kernels on one thread inside the block; the setting restored afterwards.
+
+    For small dense linear algebra (matrices of hundreds of rows), where a second thread
+    gains little and MKL's threaded eigensolvers slowed down 10- to 100-fold on a loaded
+    2-core machine (measured on the LipSDP certificates: 0.5 s vs 5-75 s).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:

@@ -25,19 +25,9 @@ from clipkit.paper.labels import LABEL_ORDER, METHOD_NAMES, line_label
 from clipkit.paper.rows import run_of
 
 __all__ = [
-    "save",
-    "theory_fits",
-    "theory_lipschitz",
-    "theory_distance",
-    "theory_power",
-    "regression_fits",
-    "robustness",
-    "history",
-    "learning_curves",
-    "tradeoff",
-    "ATTACK_LABELS",
-    "METHOD_NAMES",
-    "line_label",
+    "ATTACK_LABELS", "METHOD_NAMES", "history", "learning_curves", "line_label",
+    "regression_fits", "robustness", "save", "theory_distance", "theory_fits",
+    "theory_lipschitz", "theory_power", "tradeoff",
 ]
 
 ATTACK_LABELS = {
@@ -343,9 +333,10 @@ def learning_curves(ds: xr.Dataset, methods: Sequence[str] = ("standard", "clip"
 def tradeoff(ds: xr.Dataset, attack: str = "pgd_l2", eps: float | None = None) -> plt.Figure:
     """The accuracy–robustness–Lipschitz trade-off as λ varies.
 
-    Left: clean accuracy and accuracy under ``attack`` at ``eps`` (default: the largest
-    ε of this attack's grid) against λ. Right: the Lipschitz bracket [lower, upper]
-    against λ (log scale).
+    Left: clean accuracy, accuracy under ``attack`` at ``eps`` (default: the largest ε of
+    this attack's grid) and, for an ℓ2 attack, the certified ℓ2 accuracy at that ε
+    (``certified_acc``, where the results have it) against λ. Right: the Lipschitz bracket
+    [lower, upper] against λ (log scale).
     """
     if "lam" not in ds.dims:
         raise ValueError("tradeoff needs a result over λ (a 'lam' dimension)")
@@ -356,23 +347,19 @@ def tradeoff(ds: xr.Dataset, attack: str = "pgd_l2", eps: float | None = None) -
     sub = sub.sel(eps=eps, method="nearest")
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     lam = ds.lam.values
-    xs = np.where(lam > 0, lam, np.nan)
     pos = lam[lam > 0]
     zero_at = pos.min() / 3 if len(pos) else 1.0  # λ = 0 drawn left of the smallest λ
     xs = np.where(lam > 0, lam, zero_at)
-    for i, (label, line) in enumerate(_series(ds, "clean_acc", ["lam"])):
-        ok = ~np.isnan(line.values)
-        ax.semilogx(xs[ok], line.values[ok], "o-", color=f"C{i}", label=f"clean {label}")
-    for i, (label, line) in enumerate(_series(sub, "robust_acc", ["lam"])):
-        ok = ~np.isnan(line.values)
-        ax.semilogx(xs[ok], line.values[ok], "s--", color=f"C{i}",
-                    label=f"{ATTACK_LABELS.get(attack, attack)} = {eps:g} {label}")
-    for i, (label, line) in enumerate(_series(ds, "lip_lower", ["lam"])):
-        ok = ~np.isnan(line.values)
-        bx.loglog(xs[ok], line.values[ok], "o-", color=f"C{i}", label=f"lower {label}")
-    for i, (label, line) in enumerate(_series(ds, "lip_upper", ["lam"])):
-        ok = ~np.isnan(line.values)
-        bx.loglog(xs[ok], line.values[ok], "v:", color=f"C{i}", label=f"upper {label}")
+    curves = [(ax, ds, "clean_acc", "o-", "clean"),
+              (ax, sub, "robust_acc", "s--", f"{ATTACK_LABELS.get(attack, attack)} = {eps:g}")]
+    if "certified_acc" in sub and attack.startswith("pgd_l2"):
+        curves.append((ax, sub, "certified_acc", "d-.", f"certified ℓ2, ε = {eps:g}"))
+    curves += [(bx, ds, "lip_lower", "o-", "lower"), (bx, ds, "lip_upper", "v:", "upper")]
+    for a, d, var, style, name in curves:
+        draw = a.semilogx if a is ax else a.loglog
+        for i, (label, line) in enumerate(_series(d, var, ["lam"])):
+            ok = ~np.isnan(line.values)
+            draw(xs[ok], line.values[ok], style, color=f"C{i}", label=f"{name} {label}")
     for a in (ax, bx):
         a.set_xlabel("λ (λ = 0 drawn at the far left)")
         a.legend(fontsize=6)

@@ -141,6 +141,9 @@ def _classification(tb: xr.Dataset | None, g97: xr.Dataset | None, figs: _Figure
             curves = tables.curve_table(d)
             (tabs / f"curves_{dataset}.md").write_text(curves)
             text += f"The learning curves' numbers (seed means, %):\n\n{curves}\n"
+    for sweep in (tb, g97):
+        check = verdicts.certified_order(sweep) if sweep is not None else ""
+        text += f"{check}\n" if check else ""
     if found:
         (tabs / "table_rows.json").write_text(
             json.dumps([rows.row_json(r) for r in found], indent=1))
@@ -151,9 +154,11 @@ def _tradeoff(to: xr.Dataset, figs: _Figures, tabs: Path) -> str:
     d = tables.reduce_to(to, ("lam", "attack", "eps", "epoch"))
     table = tables.tradeoff_table(d)
     (tabs / "tradeoff.md").write_text(table)
+    check = verdicts.certified_order(to)
     return figs.draw("tradeoff", lambda: plots.tradeoff(d, attack="pgd_l2"),
-                     "Clean accuracy, PGD-ℓ2 accuracy at the largest ε and the Lipschitz "
-                     "bracket against λ (CLIP, authors' preset, corrected model).") + table
+                     "Clean accuracy, PGD-ℓ2 and certified ℓ2 accuracy at the largest ε and "
+                     "the Lipschitz bracket against λ (CLIP, authors' preset, corrected "
+                     "model).") + table + (f"\n{check}" if check else "")
 
 
 def _run_lines(runs: Path, profile: str, data: dict[str, xr.Dataset | None]) -> str:

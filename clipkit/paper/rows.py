@@ -31,8 +31,8 @@ __all__ = [
 GAIN_TOL = 0.02
 #: a measured accuracy within this (5 points) of a published one "agrees" with it
 AGREE_TOL = 0.05
-#: the variable that certified robust accuracy will have (not computed yet); a column
-#: appears in the tables when the result files have it
+#: the certified ℓ2 robust accuracy over ε (``evaluate_classifier``); a column appears in
+#: the tables when the result files have it (older files do not)
 CERTIFIED = "certified_acc"
 ROW_NAMES = {"standard": "none", "weight_decay": "weight decay", "clip": "CLIP (goal 0.95)"}
 #: a row's robust accuracies: name -> (attack, ε)
@@ -160,8 +160,9 @@ def table_rows(ds: xr.Dataset, row_name: str | None = None) -> list[dict]:
 
     Every number is a :class:`Stat` over the seeds: ``clean``, the robust accuracies of
     :data:`METRICS` (their ε in ``<name>_eps``), ``lip_lower``, ``lip_upper``,
-    ``certified`` (NaN until the result files have :data:`CERTIFIED`), ``epoch`` (the
-    tested epoch) and ``lam_end`` (λ of the last epoch).
+    ``certified`` (:data:`CERTIFIED` at ε = 2, the PGD columns' ε; its ε in
+    ``certified_eps``; empty when the result files lack it), ``epoch`` (the tested epoch)
+    and ``lam_end`` (λ of the last epoch).
     """
     for name in ("dataset", "last_activation", "method"):
         if name not in ds.dims and name in ds.coords:
@@ -187,7 +188,6 @@ def table_rows(ds: xr.Dataset, row_name: str | None = None) -> list[dict]:
                         "clean": clean,
                         "lip_lower": Stat.of(e.lip_lower),
                         "lip_upper": Stat.of(e.lip_upper),
-                        "certified": Stat.of(e[CERTIFIED]) if CERTIFIED in e else Stat(()),
                         "epoch": Stat.of(_kept_epoch(e)),
                         "lam_end": Stat.of(e.lam_epoch.isel(epoch=-1)) if "lam_epoch" in e
                         else Stat(()),
@@ -196,6 +196,10 @@ def table_rows(ds: xr.Dataset, row_name: str | None = None) -> list[dict]:
                     for key, (attack, eps) in METRICS.items():
                         value, found = _at(e.robust_acc, attack, eps)
                         row[key], row[f"{key}_eps"] = Stat.of(value), found
+                    value, found = (_at(e[CERTIFIED].expand_dims(attack=["certified"]),
+                                        "certified", 2.0) if CERTIFIED in e
+                                    else (float("nan"), float("nan")))
+                    row["certified"], row["certified_eps"] = Stat.of(value), found
                     rows.append(row)
     return rows
 

@@ -75,7 +75,8 @@ def classification_table(rows: list[dict], dataset: str) -> str:
 
     Robust accuracies at the ε the authors report: Gaussian noise at their σ = 1 and at
     σ = 0.3 of our grid, PGD-ℓ2 at ε = 2 under their attack and under clipkit's; the
-    Lipschitz bracket (seed means); a certified-accuracy column when the results have one.
+    Lipschitz bracket (seed means); the certified ℓ2 accuracy at ε = 2 when the results
+    have it.
     """
     from clipkit.paper.verdicts import AUTHORS_MNIST
 
@@ -96,7 +97,7 @@ def classification_table(rows: list[dict], dataset: str) -> str:
             r["setting"], r["row"], str(r["seeds"]), lam, r["epoch"].num(), r["clean"].pct(),
             _eps_note(r, "noise_1", 1.0), _eps_note(r, "noise_03", 0.3),
             _eps_note(r, "pgd_authors", 2.0), _eps_note(r, "pgd", 2.0),
-            *([r["certified"].pct()] if certified else []),
+            *([_eps_note(r, "certified", 2.0)] if certified else []),
             f"[{r['lip_lower'].num()}, {r['lip_upper'].num()}]",
             " / ".join(f"{100 * v:.1f}" for v in authors) if authors else "",
         ])

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 
-from clipkit.paper.rows import AGREE_TOL, GAIN_TOL, Change, Stat
+import xarray as xr
+
+from clipkit.paper.rows import AGREE_TOL, CERTIFIED, GAIN_TOL, Change, Stat
 
 __all__ = [
     "AUTHORS_MNIST",
     "CHANCE",
     "attack_dependence",
+    "certified_order",
     "comparison",
     "gains",
     "goal_rows",
@@ -32,6 +35,10 @@ AUTHORS_MNIST = {
 }
 #: a seed whose clean accuracy is at most this is "at chance" (10 classes: 0.1, plus 5 points)
 CHANCE = 0.15
+#: accuracies are fractions of the same points; beyond rounding, an excess is a bug
+ORDER_TOL = 1e-9
+#: the ℓ2 attacks certified accuracy is compared with
+L2_ATTACKS = {"pgd_l2": "clipkit's PGD-ℓ2", "pgd_l2_authors": "the authors' PGD-ℓ2"}
 ATTACKS = {"pgd_authors": "the authors' PGD-ℓ2", "pgd": "clipkit's PGD-ℓ2"}
 TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 
@@ -180,3 +187,45 @@ def comparison(rows: list[dict]) -> str:
     if goals:
         parts += ["### The two goal accuracies", ""] + goals
     return "\n".join(parts)
+
+
+def certified_order(ds: xr.Dataset, tol: float = ORDER_TOL) -> str:
+    """The check certified ≤ PGD-ℓ2 ≤ clean accuracy on every run of a classification sweep.
+
+    Per run (every combination of the swept dims and λ) and every ε where both exist:
+    ``certified_acc`` ≤ ``robust_acc`` under each PGD-ℓ2 attack ≤ the clean accuracy on
+    the same evaluation images (``robust_acc`` at ε = 0; ``clean_acc`` without it), within
+    ``tol``. A certificate covers the whole ball, so a certified point can not be broken by
+    an attack: any excess is a bug. Returns the sentence ("" without certified results).
+    """
+    if CERTIFIED not in ds or "attack" not in ds.dims:
+        return ""
+    attacks = [a for a in L2_ATTACKS if a in ds.attack.values]
+    clean = (ds.robust_acc.sel(eps=0.0).max("attack") if 0.0 in ds.eps.values
+             else ds.clean_acc)
+    parts = {"certified": ds[CERTIFIED], "clean": clean,
+             **{a: ds.robust_acc.sel(attack=a, drop=True) for a in attacks}}
+    frame = xr.Dataset(parts).reset_coords(drop=True).to_dataframe()
+    frame = frame[frame["certified"].notna()]
+    run_levels = [n for n in frame.index.names if n != "eps"]
+    n = len(frame.index.droplevel("eps").unique()) if run_levels else int(len(frame) > 0)
+    if not n:
+        return ""
+    bad, where = [], set()
+    for a in attacks:
+        for low, high, what in (("certified", a, f"certified > {L2_ATTACKS[a]}"),
+                                (a, "clean", f"{L2_ATTACKS[a]} > clean")):
+            hit = frame[frame[low] > frame[high] + tol]
+            for idx, row in hit.iterrows():
+                idx = idx if isinstance(idx, tuple) else (idx,)
+                at = dict(zip(frame.index.names, idx, strict=True))
+                where.add(tuple(v for k, v in at.items() if k != "eps"))
+                bad.append(f"{what} ({', '.join(f'{k} {v}' for k, v in at.items())}: "
+                           f"{_p(row[low])} % > {_p(row[high])} %)")
+    what = (f"certified ≤ PGD-ℓ2 ({' and '.join(L2_ATTACKS[a] for a in attacks)}) ≤ clean "
+            f"accuracy, at every ε of the PGD-ℓ2 grids, on the same evaluation images")
+    if not bad:
+        return f"Check: {what}: holds on all {n} runs with a certified accuracy.\n"
+    return (f"**Check failed**: {what}: violated on {len(where)} of {n} runs, which points "
+            f"to a bug in a certificate or an attack: {'; '.join(bad[:4])}"
+            + (f"; and {len(bad) - 4} more" if len(bad) > 4 else "") + ".\n")

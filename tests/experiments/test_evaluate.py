@@ -60,6 +60,54 @@ def test_a_classification_result_has_the_documented_variables(images):
     assert bool((ds.lip_lower <= ds.lip_upper * (1 + 1e-9)).all())
     assert "60 test images" in ds.clean_acc.attrs["description"]
     assert "WeightDecay" in ds.attrs["method_config"] and ds.attrs["bracket_notes"].count("|") == 1
+    # certified accuracy: at the PGD-ℓ2 radii only, clean at ε = 0, never above PGD
+    assert ds.certified_acc.dims == ("lam", "eps")
+    assert bool(ds.certified_acc.sel(eps=0.2).isnull().all())
+    np.testing.assert_allclose(ds.certified_acc.sel(eps=0.0),
+                               ds.robust_acc.sel(attack="pgd_l2", eps=0.0))
+    assert bool((ds.certified_acc.sel(eps=0.5)
+                 <= ds.robust_acc.sel(attack="pgd_l2", eps=0.5) + 1e-12).all())
+    assert "bracket upper" in ds.attrs["certified_notes"]
+    assert "√2·L·ε" in ds.certified_acc.attrs["description"]
+
+
+def antipodal_linear(seed: int = 0) -> torch.nn.Module:
+    """Two logits ±(w·x + c): √2·‖W‖₂ = ‖w_1 − w_0‖, so the global margin bound is exact."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    with torch.no_grad():
+        net[1].weight[0] = -net[1].weight[1]
+        net[1].bias[0] = -net[1].bias[1]
+    return net.eval()
+
+
+@pytest.mark.parametrize("how", ["global", "local"])
+def test_certified_accuracy_of_a_linear_classifier_is_the_distance_to_its_boundary(images, how):
+    net = antipodal_linear()
+    x, y = images
+    w, c = net[1].weight[1].detach().double(), float(net[1].bias[1])
+    s = x.flatten(1).double() @ w + c
+    right = (s > 0) == (y == 1)
+    radius = torch.where(right, s.abs() / w.norm(), torch.zeros_like(s))
+    grid = [0.0, 0.02, 0.05, 0.1]
+    assert float((radius[:, None] - torch.tensor(grid[1:])).abs().min()) > 1e-6
+    ds = ck.evaluate.evaluate_classifier(net, images, eval_data=images, bracket_steps=2,
+                                         attacks={"pgd_l2": grid}, pgd_steps=2, certified=how)
+    expected = [float(right.double().mean())] + [float((radius > e).double().mean())
+                                                  for e in grid[1:]]
+    np.testing.assert_allclose(ds.certified_acc.values, expected, atol=1e-12)
+    assert expected[1] > expected[-1] > 0  # the grid tells radii apart
+
+
+def test_certified_accuracy_can_be_turned_off_and_bad_choices_are_named(images):
+    net = antipodal_linear()
+    ds = ck.evaluate.evaluate_classifier(net, images, eval_data=images, bracket_steps=2,
+                                         attacks={"pgd_l2": [0.0, 0.1]}, pgd_steps=2,
+                                         certified="none")
+    assert bool(ds.certified_acc.isnull().all()) and ds.attrs["certified_note"] == "not computed"
+    with pytest.raises(ValueError, match="certified must be one of 'global', 'local'"):
+        ck.evaluate.evaluate_classifier(net, images, eval_data=images, attacks={},
+                                        certified="tight")
 
 
 def test_a_regression_result_concatenates_methods_and_keeps_the_data():

@@ -42,6 +42,9 @@ def point(dataset: str, last: bool, method: str, seed: int, acc: dict[str, float
          "robust_acc": (("lam", "attack", "eps"), robust),
          "lip_lower": (("lam",), [1.0]), "lip_upper": (("lam",), [2.0])},
         coords={"lam": [lam], "epoch": epochs, "attack": ATTACKS, "eps": EPS})
+    if "certified" in acc:  # at the PGD-ℓ2 radii 0 and 2, as evaluate_classifier writes it
+        ds["certified_acc"] = (("lam", "eps"), [[acc["clean"], np.nan, np.nan,
+                                                 acc["certified"]]])
     ds.attrs.update(data_source=f"{dataset}: official train / test split",
                     train_images=900, validation_images=100,
                     method_config=json.dumps({"method": "CLIP" if method == "clip"
@@ -130,3 +133,36 @@ def test_stat_formats_mean_and_sd_over_finite_seeds():
     s = Stat.of(np.array([0.5, np.nan, 0.7]))
     assert s.n == 2 and s.pct() == "60.0 ± 14.1" and Stat((0.5,)).pct() == "50.0"
     assert Stat(()).pct() == "–"
+
+
+def certified(per_seed: list[dict], values: list[float]) -> list[dict]:
+    return [{**acc, "certified": v} for acc, v in zip(per_seed, values, strict=True)]
+
+
+def test_certified_accuracy_fills_its_column_and_the_order_check_holds(tmp_path):
+    text = build(tmp_path, {
+        (True, "standard"): certified(seeds([0.9] * 3, [0.3] * 3, [0.1] * 3), [0.0] * 3),
+        (True, "clip"): certified(seeds([0.95] * 3, [0.7] * 3, [0.3] * 3), [0.1, 0.2, 0.3]),
+        **corrected()})
+    table = (tmp_path / "paper" / "tables" / "table_mnist.md").read_text()
+    assert "certified ε=2 %" in table and "| 20.0 ± 10.0 |" in table
+    assert "≤ clean accuracy, at every ε of the PGD-ℓ2 grids, on the same evaluation " \
+        "images: holds on all 6 runs with a certified accuracy." in text
+    assert "Check failed" not in text
+
+
+def test_a_certified_accuracy_above_an_attack_fails_the_check_and_names_the_run(tmp_path):
+    text = build(tmp_path, {
+        (True, "standard"): certified(seeds([0.9] * 3, [0.3] * 3, [0.1] * 3), [0.0] * 3),
+        (True, "clip"): certified(seeds([0.95] * 3, [0.7] * 3, [0.3] * 3), [0.1, 0.2, 0.5]),
+        **corrected()})
+    assert "**Check failed**" in text and "violated on 1 of 6 runs" in text
+    # the third CLIP seed: 50 % certified against 30 % under clipkit's PGD (not the authors')
+    assert "certified > clipkit's PGD-ℓ2 (" in text and "seed 2" in text
+    assert "50.0 % > 30.0 %" in text and "certified > the authors' PGD-ℓ2" not in text
+
+
+def test_without_certified_results_there_is_no_column_and_no_check(tmp_path):
+    text = build(tmp_path, {(True, "standard"): seeds([0.9] * 2, [0.3] * 2, [0.1] * 2),
+                            (True, "clip"): seeds([0.95] * 2, [0.7] * 2, [0.3] * 2)})
+    assert "certified ε=2" not in text and "Check" not in text

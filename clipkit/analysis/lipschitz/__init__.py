@@ -14,7 +14,10 @@ Upper bounds (need the model to be a (nested) ``nn.Sequential`` of supported lay
   * ``layer_norms`` / product: Lip(f) <= prod_l Lip(layer_l), each layer's l2 operator norm on
     the actual input shape;
   * ``merged_upper_bound``: for MLPs, a bound that merges the linear maps around each
-    activation (always <= the product).
+    activation (always <= the product);
+  * ``lipsdp_upper_bound``: for MLPs, the LipSDP-neuron semidefinite certificate (L-BFGS
+    multipliers, or ECLipsE-Fast's closed form, verified in float64); ``local_upper_bound``
+    the same on an l2 ball, with each neuron's slopes restricted to their range there.
 
 What "upper" certifies: Linear and BatchNorm norms are exact (float64 eigenvalues), max-pool
 and activation constants are exact formulas. Conv and average-pool norms come from Lanczos
@@ -27,11 +30,15 @@ start (see ``operator_norm``). A relative 1e-9 slack covers float64 rounding.
 piecewise-linear networks (and a stated-as-such grid value for smooth 1-D networks).
 
 Modules: ``estimate`` (the result types), ``structure`` (supported layers, activation slope
-intervals), ``upper``, ``lower``, ``exact``, ``bracket``. The mathematics behind each bound
-is in ``docs/lipschitz.md``.
+intervals), ``upper``, ``lower``, ``exact``, ``bracket``; for the LipSDP certificate
+``chain`` (an MLP as affine / elementwise chain), ``lmi`` (the matrix inequality and its
+verification), ``eclipse`` (closed-form multipliers), ``lbfgs`` (optimised multipliers),
+``slopes`` (slope intervals on intervals and balls), ``sdp`` (the public bounds).
+The mathematics behind each bound is in ``docs/lipschitz.md``.
 """
 
 from clipkit.analysis.lipschitz.bracket import bracket
+from clipkit.analysis.lipschitz.chain import MLPChain, mlp_chain, require_chain
 from clipkit.analysis.lipschitz.estimate import (
     Bracket,
     Estimate,
@@ -39,7 +46,15 @@ from clipkit.analysis.lipschitz.estimate import (
     UnsupportedModuleError,
 )
 from clipkit.analysis.lipschitz.exact import exact
+from clipkit.analysis.lipschitz.lmi import Certificate, CertificateError
 from clipkit.analysis.lipschitz.lower import jacobian_norms, quotient_search, random_quotients
+from clipkit.analysis.lipschitz.sdp import (
+    lipsdp_upper_bound,
+    local_upper_bound,
+    sdp_estimate,
+    solve,
+)
+from clipkit.analysis.lipschitz.slopes import local_slopes, slope_range
 from clipkit.analysis.lipschitz.structure import activation_slopes
 from clipkit.analysis.lipschitz.upper import (
     layer_norms,
@@ -50,8 +65,11 @@ from clipkit.analysis.lipschitz.upper import (
 
 __all__ = [
     "Bracket",
+    "Certificate",
+    "CertificateError",
     "Estimate",
     "LayerBound",
+    "MLPChain",
     "UnsupportedModuleError",
     "activation_slopes",
     "bracket",
@@ -59,8 +77,16 @@ __all__ = [
     "jacobian_norms",
     "layer_norms",
     "lipschitz_upper",
+    "lipsdp_upper_bound",
+    "local_slopes",
+    "local_upper_bound",
     "merged_upper_bound",
+    "mlp_chain",
     "operator_norm",
     "quotient_search",
     "random_quotients",
+    "require_chain",
+    "sdp_estimate",
+    "slope_range",
+    "solve",
 ]

@@ -14,6 +14,7 @@ from clipkit.analysis.lipschitz.lower import (
     quotient_search,
     random_quotients,
 )
+from clipkit.analysis.lipschitz.sdp import sdp_estimate
 from clipkit.analysis.lipschitz.structure import (
     check_batch_size,
     check_samples,
@@ -40,13 +41,17 @@ def bracket(
     lanczos_iters: int = 100,
     delta: float = 1e-6,
     domain: tuple[float, float] | None = None,
+    sdp: bool = True,
+    sdp_iters: int = 300,
 ) -> Bracket:
     """Bracket Lip(model) (eval mode, l2 on flattened tensors) from the samples ``x``.
 
     lower = max(quotient search, max_i sigma_max(J(x_i)), random quotients);
-    upper = min(product of layer norms, merged MLP bound when the model is an MLP).
-    Both bound the global constant (over all inputs); ``domain`` only keeps the search's pairs
-    in a box (e.g. the image range), which still gives a valid lower bound.
+    upper = min(product of layer norms, and when the model is an MLP the merged bound and the
+    LipSDP-neuron certificate, ``sdp``). A LipSDP solve that yields no verified certificate
+    is listed as a ``"skipped"`` estimate (NaN, status in its note), never used. Both bound
+    the global constant (over all inputs); ``domain`` only keeps the search's pairs in a box
+    (e.g. the image range), which still gives a valid lower bound.
 
     Args:
         model: a (nested) nn.Sequential of supported layers (see ``layer_norms``).
@@ -57,6 +62,9 @@ def bracket(
         directions: random directions per sample and radius, for ``random_quotients``.
         jacobian, jacobian_iters: method and power iterations for ``jacobian_norms``.
         lanczos_iters, delta: iterations and failure probability for conv/pool layer norms.
+        sdp, sdp_iters: compute the LipSDP-neuron certificate for MLPs, with this L-BFGS
+            budget per sharpness stage (784-200-80-10: seconds on one core; fewer iterations
+            give a looser bound, never an uncertified one).
     """
     check_samples(x)
     check_batch_size(batch_size)
@@ -74,6 +82,10 @@ def bracket(
     merged = merged_upper_bound(model, tuple(x.shape[1:]))
     if merged is not None:
         estimates.append(_timed(merged, t0))
+    if sdp:
+        sdp_est = sdp_estimate(model, tuple(x.shape[1:]), iters=sdp_iters)
+        if sdp_est is not None:
+            estimates.append(sdp_est)
 
     t0 = time.perf_counter()
     sig = jacobian_norms(model, x, batch_size=batch_size, method=jacobian,

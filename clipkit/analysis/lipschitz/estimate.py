@@ -16,8 +16,8 @@ class Estimate:
 
     Attributes:
         value: the number.
-        kind: ``"lower"``, ``"upper"``, ``"exact"`` or ``"grid"`` (a fine-grid value, no
-            certificate).
+        kind: ``"lower"``, ``"upper"``, ``"exact"``, ``"grid"`` (a fine-grid value, no
+            certificate) or ``"skipped"`` (no value: the method failed; NaN, reason in note).
         method: how it was obtained.
         iterations: ascent steps / power or Lanczos iterations / grid points (0 if none).
         seed: seed of the torch.Generator used (None if deterministic).

@@ -1,0 +1,130 @@
+"""ck.certify: certified radii of linear classifiers (closed form), and certified <=
+PGD <= clean accuracy on small trained networks."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import clipkit as ck
+from clipkit import certify
+from clipkit.analysis.attacks import PGD
+
+
+def linear_classifier(seed: int, d: int = 5, classes: int = 2) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, classes))
+
+
+def points(seed: int, n: int = 200, d: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = torch.randint(0, 2, (n,), generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_linear_binary_classifier_radius_is_the_distance_to_the_boundary(seed):
+    """f = Wx + b with two logits: the margin f_y - f_j = w.x + c is affine with gradient
+    w = w_y - w_j, so the l2 distance to the decision boundary |w.x + c| / ||w|| is exactly
+    the largest certifiable radius, for correctly classified points."""
+    net = linear_classifier(seed)
+    x, y = points(seed)
+    W, b = net[1].weight.detach().double(), net[1].bias.detach().double()
+    w, c = W[1] - W[0], b[1] - b[0]
+    s = x.double() @ w + c  # > 0: class 1
+    right = (s > 0) == (y == 1)
+    true = torch.where(right, s.abs() / w.norm(), torch.zeros_like(s))
+    L = certify.margin_bounds(net, (5,))
+    r = certify.certified_radius(net, (x, y), L)
+    assert torch.allclose(r, true, rtol=1e-8, atol=1e-8)  # the logits' rounding margin
+    assert bool((r <= true * (1 + 1e-12)).all())  # never more than the truth
+    # the global sqrt(2) ||W|| route is valid but looser
+    r2 = certify.certified_radius(net, (x, y), float(torch.linalg.matrix_norm(W, ord=2)))
+    assert bool((r2 <= r * (1 + 1e-12)).all())
+    # accuracy over eps counts exactly the points whose true radius exceeds eps
+    eps = [0.0, 0.1, 0.3, 0.6, 1.0]
+    for bound in ("global", "local"):
+        acc = certify.certified_accuracy(net, (x, y), eps, bound=bound, pairwise=True)
+        ref = [float(right.double().mean())] + [float((true > e + 1e-8).double().mean())
+                                                 for e in eps[1:]]
+        assert not bool(((true - torch.tensor(eps[1:])[:, None]).abs() < 1e-7).any())
+        assert acc.values.tolist() == pytest.approx(ref, abs=1e-12)
+        assert acc.attrs["clean_accuracy"] == pytest.approx(ref[0])
+
+
+def test_linear_multiclass_pairwise_bounds_are_the_exact_pair_norms():
+    net = linear_classifier(4, d=6, classes=4)
+    W = net[1].weight.detach().double()
+    L = certify.margin_bounds(net, (6,))
+    for a in range(4):
+        for b in range(4):
+            ref = 0.0 if a == b else float((W[a] - W[b]).norm())
+            assert float(L[a, b]) == pytest.approx(ref, rel=1e-8)
+            assert float(L[a, b]) >= ref
+
+
+@pytest.fixture(scope="module")
+def trained():
+    g = torch.Generator().manual_seed(0)
+    n = 600
+    x = torch.randn(n, 2, generator=g)
+    y = (x[:, 0] * x[:, 1] > 0).long() + (x[:, 0] > 1).long()  # 3 classes
+    net = ck.models.mlp([2, 16, 16, 3], activation="sigmoid", seed=0)
+    ck.fit(net, (x, y), ck.Standard(), epochs=30, lr=0.01, seed=0, progress=False)
+    return net.eval(), (x[:150], y[:150])
+
+
+@pytest.mark.parametrize("bound", ["global", "local"])
+def test_certified_below_pgd_below_clean(trained, bound):
+    net, (x, y) = trained
+    eps = [0.0, 0.05, 0.1, 0.2, 0.4]
+    cert = certify.certified_accuracy(net, (x, y), eps, bound=bound)
+    pgd = ck.attacks.robust_accuracy(net, (x, y), PGD(eps=0.0, norm="l2", steps=40,
+                                                       clamp=None), eps)
+    clean = pgd.attrs["clean_accuracy"]
+    # (the attack's clean accuracy is a float32 mean)
+    assert cert.attrs["clean_accuracy"] == pytest.approx(clean, abs=1e-6)
+    assert cert.values[0] == pytest.approx(clean, abs=1e-6)
+    assert bool((cert.values <= pgd.values + 1e-12).all())
+    assert bool((pgd.values <= clean + 1e-6).all())
+    assert bool((cert.values[1:] <= cert.values[:-1]).all())  # monotone in eps
+    assert cert.values[1] > 0  # it does certify something
+
+
+def test_local_certifies_at_least_global_and_no_certified_point_is_broken(trained):
+    net, (x, y) = trained
+    e = 0.1
+    loc = certify.certified_accuracy(net, (x, y), [e], bound="local")
+    glob = certify.certified_accuracy(net, (x, y), [e], bound="global")
+    assert loc.values[0] >= glob.values[0]
+    # pointwise: a strong PGD never breaks a globally certified point
+    L = certify.margin_bounds(net, (2,))
+    r = certify.certified_radius(net, (x, y), L)
+    safe = r > e
+    xa = PGD(eps=e, norm="l2", steps=100, clamp=None)(net, x[safe], y[safe])
+    with torch.no_grad():
+        assert bool((net(xa).argmax(1) == y[safe]).all())
+
+
+def test_given_bound_works_for_any_model_and_bad_inputs_are_named():
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    x = torch.rand(20, 1, 6, 6)
+    y = torch.randint(0, 3, (20,))
+    upper = ck.lipschitz.lipschitz_upper(cnn, (1, 6, 6))[0].value
+    acc = certify.certified_accuracy(cnn, (x, y), [0.0, 0.01], bound=upper)
+    assert acc.attrs["bound"] == "given" and 0 <= acc.values[1] <= acc.values[0]
+    with pytest.raises(ValueError, match="MLPs only"):
+        certify.certified_accuracy(cnn, (x, y), [0.1], bound="global")
+    with pytest.raises(ValueError, match="eps"):
+        certify.certified_accuracy(cnn, (x, y), 0.1, bound=upper)
+    with pytest.raises(ValueError, match="eps"):
+        certify.certified_accuracy(cnn, (x, y), [-1.0], bound=upper)
+    with pytest.raises(ValueError, match="bound"):
+        certify.certified_accuracy(cnn, (x, y), [0.1], bound="tight")
+    with pytest.raises(ValueError, match="bound"):
+        certify.certified_accuracy(cnn, (x, y), [0.1], bound=math.inf)
+    with pytest.raises(ValueError, match="data"):
+        certify.certified_accuracy(cnn, (x, y[:5]), [0.1], bound=upper)

@@ -256,6 +256,43 @@ def test_quotient_search_improves_on_its_start_and_is_reproducible():
     assert q1 == pytest.approx(float(direct), rel=1e-12)
 
 
+def test_jacobian_ascent_of_a_linear_map_is_its_spectral_norm():
+    W = torch.randn(3, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    net = nn.Linear(7, 3).double()
+    with torch.no_grad():
+        net.weight.copy_(W)
+    x = torch.randn(2, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got = lipschitz.jacobian_ascent(net, x, steps=5)
+    torch.testing.assert_close(got, torch.linalg.matrix_norm(W, ord=2).expand(2), rtol=1e-12,
+                               atol=0)
+
+
+def test_jacobian_ascent_climbs_to_the_steepest_slope_of_a_smooth_1d_net():
+    """Oracle: sup |f'| on a fine grid of [-1, 1] (the net is smooth, f: R -> R)."""
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
+    t = torch.linspace(-1, 1, 20_001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        y = float64_copy(net)(t)[:, 0]
+    slopes = ((y[1:] - y[:-1]) / (t[1:, 0] - t[:-1, 0])).abs()
+    starts = torch.tensor([[-0.9], [-0.3], [0.3], [0.9]])
+    before = lipschitz.jacobian_norms(float64_copy(net), starts.double())
+    got = lipschitz.jacobian_ascent(net, starts, steps=300, lr=0.02, domain=(-1.0, 1.0))
+    assert bool((got >= before - 1e-12).all())  # the ascent never ends lower than it started
+    assert float(got.max()) <= float(slopes.max()) * (1 + 1e-6)  # attained in the domain
+    assert float(got.max()) == pytest.approx(float(slopes.max()), rel=1e-3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_jacobian_ascent_stays_below_the_certified_upper_bound(seed):
+    model = tiny_mlp(seed, "sigmoid")
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(seed))
+    b = lipschitz.bracket(model, x, seed=seed)
+    asc = [e for e in b.estimates if e.method == "Jacobian-norm ascent"]
+    assert len(asc) == 1 and asc[0].kind == "lower"
+    assert asc[0].value <= b.upper * (1 + 1e-9) and b.lower >= asc[0].value
+
+
 def test_bracket_repr_and_provenance():
     model = tiny_mlp(0, "relu")
     b = lipschitz.bracket(model, torch.randn(16, 5), seed=3, **FAST)
@@ -348,6 +385,8 @@ def test_batchnorm_without_running_stats_is_an_error():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(batch_size=0), "batch_size"),
     (dict(pairs=0), "pairs"),
+    (dict(ascent_steps=-1), "ascent_steps"),
+    (dict(ascent_starts=0), "ascent_starts"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -6,6 +6,7 @@ eval mode (BatchNorm uses its running statistics, Dropout is the identity).
 Lower bounds (every one is attained by some input, so it can never exceed Lip(f)):
   * ``quotient_search``  adversarial difference-quotient search (CLIP's pair ascent, run long);
   * ``jacobian_norms``   sigma_max(J_f(x)) at the samples (torch.func);
+  * ``jacobian_ascent``  sigma_max(J_f(x)) after Adam ascent on x from a few samples;
   * ``random_quotients`` quotients of random perturbations of the samples.
 The values reported are re-evaluated in float64, so float32 cancellation in f(u) - f(v) for close
 pairs can not inflate a lower bound.
@@ -47,7 +48,12 @@ from clipkit.analysis.lipschitz.estimate import (
 )
 from clipkit.analysis.lipschitz.exact import exact
 from clipkit.analysis.lipschitz.lmi import Certificate, CertificateError
-from clipkit.analysis.lipschitz.lower import jacobian_norms, quotient_search, random_quotients
+from clipkit.analysis.lipschitz.lower import (
+    jacobian_ascent,
+    jacobian_norms,
+    quotient_search,
+    random_quotients,
+)
 from clipkit.analysis.lipschitz.sdp import (
     lipsdp_upper_bound,
     local_upper_bound,
@@ -74,6 +80,7 @@ __all__ = [
     "activation_slopes",
     "bracket",
     "exact",
+    "jacobian_ascent",
     "jacobian_norms",
     "layer_norms",
     "lipschitz_upper",

@@ -179,7 +179,7 @@ def _run_lines(runs: Path, profile: str, data: dict[str, xr.Dataset | None]) -> 
 
 def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
           commands: dict[str, str] | None = None, timings: dict[str, float] | None = None,
-          total_seconds: float | None = None) -> Path:
+          total_seconds: float | None = None, earlier: dict[str, int] | None = None) -> Path:
     """Regenerate ``paper/figures``, ``paper/tables`` and ``paper/README.md`` from the sweeps.
 
     Args:
@@ -189,6 +189,8 @@ def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
         commands: the command that ran each sweep (for the report).
         timings: seconds each sweep took.
         total_seconds: the whole reproduction's wall time.
+        earlier: per sweep, the points an earlier (interrupted) invocation had finished:
+            then the times above are this invocation's only, and the report says so.
 
     Returns the report's path.
     """
@@ -198,17 +200,26 @@ def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
     tabs.mkdir(parents=True, exist_ok=True)
     figs = _Figures(paper)
     data = {name: runinfo.load_sweep(runs, name) for name in SPECS}
-    commands, timings = commands or {}, timings or {}
+    commands, timings, earlier = commands or {}, timings or {}, earlier or {}
 
     def cmd(name: str) -> str:
         c = commands.get(name, f"clipkit sweep paper/{name}.yaml --profile {profile}")
-        s = timings.get(name)
-        return f"`{c}`" + (f" ({s:.0f} s)" if s is not None else "")
+        s, k = timings.get(name), earlier.get(name, 0)
+        resumed = f"; {k} points finished by an earlier invocation" if k else ""
+        return f"`{c}`" + (f" ({s:.0f} s{resumed})" if s is not None else "")
+
+    wall = "not recorded"
+    if total_seconds is not None:
+        wall = f"{total_seconds / 60:.1f} min"
+        if sum(earlier.values()):
+            wall += (f" for this invocation, which resumed an interrupted one "
+                     f"({sum(earlier.values())} points were finished before it; the device "
+                     "line's computing time counts every run)")
 
     classification, found = _classification(data["table"], data["table_goal97"], figs, tabs)
     fill = {
         "profile": profile, "version": __version__, "python": platform.python_version(),
-        "wall": f"{total_seconds / 60:.1f} min" if total_seconds is not None else "not recorded",
+        "wall": wall,
         "run_lines": _run_lines(runs, profile, data),
         "theory": _theory(data["theory"], figs, tabs) if data["theory"] is not None else NOT_RUN,
         "regression": (_regression(data["regression"], figs, tabs)

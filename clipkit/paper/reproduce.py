@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace, names: list[str], paper: Path, runs: Path) ->
 
     workers = args.workers or max(2, len(sweep.visible_gpus()))
     start = time.perf_counter()
-    timings, commands, failed = {}, {}, {}
+    timings, commands, failed, earlier = {}, {}, {}, {}
     print(f"clipkit reproduce: {len(names)} sweeps, profile {args.profile!r}, "
           f"{workers} workers -> {runs}", flush=True)
     for name in names:
@@ -149,6 +149,7 @@ def _run(args: argparse.Namespace, names: list[str], paper: Path, runs: Path) ->
         summary = sweep.run(spec, profile=args.profile, workers=workers, out=runs / name,
                             progress=not args.no_progress)
         timings[name] = time.perf_counter() - t0
+        earlier[name] = len(summary.skipped)  # finished by an earlier, interrupted invocation
         print(f"  {name}: {summary.line()}", flush=True)
         if summary.failed:
             failed[name] = "; ".join(f"{k}: {v}" for k, v in summary.failed.items())
@@ -167,7 +168,7 @@ def _run(args: argparse.Namespace, names: list[str], paper: Path, runs: Path) ->
         print(f"runs:    {runs} (rerun to finish; finished points are skipped)")
         return 1
     path = _build_report(runs, paper, profile=args.profile, commands=commands,
-                         timings=timings, total_seconds=total)
+                         timings=timings, total_seconds=total, earlier=earlier)
     print(f"\nreproduction finished in {total / 60:.1f} min")
     print(f"figures: {paper / 'figures'}")
     print(f"tables:  {paper / 'tables'}")

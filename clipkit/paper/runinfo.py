@@ -64,14 +64,14 @@ def device_lines(prov: dict, profile: str) -> list[str]:
     gpu = any(d.startswith("cuda") for d in devices)
     lines = [f"* device: **{where}**; {prov['runs']} finished runs computed for "
              f"{prov['seconds'] / 60:.1f} min in all (from the result files' provenance)."]
-    others = {"paper": "the CPU profile (a few hours)",
-              "full": "paper scale (full data sets, 100 epochs, 3 seeds, the authors' 500 "
-                      f"pairs) on a GPU{'' if gpu else '; these runs used none'}"}
+    others = {"paper": "full data sets, 3 seeds, on a CPU: a few hours",
+              "full": "paper scale: full data sets, 100 epochs, 3 seeds, the authors' 500 "
+                      f"pairs, on a GPU{'' if gpu else ' (these runs had none)'}"}
     others.pop(profile, None)
     if others:
         lines.append(
             "* Not run for this report, so none of their numbers are here: "
-            + "; ".join(f"the `{p}` profile, {what}" for p, what in others.items())
+            + "; ".join(f"the `{p}` profile ({what})" for p, what in others.items())
             + ". Run one with `clipkit reproduce --profile NAME`; the settings are in "
             "`paper/*.yaml`.")
     return lines

@@ -257,5 +257,12 @@ def test_report_builds_figures_tables_and_readme(tmp_path, theory, classificatio
     # the device sentence comes from the runs' provenance (these ran on the CPU)
     minutes = (theory.attrs["wall_time"] + 2 * ds.attrs["wall_time"]) / 60
     assert f"device: **cpu**; 3 finished runs computed for {minutes:.1f} min" in text
-    assert "on a GPU; these runs used none" in text
+    assert "on a GPU (these runs had none)" in text
+    assert "whole reproduction: not recorded" in text
+    # a resumed reproduction says that its times are this invocation's only
+    text = report.build(runs, tmp_path / "paper", profile="quick", total_seconds=90.0,
+                        timings={"theory": 3.0}, earlier={"theory": 1}).read_text()
+    assert ("whole reproduction: 1.5 min for this invocation, which resumed an interrupted "
+            "one (1 points were finished before it") in text
+    assert "(3 s; 1 points finished by an earlier invocation)" in text
     assert "What the **quick** profile ran" in text and "**table** (1 runs)" in text

@@ -189,7 +189,7 @@ def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
         commands: the command that ran each sweep (for the report).
         timings: seconds each sweep took.
         total_seconds: the whole reproduction's wall time.
-        earlier: per sweep, the points an earlier (interrupted) invocation had finished:
+        earlier: per sweep, the points an earlier invocation had finished (skipped now):
             then the times above are this invocation's only, and the report says so.
 
     Returns the report's path.
@@ -212,9 +212,9 @@ def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
     if total_seconds is not None:
         wall = f"{total_seconds / 60:.1f} min"
         if sum(earlier.values()):
-            wall += (f" for this invocation, which resumed an interrupted one "
-                     f"({sum(earlier.values())} points were finished before it; the device "
-                     "line's computing time counts every run)")
+            wall += (f" for this invocation; {sum(earlier.values())} points had been "
+                     "finished by an earlier one (the device line's computing time counts "
+                     "every run)")
 
     classification, found = _classification(data["table"], data["table_goal97"], figs, tabs)
     fill = {

@@ -262,7 +262,7 @@ def test_report_builds_figures_tables_and_readme(tmp_path, theory, classificatio
     # a resumed reproduction says that its times are this invocation's only
     text = report.build(runs, tmp_path / "paper", profile="quick", total_seconds=90.0,
                         timings={"theory": 3.0}, earlier={"theory": 1}).read_text()
-    assert ("whole reproduction: 1.5 min for this invocation, which resumed an interrupted "
-            "one (1 points were finished before it") in text
+    assert ("whole reproduction: 1.5 min for this invocation; 1 points had been finished "
+            "by an earlier one") in text
     assert "(3 s; 1 points finished by an earlier invocation)" in text
     assert "What the **quick** profile ran" in text and "**table** (1 runs)" in text

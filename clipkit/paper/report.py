@@ -156,9 +156,9 @@ def _tradeoff(to: xr.Dataset, figs: _Figures, tabs: Path) -> str:
     (tabs / "tradeoff.md").write_text(table)
     check = verdicts.certified_order(to)
     return figs.draw("tradeoff", lambda: plots.tradeoff(d, attack="pgd_l2"),
-                     "Clean accuracy, PGD-ℓ2 and certified ℓ2 accuracy at the largest ε and "
-                     "the Lipschitz bracket against λ (CLIP, authors' preset, corrected "
-                     "model).") + table + (f"\n{check}" if check else "")
+                     "Clean accuracy and PGD-ℓ2 accuracy at the largest ε, certified ℓ2 "
+                     "accuracy at ε = 0.1, and the Lipschitz bracket against λ (CLIP, "
+                     "authors' preset, corrected model).") + table + (f"\n{check}" if check else "")
 
 
 def _run_lines(runs: Path, profile: str, data: dict[str, xr.Dataset | None]) -> str:

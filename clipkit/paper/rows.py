@@ -17,6 +17,7 @@ import xarray as xr
 __all__ = [
     "AGREE_TOL",
     "CERTIFIED",
+    "CERTIFIED_EPS",
     "GAIN_TOL",
     "METRICS",
     "ROW_NAMES",
@@ -34,6 +35,9 @@ AGREE_TOL = 0.05
 #: the certified ℓ2 robust accuracy over ε (``evaluate_classifier``); a column appears in
 #: the tables when the result files have it (older files do not)
 CERTIFIED = "certified_acc"
+#: the radius of the certified column: global certificates of these networks reach a few
+#: tenths of the unit at most, so at the PGD columns' ε = 2 it would read 0 everywhere
+CERTIFIED_EPS = 0.1
 ROW_NAMES = {"standard": "none", "weight_decay": "weight decay", "clip": "CLIP (goal 0.95)"}
 #: a row's robust accuracies: name -> (attack, ε)
 METRICS = {
@@ -160,7 +164,8 @@ def table_rows(ds: xr.Dataset, row_name: str | None = None) -> list[dict]:
 
     Every number is a :class:`Stat` over the seeds: ``clean``, the robust accuracies of
     :data:`METRICS` (their ε in ``<name>_eps``), ``lip_lower``, ``lip_upper``,
-    ``certified`` (:data:`CERTIFIED` at ε = 2, the PGD columns' ε; its ε in
+    ``certified`` (:data:`CERTIFIED` at :data:`CERTIFIED_EPS`, or the nearest positive ε of
+    its grid; its ε in
     ``certified_eps``; empty when the result files lack it), ``epoch`` (the tested epoch)
     and ``lam_end`` (λ of the last epoch).
     """
@@ -196,8 +201,9 @@ def table_rows(ds: xr.Dataset, row_name: str | None = None) -> list[dict]:
                     for key, (attack, eps) in METRICS.items():
                         value, found = _at(e.robust_acc, attack, eps)
                         row[key], row[f"{key}_eps"] = Stat.of(value), found
-                    value, found = (_at(e[CERTIFIED].expand_dims(attack=["certified"]),
-                                        "certified", 2.0) if CERTIFIED in e
+                    value, found = (_at(e[CERTIFIED].where(e.eps > 0)
+                                        .expand_dims(attack=["certified"]),
+                                        "certified", CERTIFIED_EPS) if CERTIFIED in e
                                     else (float("nan"), float("nan")))
                     row["certified"], row["certified_eps"] = Stat.of(value), found
                     rows.append(row)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from clipkit.paper.rows import run_of
+from clipkit.paper.rows import CERTIFIED_EPS, run_of
 
 __all__ = [
     "classification_table",
@@ -75,8 +75,8 @@ def classification_table(rows: list[dict], dataset: str) -> str:
 
     Robust accuracies at the ε the authors report: Gaussian noise at their σ = 1 and at
     σ = 0.3 of our grid, PGD-ℓ2 at ε = 2 under their attack and under clipkit's; the
-    Lipschitz bracket (seed means); the certified ℓ2 accuracy at ε = 2 when the results
-    have it.
+    Lipschitz bracket (seed means); the certified ℓ2 accuracy at ε = 0.1
+    (:data:`~clipkit.paper.rows.CERTIFIED_EPS`) when the results have it.
     """
     from clipkit.paper.verdicts import AUTHORS_MNIST
 
@@ -84,7 +84,8 @@ def classification_table(rows: list[dict], dataset: str) -> str:
     certified = any(r["certified"].n for r in mine)
     header = ["setting", "regularization", "seeds", "λ", "tested epoch", "clean %",
               "noise σ=1 %", "noise σ=0.3 %", "PGD-ℓ2 ε=2, authors' attack %",
-              "PGD-ℓ2 ε=2, clipkit's %", *(["certified ε=2 %"] if certified else []),
+              "PGD-ℓ2 ε=2, clipkit's %",
+              *([f"certified ε={CERTIFIED_EPS:g} %"] if certified else []),
               "Lip bracket", "authors' clean / noise / PGD-ℓ2 %"]
     out = []
     for r in mine:
@@ -97,7 +98,7 @@ def classification_table(rows: list[dict], dataset: str) -> str:
             r["setting"], r["row"], str(r["seeds"]), lam, r["epoch"].num(), r["clean"].pct(),
             _eps_note(r, "noise_1", 1.0), _eps_note(r, "noise_03", 0.3),
             _eps_note(r, "pgd_authors", 2.0), _eps_note(r, "pgd", 2.0),
-            *([_eps_note(r, "certified", 2.0)] if certified else []),
+            *([_eps_note(r, "certified", CERTIFIED_EPS)] if certified else []),
             f"[{r['lip_lower'].num()}, {r['lip_upper'].num()}]",
             " / ".join(f"{100 * v:.1f}" for v in authors) if authors else "",
         ])

@@ -76,7 +76,8 @@ def test_the_figures_draw_the_chosen_lines_with_their_names(grid):
     # the trade-off is over every λ of the other choices, at pgd_l2's largest ε
     assert "clean CLIP, corrected" in labels(tradeoff)
     assert "PGD-ℓ2 (ε) = 2 CLIP, corrected" in labels(tradeoff)
-    assert "certified ℓ2, ε = 2 CLIP, corrected" in labels(tradeoff)
+    # certified at the positive ε of its grid nearest 0.1 (pgd_l2 here has 1 and 2)
+    assert "certified ℓ2, ε = 1 CLIP, corrected" in labels(tradeoff)
     noise = labels(explore.figures(grid, {"attack": "noise"})[2])
     assert "Gaussian noise (σ) = 1 weight decay, published (sigmoid on logits)" in noise
     everything = explore.figures(grid)[0]  # the defaults: all methods, settings and λ

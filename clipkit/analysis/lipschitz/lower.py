@@ -98,8 +98,7 @@ def jacobian_ascent(
 
     def norms(v: Tensor) -> Tensor:
         J = torch.func.vmap(torch.func.jacrev(f1))(v).reshape(len(v), -1, v[0].numel())
-        gram = J @ J.transpose(1, 2) if J.shape[1] <= J.shape[2] else J.transpose(1, 2) @ J
-        return torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0).sqrt()
+        return _spectral_norms(J)  # differentiable in v: the ascent's objective
 
     v = starts.detach().to(device, torch.float64).clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=lr)

@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 # Tiny models run no faster on two threads, and on a loaded 2-core machine (or with the
@@ -25,11 +24,3 @@ def data_root() -> Path:
     if not (root / "fashion-mnist").is_dir() and not (root / "FashionMNIST").is_dir():
         pytest.skip(f"no image data under {root} (set CLIPKIT_DATA to run real-data tests)")
     return root
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Close the ipywidgets that tests created outside a kernel while Python still runs
-    (otherwise Widget.__del__ prints ImportError tracebacks at interpreter exit)."""
-    widgets = sys.modules.get("ipywidgets")
-    if widgets is not None:
-        widgets.Widget.close_all()

@@ -210,6 +210,21 @@ def test_classification_with_the_authors_selection_and_learning_curves(tmp_path,
     assert '"select": "authors"' in ds.attrs["config"]
 
 
+def test_classification_certifies_with_the_bound_it_is_given(tmp_path, data_root):
+    """certified = "local" (a bound per image) is one parameter away, and an unknown value
+    is named with what is accepted."""
+    import papermill
+
+    ds = results.load(execute("classification", tmp_path, data_root=str(data_root),
+                              method="standard", attacks=["pgd_l2"], certified="local",
+                              **{**TINY, "n_eval": 6, "eps_pgd_l2": [0.0, 0.1]}))
+    assert "local" in ds.attrs["certified_notes"]
+    cert = ds.certified_acc.sel(eps=0.1)
+    assert bool((cert <= ds.robust_acc.sel(attack="pgd_l2", eps=0.1) + 1e-12).all())
+    with pytest.raises(papermill.PapermillExecutionError, match="'certified' = 'exact'"):
+        execute("classification", tmp_path, data_root=str(data_root), certified="exact")
+
+
 def test_classification_rejects_unknown_and_mistyped_parameters(tmp_path, data_root):
     import papermill
 

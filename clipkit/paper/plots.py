@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from clipkit.paper.labels import LABEL_ORDER, METHOD_NAMES, line_label
-from clipkit.paper.rows import CERTIFIED_EPS, run_of
+from clipkit.paper.rows import certified_at, run_of
 
 __all__ = [
     "ATTACK_LABELS", "METHOD_NAMES", "history", "learning_curves", "line_label",
@@ -354,11 +354,10 @@ def tradeoff(ds: xr.Dataset, attack: str = "pgd_l2", eps: float | None = None) -
     curves = [(ax, ds, "clean_acc", "o-", "clean"),
               (ax, sub, "robust_acc", "s--", f"{ATTACK_LABELS.get(attack, attack)} = {eps:g}")]
     if "certified_acc" in ds and attack.startswith("pgd_l2"):
-        cert = ds.certified_acc.where(ds.eps > 0).dropna("eps", how="all")
-        if cert.sizes["eps"]:  # at the radius of the report's column (certificates are small)
-            c_eps = float(cert.eps.sel(eps=CERTIFIED_EPS, method="nearest"))
-            curves.append((ax, xr.Dataset({"certified_acc": cert.sel(eps=c_eps, drop=True)}),
-                           "certified_acc", "d-.", f"certified ℓ2, ε = {c_eps:g}"))
+        cert, c_eps = certified_at(ds.certified_acc)  # the report column's radius
+        if np.isfinite(c_eps):
+            curves.append((ax, xr.Dataset({"certified_acc": cert}), "certified_acc", "d-.",
+                           f"certified ℓ2, ε = {c_eps:g}"))
     curves += [(bx, ds, "lip_lower", "o-", "lower"), (bx, ds, "lip_upper", "v:", "upper")]
     for a, d, var, style, name in curves:
         draw = a.semilogx if a is ax else a.loglog

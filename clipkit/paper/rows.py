@@ -18,6 +18,7 @@ __all__ = [
     "AGREE_TOL",
     "CERTIFIED",
     "CERTIFIED_EPS",
+    "certified_at",
     "GAIN_TOL",
     "METRICS",
     "ROW_NAMES",
@@ -148,6 +149,13 @@ def _at(da: xr.DataArray, attack: str, eps: float) -> tuple[xr.DataArray | float
     return sub.sel(eps=found), found
 
 
+def certified_at(da: xr.DataArray,
+                 eps: float = CERTIFIED_EPS) -> tuple[xr.DataArray | float, float]:
+    """Certified accuracy at ``eps``, or at the nearest positive ε of its grid that has data
+    (ε = 0 is the clean accuracy, never a certificate), and that ε; NaN, NaN without data."""
+    return _at(da.where(da.eps > 0).expand_dims(attack=["certified"]), "certified", eps)
+
+
 def run_of(ds: xr.Dataset, var: str = "test_acc") -> xr.Dataset:
     """``ds`` at the first λ where ``var`` has data (a sweep over methods stacks each
     method's own λ along ``lam``, NaN elsewhere); no ``lam`` dimension left."""
@@ -201,9 +209,7 @@ def table_rows(ds: xr.Dataset, row_name: str | None = None) -> list[dict]:
                     for key, (attack, eps) in METRICS.items():
                         value, found = _at(e.robust_acc, attack, eps)
                         row[key], row[f"{key}_eps"] = Stat.of(value), found
-                    value, found = (_at(e[CERTIFIED].where(e.eps > 0)
-                                        .expand_dims(attack=["certified"]),
-                                        "certified", CERTIFIED_EPS) if CERTIFIED in e
+                    value, found = (certified_at(e[CERTIFIED]) if CERTIFIED in e
                                     else (float("nan"), float("nan")))
                     row["certified"], row["certified_eps"] = Stat.of(value), found
                     rows.append(row)

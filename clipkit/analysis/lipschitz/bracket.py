@@ -15,6 +15,9 @@ from clipkit.analysis.lipschitz.lower import (
     quotient_search,
     random_quotients,
 )
+from clipkit.analysis.lipschitz.preactivation import STARTS as PRE_STARTS
+from clipkit.analysis.lipschitz.preactivation import STEPS as PRE_STEPS
+from clipkit.analysis.lipschitz.preactivation import preactivation_ascent
 from clipkit.analysis.lipschitz.sdp import sdp_estimate
 from clipkit.analysis.lipschitz.structure import (
     check_batch_size,
@@ -46,11 +49,13 @@ def bracket(
     sdp_iters: int = 300,
     ascent_steps: int = 200,
     ascent_starts: int = 16,
+    preactivation: bool = True,
 ) -> Bracket:
     """Bracket Lip(model) (eval mode, l2 on flattened tensors) from the samples ``x``.
 
     lower = max(quotient search, max_i sigma_max(J(x_i)), the same after a Jacobian-norm
-    ascent on the inputs, random quotients);
+    ascent on the inputs, random quotients, and for MLPs without ``domain`` the Jacobian-norm
+    ascent over the first pre-activations, which reaches steep regions far from the data);
     upper = min(product of layer norms, and when the model is an MLP the merged bound and the
     LipSDP-neuron certificate, ``sdp``). A LipSDP solve that yields no verified certificate
     is listed as a ``"skipped"`` estimate (NaN, status in its note), never used. Both bound
@@ -69,6 +74,8 @@ def bracket(
             samples of largest Jacobian norm, kept in ``domain`` when given (0 steps: not
             run; also skipped where their dense Jacobians would exceed the dense limit).
             784-200-80-10 MLP: about 1 s on one core.
+        preactivation: run ``preactivation.preactivation_ascent`` (MLPs whose first layer
+            reaches every pre-activation, no ``domain``; 784-200-80-10: 1-3 s on one core).
         lanczos_iters, delta: iterations and failure probability for conv/pool layer norms.
         sdp, sdp_iters: compute the LipSDP-neuron certificate for MLPs, with this L-BFGS
             budget per sharpness stage (784-200-80-10: seconds on one core; fewer iterations
@@ -124,6 +131,17 @@ def bracket(
                                   ascent_steps, seed, time.perf_counter() - t0,
                                   f"Adam on x{where} from the top {len(steepest)} samples, "
                                   "float64"))
+
+    if preactivation and domain is None:
+        t0 = time.perf_counter()
+        pre = preactivation_ascent(model, tuple(x.shape[1:]), seed=seed)
+        if pre is not None:
+            estimates.append(Estimate(float(pre[0].max()), "lower",
+                                      "pre-activation Jacobian ascent", PRE_STEPS, seed,
+                                      time.perf_counter() - t0,
+                                      f"Adam on the first pre-activations from {PRE_STARTS} "
+                                      "starts; the model's float64 Jacobian at the inputs "
+                                      "reached"))
 
     # The search starts from the samples where the Jacobian is largest: the quotient of a
     # close pair there already nears sigma_max(J), so fewer steps find more.

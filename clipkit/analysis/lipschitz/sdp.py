@@ -52,7 +52,7 @@ from clipkit.analysis.lipschitz.lmi import (
     verify,
     widen,
 )
-from clipkit.analysis.lipschitz.slopes import local_slopes
+from clipkit.analysis.lipschitz.slopes import global_slopes, local_slopes
 from clipkit.analysis.lipschitz.upper import ROUNDING_SLACK, matrix_norm
 from clipkit.core.utils import check_number, one_thread
 
@@ -106,14 +106,8 @@ def cvxpy_multipliers(prob: LMIProblem, solver: str) -> tuple[float, list[Tensor
         problem.status)
 
 
-def _slopes_or_global(chain: MLPChain, slopes: Sequence[tuple[Tensor, Tensor]] | None
-                      ) -> tuple[list[Tensor], list[Tensor]]:
-    if slopes is None:
-        alpha = [torch.full((w.shape[0],), lo, dtype=torch.float64)
-                 for w, (lo, _) in zip(chain.weights[:-1], chain.slopes, strict=True)]
-        beta = [torch.full((w.shape[0],), hi, dtype=torch.float64)
-                for w, (_, hi) in zip(chain.weights[:-1], chain.slopes, strict=True)]
-        return alpha, beta
+def _per_neuron(chain: MLPChain, slopes: Sequence[tuple[Tensor, Tensor]]
+                ) -> tuple[list[Tensor], list[Tensor]]:
     if len(slopes) != len(chain.acts):
         raise ValueError(f"slopes: expected {len(chain.acts)} (alpha, beta) pairs, got "
                          f"{len(slopes)}")
@@ -128,11 +122,13 @@ def solve(chain: MLPChain, *, method: str = "lipsdp-neuron", solver: str = "lbfg
           start: Sequence[Tensor] | None = None) -> tuple[Certificate, str, int]:
     """A verified certificate for Lip(output @ f) on the chain; (certificate, status, evals).
 
-    ``slopes``: per hidden layer, per-neuron slope intervals (alpha, beta) replacing the
-    global ones (e.g. from ``slopes.local_slopes``). ``start``: multipliers to start L-BFGS
-    from (e.g. twice a certificate's for another output map whose W^T W dominates half of
-    this one's), else the closed-form ones. ``widen_by``: point intervals [s, s] are widened
-    to relative width ``widen_by`` (the optimal multiplier of an equality is infinite).
+    ``slopes``: per hidden layer, per-neuron slope intervals (alpha, beta), e.g. from
+    ``slopes.local_slopes``; by default ``slopes.global_slopes`` (the activations' global
+    intervals, tightened where bounded activations bound the next layer). ``start``:
+    multipliers to start L-BFGS from (e.g. twice a certificate's for another output map
+    whose W^T W dominates half of this one's), else the closed-form ones. ``widen_by``:
+    point intervals [s, s] are widened to relative width ``widen_by`` (the optimal
+    multiplier of an equality is infinite).
     Runs its linear algebra on one thread (``core.utils.one_thread``).
     Raises CertificateError on failure, ValueError on bad arguments.
     """
@@ -150,7 +146,7 @@ def _solve(chain: MLPChain, method: str, solver: str, output: Tensor | None,
            ) -> tuple[Certificate, str, int]:
     W = chain.weights[-1] if output is None else torch.as_tensor(
         output, dtype=torch.float64) @ chain.weights[-1]
-    alpha, beta = _slopes_or_global(chain, slopes)
+    alpha, beta = _per_neuron(chain, global_slopes(chain) if slopes is None else slopes)
     if not chain.acts:  # a linear map: the constant is ||W||_2, computed exactly
         v = matrix_norm(W) * (1 + ROUNDING_SLACK)
         return Certificate(v, v * v, (), 0.0), "exact (linear map)", 0
@@ -163,10 +159,9 @@ def _solve(chain: MLPChain, method: str, solver: str, output: Tensor | None,
     full = replace(full, alpha=[a for a, _ in wide], beta=[b for _, b in wide])
     red = reduced(full)
     s_fast, lam_fast = eclipse_multipliers(full)
-    if slopes is not None:  # per-neuron slopes: the per-neuron closed form may be better
-        s_g, lam_g = eclipse_multipliers(full, "gershgorin")
-        if s_g < s_fast:
-            s_fast, lam_fast = s_g, lam_g
+    s_g, lam_g = eclipse_multipliers(full, "gershgorin")  # per-neuron slopes: may be better
+    if s_g < s_fast:
+        s_fast, lam_fast = s_g, lam_g
     fallback = [2 * lam for lam in lam_fast]  # strictly feasible: a margin in every block
     if method == "eclipse-fast":
         return verify(full, lam_fast, fallback, red), "closed form", 0

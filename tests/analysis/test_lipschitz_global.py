@@ -1,0 +1,158 @@
+"""Global bounds that look past the data: interval-tightened slopes for the LipSDP
+certificate (``slopes.global_slopes``) and the ascent over the first pre-activations
+(``preactivation.preactivation_ascent``), against sampled derivatives, grid maxima of the
+Jacobian norm over the whole pre-activation space, and the certificates they sit between."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from clipkit import lipschitz as ls
+from clipkit.analysis.lipschitz.preactivation import preactivation_ascent, reachable
+from clipkit.analysis.lipschitz.slopes import global_slopes
+from clipkit.analysis.lipschitz.structure import float64_copy
+
+ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+def mlp(sizes, act, seed, bias=0.0):
+    torch.manual_seed(seed)
+    layers = []
+    for i in range(len(sizes) - 1):
+        lin = nn.Linear(sizes[i], sizes[i + 1])
+        if bias:
+            with torch.no_grad():
+                lin.bias.normal_(0.0, bias)
+        layers.append(lin)
+        if i < len(sizes) - 2:
+            layers.append(ACTS[act]())
+    return nn.Sequential(*layers)
+
+
+def jac_norms(model, x):
+    m = float64_copy(model)
+    J = torch.func.vmap(torch.func.jacrev(lambda v: m(v[None])[0]))(x.double())
+    return torch.linalg.matrix_norm(J, ord=2)
+
+
+# ----------------------------------------------------------------------------- global slopes
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_global_slopes_contain_every_derivative_and_narrow_after_bounded_activations(act):
+    # large second-layer biases push some second-layer neurons away from their steepest point
+    net = mlp([3, 6, 8, 2], act, 2, bias=3.0)
+    chain = ls.mlp_chain(net, (3,))
+    slopes = global_slopes(chain)
+    g = torch.Generator().manual_seed(0)
+    xs = torch.cat([torch.randn(20000, 3, generator=g, dtype=torch.float64) * s
+                    for s in (1.0, 10.0, 1000.0)])
+    zs = chain.forward(xs)
+    for k, (a, b) in enumerate(slopes):
+        z = zs[k].detach().requires_grad_(True)
+        (dz,) = torch.autograd.grad(chain.acts[k](z).sum(), z)
+        assert bool((dz >= a).all()) and bool((dz <= b).all())
+    glo, ghi = chain.slopes[0]
+    a1, b1 = slopes[0]  # the first layer sees unbounded inputs: the global interval
+    assert torch.equal(a1, torch.full_like(a1, glo)) and torch.equal(b1, torch.full_like(b1, ghi))
+    a2, b2 = slopes[1]
+    assert bool((b2 < ghi).any())  # bounded inputs: lower top slopes
+    assert bool((a2 == glo).all())  # the lower ends are kept (docstring: closed-form multipliers)
+
+
+def test_global_slopes_of_relu_nets_are_the_global_interval():
+    chain = ls.mlp_chain(mlp([3, 6, 8, 2], "relu", 2, bias=3.0), (3,))
+    for a, b in global_slopes(chain):
+        assert bool((a == 0).all()) and bool((b == 1).all())
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_tightened_certificate_is_below_the_global_slope_one_and_above_sampled_jacobians(act):
+    net = mlp([3, 6, 8, 2], act, 2, bias=3.0)
+    chain = ls.mlp_chain(net, (3,))
+    glob = [(torch.full((w.shape[0],), lo, dtype=torch.float64),
+             torch.full((w.shape[0],), hi, dtype=torch.float64))
+            for w, (lo, hi) in zip(chain.weights[:-1], chain.slopes, strict=True)]
+    wide, _, _ = ls.solve(chain, slopes=glob, iters=1000)
+    tight, _, _ = ls.solve(chain, iters=1000)
+    assert tight.value < wide.value
+    g = torch.Generator().manual_seed(3)
+    xs = torch.cat([torch.randn(5000, 3, generator=g) * s for s in (0.5, 3.0, 30.0)])
+    assert float(jac_norms(net, xs).max()) <= tight.value
+
+
+# ----------------------------------------------------------------------------- pre-activations
+
+
+def grid_max(net, chain, half_width=12.0, n=121):
+    """max sigma_max(J) over a grid of first pre-activations z_1 (J depends on z_1 only)."""
+    w0, b0 = chain.weights[0], chain.biases[0]
+    axis = torch.linspace(-half_width, half_width, n, dtype=torch.float64)
+    z = torch.stack(torch.meshgrid(*[axis] * w0.shape[0], indexing="ij"), -1).reshape(-1,
+                                                                                      w0.shape[0])
+    x = (torch.linalg.pinv(w0) @ (z - b0).T).T
+    return float(jac_norms(net, x).max())
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("seed", range(2))
+def test_preactivation_ascent_reaches_the_grid_maximum_and_stays_below_the_certificate(act,
+                                                                                       seed):
+    net = mlp([4, 2, 3, 2], act, seed, bias=2.0)
+    chain = ls.mlp_chain(net, (4,))
+    out = preactivation_ascent(net, (4,), steps=300, seed=seed)  # the default 32 starts
+    assert out is not None
+    values, x = out
+    assert x.shape == (32, 4)
+    assert torch.allclose(values, jac_norms(net, x), rtol=1e-12)  # attained at those inputs
+    top = grid_max(net, chain)
+    assert float(values.max()) >= top * (1 - 2e-3)
+    assert float(values.max()) <= ls.lipsdp_upper_bound(net, (4,)).value
+
+
+def test_preactivation_ascent_is_seeded_and_declines_unreachable_first_layers():
+    net = mlp([4, 3, 2], "sigmoid", 0)
+    a = preactivation_ascent(net, (4,), starts=4, steps=20, seed=5)
+    b = preactivation_ascent(net, (4,), starts=4, steps=20, seed=5)
+    assert a is not None and b is not None and torch.equal(a[0], b[0])
+    wide = mlp([2, 5, 2], "sigmoid", 0)  # 5 pre-activations from 2 inputs: not all reached
+    assert not reachable(ls.mlp_chain(wide, (2,)))
+    assert preactivation_ascent(wide, (2,)) is None
+    assert preactivation_ascent(nn.Sequential(nn.Linear(3, 2)), (3,)) is None  # no activation
+    with pytest.raises(ValueError, match="starts"):
+        preactivation_ascent(net, (4,), starts=0)
+
+
+def test_bracket_finds_steep_regions_far_from_the_data():
+    """A sigmoid net whose hidden units are steepest far from the samples: the ascent over
+    pre-activations beats every estimate started at the data, and stays below the upper."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 4), nn.Sigmoid(), nn.Linear(4, 3))
+    with torch.no_grad():
+        net[0].weight.mul_(3.0)
+        net[0].bias.fill_(-40.0)  # steep only where W x = 40: far from N(0, 1) samples
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))
+    br = ls.bracket(net, x, seed=0, pairs=32, steps=20, restarts=1, directions=2)
+    est = {e.method: e for e in br.estimates}
+    pre = est["pre-activation Jacobian ascent"]
+    assert br.lower_by is pre
+    others = [e.value for e in br.estimates if e.kind == "lower" and e is not pre]
+    assert pre.value > 10 * max(others)
+    assert pre.value <= br.upper
+    assert ls.bracket(net, x, seed=0, pairs=32, steps=20, restarts=1, directions=2,
+                      domain=(-3.0, 3.0)).lower < pre.value  # not run inside a domain
+
+
+def test_every_pattern_of_the_tiny_net_is_below_the_certificate():
+    """The worst slope pattern inside the tightened intervals still bounds from below."""
+    net = mlp([3, 3, 4, 2], "sigmoid", 1, bias=3.0)
+    chain = ls.mlp_chain(net, (3,))
+    (a1, b1), (a2, b2) = global_slopes(chain)
+    W0, W1, W2 = chain.weights
+    worst = max(float(torch.linalg.matrix_norm(
+        W2 @ (torch.tensor(p2)[:, None] * W1) @ (torch.tensor(p1)[:, None] * W0), ord=2))
+        for p1 in itertools.product(*zip(a1.tolist(), b1.tolist(), strict=True))
+        for p2 in itertools.product(*zip(a2.tolist(), b2.tolist(), strict=True)))
+    assert ls.lipsdp_upper_bound(net, (3,)).value >= worst * (1 - 1e-9)

@@ -7,6 +7,8 @@ Lower bounds (every one is attained by some input, so it can never exceed Lip(f)
   * ``quotient_search``  adversarial difference-quotient search (CLIP's pair ascent, run long);
   * ``jacobian_norms``   sigma_max(J_f(x)) at the samples (torch.func);
   * ``jacobian_ascent``  sigma_max(J_f(x)) after Adam ascent on x from a few samples;
+  * ``preactivation_ascent``  the same for MLPs, ascending over the first pre-activations
+    (every z_1 is reached by some input), which finds steep regions far from the data;
   * ``random_quotients`` quotients of random perturbations of the samples.
 The values reported are re-evaluated in float64, so float32 cancellation in f(u) - f(v) for close
 pairs can not inflate a lower bound.
@@ -31,10 +33,11 @@ start (see ``operator_norm``). A relative 1e-9 slack covers float64 rounding.
 piecewise-linear networks (and a stated-as-such grid value for smooth 1-D networks).
 
 Modules: ``estimate`` (the result types), ``structure`` (supported layers, activation slope
-intervals), ``upper``, ``lower``, ``exact``, ``bracket``; for the LipSDP certificate
-``chain`` (an MLP as affine / elementwise chain), ``lmi`` (the matrix inequality and its
-verification), ``eclipse`` (closed-form multipliers), ``lbfgs`` (optimised multipliers),
-``slopes`` (slope intervals on intervals and balls), ``sdp`` (the public bounds).
+intervals), ``upper``, ``lower``, ``preactivation`` (the ascent over pre-activations),
+``exact``, ``bracket``; for the LipSDP certificate ``chain`` (an MLP as affine / elementwise
+chain), ``lmi`` (the matrix inequality and its verification), ``eclipse`` (closed-form
+multipliers), ``lbfgs`` (optimised multipliers), ``slopes`` (slope intervals on intervals,
+globally and on balls), ``sdp`` (the public bounds).
 The mathematics behind each bound is in ``docs/lipschitz.md``.
 """
 
@@ -54,13 +57,14 @@ from clipkit.analysis.lipschitz.lower import (
     quotient_search,
     random_quotients,
 )
+from clipkit.analysis.lipschitz.preactivation import preactivation_ascent
 from clipkit.analysis.lipschitz.sdp import (
     lipsdp_upper_bound,
     local_upper_bound,
     sdp_estimate,
     solve,
 )
-from clipkit.analysis.lipschitz.slopes import local_slopes, slope_range
+from clipkit.analysis.lipschitz.slopes import global_slopes, local_slopes, slope_range
 from clipkit.analysis.lipschitz.structure import activation_slopes
 from clipkit.analysis.lipschitz.upper import (
     layer_norms,
@@ -80,6 +84,7 @@ __all__ = [
     "activation_slopes",
     "bracket",
     "exact",
+    "global_slopes",
     "jacobian_ascent",
     "jacobian_norms",
     "layer_norms",
@@ -90,6 +95,7 @@ __all__ = [
     "merged_upper_bound",
     "mlp_chain",
     "operator_norm",
+    "preactivation_ascent",
     "quotient_search",
     "random_quotients",
     "require_chain",

@@ -43,10 +43,20 @@ def write_yaml(path: Path, spec: dict) -> Path:
 
 
 def start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
-    """`python -m clipkit ARGS` in its own session (a Ctrl-C reaches it and its workers)."""
+    """`python -m clipkit ARGS` in its own session (a Ctrl-C reaches it and its workers).
+
+    SIGINT is reset to its default first: a shell starts background jobs (`make test &`)
+    with SIGINT ignored, children inherit that, and Python then never raises
+    KeyboardInterrupt, so the Ctrl-C below would be lost (seen: the run finished instead).
+    """
     return subprocess.Popen([sys.executable, "-m", "clipkit", *args], cwd=cwd,
                             env=env_with_clipkit(**env), start_new_session=True,
+                            preexec_fn=_default_sigint,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def done_files(runs: Path) -> dict[str, int]:

@@ -83,18 +83,40 @@ def local_futures(
 
 
 def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    """Kill a pool's worker processes; their kernels notice and exit within about 1 s.
+    """Kill a pool's worker processes and everything they started (their kernels).
 
     Without this, leaving the pool waits for the running points to finish. Killed
     workers write nothing more: their points have no result file (or a ``.part`` file,
-    removed by the next run) and are run again next time. ProcessPoolExecutor has
-    ``kill_workers`` from Python 3.14 only; before, its processes are in ``_processes``.
+    removed by the next run) and are run again next time. The workers are stopped first
+    (SIGSTOP), so that none can start a kernel while their descendants are collected; then
+    all are killed. Kernels run in sessions of their own (a Ctrl-C does not reach them), and
+    a kernel still starting when its worker dies may never notice (ipykernel's parent
+    poller is not running yet; seen: an orphaned kernel alive minutes later, holding the
+    command's stdout open). ProcessPoolExecutor has ``kill_workers`` from Python 3.14 only;
+    its processes are in ``_processes`` before and after; psutil finds the descendants.
     """
-    kill = getattr(pool, "kill_workers", None)
-    if kill is not None:
-        kill()
+    import psutil
+
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    if not procs:
+        kill = getattr(pool, "kill_workers", None)
+        if kill is not None:
+            kill()
         return
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    workers = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, ValueError):
+            w = psutil.Process(proc.pid)
+            w.suspend()
+            workers.append(w)
+    family = list(workers)
+    for w in workers:
+        with contextlib.suppress(psutil.Error):
+            family.extend(w.children(recursive=True))
+    for p in family:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    for proc in procs:  # the pool's own handles: reaped, so no zombie is left behind
         with contextlib.suppress(Exception):
             proc.kill()
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from clipkit.core.pairs import AscentRule, PairState, ascend, quotients_from
+from clipkit.core.pairs import AscentRule, PairState, ascend, joint, quotients_from
 from clipkit.core.utils import check_choice, check_int
 from clipkit.train.protocol import Method, Run, Step
 from clipkit.train.schedules import Warmup
@@ -263,7 +263,7 @@ class CLIP(Method):
             return None
         pairs: PairState = run.state
         if self.reduction == "mean":
-            return torch.cat([pairs.u, pairs.v], dim=1)
+            return joint(pairs)
         w = _winner(pairs.q)
         pairs.winner = (w, _take(pairs.u, w), _take(pairs.v, w))
         return torch.cat(pairs.winner[1:], dim=1)

@@ -52,7 +52,7 @@ def test_an_ascent_step_costs_one_forward_and_all_but_the_last_a_backward(steps,
     # one evaluation at the start (θ changed), one forward per step; the last step's
     # gradient would be stale at the next θ, so it is not computed
     assert calls == {"forward": steps + 1, "backward": steps}
-    assert out.gu is None and out.gv is None
+    assert out.g is None
 
 
 def test_step_sizes_grow_on_accepted_and_shrink_on_rejected_steps():
@@ -129,3 +129,26 @@ def test_a_bad_rule_is_named():
         AscentRule(step="newton")
     with pytest.raises(ValueError, match="factor must be > 1"):
         AscentRule(factor=1.0)
+
+
+@pytest.mark.parametrize("power", [1, 2])
+def test_the_closed_form_gradient_equals_autograd_through_the_quotient(power):
+    # value_and_grad differentiates the numerator only and adds the distance's part in
+    # closed form; the oracle differentiates q^p through both norms. Pair 2 has met (u = v):
+    # its distance is the floor, a constant, so only the numerator's part remains.
+    from clipkit.core.pairs import value_and_grad
+
+    model = ck.models.mlp([5, 7, 3], activation="sigmoid", seed=0).double()
+    forward = lambda x: model(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1)  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+    v = u + 0.3 * torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+    v[1, 2] = u[1, 2]
+    q, gu, gv = value_and_grad(forward, u, v, power)
+    uu, vv = u.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    ref = quotients(forward, uu, vv)
+    ref_gu, ref_gv = torch.autograd.grad((ref**power).sum(), (uu, vv))
+    assert torch.equal(q, ref.detach())
+    assert torch.allclose(gu, ref_gu, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(gv, ref_gv, rtol=1e-12, atol=1e-14)
+    assert q[1, 2] == 0 and not torch.equal(gu[0], torch.zeros_like(gu[0]))

@@ -152,3 +152,52 @@ def test_the_closed_form_gradient_equals_autograd_through_the_quotient(power):
     assert torch.allclose(gu, ref_gu, rtol=1e-12, atol=1e-14)
     assert torch.allclose(gv, ref_gv, rtol=1e-12, atol=1e-14)
     assert q[1, 2] == 0 and not torch.equal(gu[0], torch.zeros_like(gu[0]))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_late_decisions_on_a_fixed_function_make_the_steps_of_ascend(steps):
+    # ascend_late decides on each call's last proposal at its next call; with f fixed it
+    # makes ascend's steps and decisions: after n calls of s steps, the kept pairs are those
+    # of one ascend of n·s − 1 steps (the last proposal is still pending)
+    from clipkit.core.pairs import ascend_late
+
+    model = ck.models.mlp([4, 8, 3], activation="sigmoid", seed=0).double()
+    forward = lambda x: model(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1)  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    u = torch.rand(1, 6, 4, generator=gen, dtype=torch.float64)
+    v = u + 0.1 * torch.rand(1, 6, 4, generator=gen, dtype=torch.float64)
+    tau = torch.full((1, 6), 3.0, dtype=torch.float64)
+    rule = AscentRule(power=2, rtol=0.0)
+    late = PairState(u, v, tau)
+    for n in range(1, 6):
+        late = ascend_late(forward, late, steps, rule)
+        exact = ascend(forward, PairState(u, v, tau), n * steps - 1, rule)
+        for name in ("u", "v", "tau", "q"):
+            assert torch.allclose(getattr(late, name), getattr(exact, name), rtol=1e-12), name
+    assert bool((exact.tau != 3.0 * 1.3 ** (5 * steps - 1)).any())  # some were rejected
+    assert bool((exact.tau != 3.0).any())
+    assert late.pending is not None and late.g is not None
+
+
+def test_late_decisions_save_one_forward_per_call(monkeypatch):
+    from clipkit.core.pairs import ascend_late
+
+    calls = {"forward": 0, "backward": 0}
+    w = torch.randn(3, 4, dtype=torch.float64)
+
+    def forward(x):
+        calls["forward"] += 1
+        return x @ w.T
+
+    grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls["backward"] += 1
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    pairs = PairState(torch.randn(1, 8, 4).double(), torch.randn(1, 8, 4).double(),
+                      torch.ones(1, 8).double())
+    for _ in range(4):
+        pairs = ascend_late(forward, pairs, steps=2)
+    assert calls == {"forward": 8, "backward": 8}  # ascend: 12 forwards, 8 backwards

@@ -303,7 +303,7 @@ class CLIP(Method):
             w, u_w, v_w = pairs.winner
             lip = quotients_from(step.extra_out, u_w, v_w)[:, 0]
             top = lip.detach()
-            fresh = stored.scatter(1, w[:, None], top[:, None])
+            fresh = stored.scatter(1, w[:, None], top[:, None]) if self.late_accept else None
         if self.late_accept:
             on = step.lam != 0
             pairs.q = torch.where(on[:, None], fresh, stored)

@@ -219,16 +219,20 @@ def propose(pairs: PairState, rule: AscentRule) -> Tensor:
 
 
 def accept(pairs: PairState, w_new: Tensor, q_new: Tensor, dist_new: Tensor,
-           g_new: Tensor | None, rule: AscentRule) -> PairState:
+           g_new: Tensor | None, rule: AscentRule, rises: Tensor | None = None) -> PairState:
     """Keep the proposal where q rose (τ ×= factor), else the old pair (τ ÷= factor).
 
     ``w_new``, ``q_new``, ``dist_new``, ``g_new``: the proposal cat[u', v'], its quotients,
     its distances ‖u' − v'‖ and gradients (None: no step follows; the result has none).
-    The result is written into ``w_new`` and ``g_new`` (the caller's fresh proposal): only
-    the rejected pairs' rows are copied back, no new pair-sized tensor.
+    ``rises`` (K, P): where given, whether q rose, decided by the caller (instead of
+    comparing ``q_new`` with the pairs' quotients). The result is written into ``w_new``
+    and ``g_new`` (the caller's fresh proposal): only the rejected pairs' rows are copied
+    back, no new pair-sized tensor.
     """
-    rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
-    ok = (q_new > pairs.q * (1 + rtol)) & torch.isfinite(q_new)
+    if rises is None:
+        rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
+        rises = q_new > pairs.q * (1 + rtol)
+    ok = rises & torch.isfinite(q_new)
     if rule.min_distance > 0:
         ok &= dist_new >= rule.min_distance
     a = broadcast_to(torch.cat([ok, ok], dim=1), w_new)
@@ -268,16 +272,22 @@ def ascend_late(forward: Forward, pairs: PairState, steps: int,
     """:func:`ascend` with the last step's decision taken at the next call: an approximation
     that saves one forward over the pairs per call.
 
-    The call first evaluates the proposal left ``pending`` by the call before, with its
+    The call first evaluates the proposal w' left ``pending`` by the call before, with its
     gradient, at the current f (the forward and backward that ``ascend`` spends on the
-    pairs anyway) and decides on it: accepted where its quotient rose above the kept
-    pair's, which was measured when that pair was last evaluated, under an older f (one
-    call old, or older for a pair rejected since); a rejected pair keeps its old quotient
-    and gradient. Then ``steps − 1`` steps as in ``ascend`` (each a forward and a
-    backward), and the last step's proposal is left pending. Without a pending proposal
-    (the first call, or new pairs) the call evaluates the pairs instead. With a fixed f the
-    calls make ``ascend``'s steps and decisions: after n calls the pairs are those of one
-    ``ascend`` of n·steps − 1 steps.
+    pairs anyway) and decides on it at the current f alone: accepted where the quotient
+    still rises along the step at the proposal,
+
+        ∇(q^p)(w') · (w' − w) > rtol · q(w')^p     (w = cat[u, v], w' = cat[u', v']),
+
+    per pair (``rule.rtol``, √eps by default: the left side estimates q(w')^p − q(w)^p to
+    first order, as the rise ``ascend`` asks for), which for a quotient concave along the
+    step means q(w') > q(w). The pair's own
+    quotient is not compared: it was measured under an older f, and as training lowers the
+    slopes a proposal would rarely beat it (measured: the step sizes shrank and the pairs
+    stalled). A rejected pair keeps its old quotient and gradient. Then ``steps − 1``
+    steps as in ``ascend`` (each a forward and a backward, decided by the quotients at the
+    current f), and the last step's proposal is left pending. Without a pending proposal
+    (the first call, or new pairs) the call evaluates the pairs instead.
 
     Cost: ``steps`` forwards and backwards over the pairs (``ascend``: the same and one
     forward more). The result holds the kept pairs' quotients, their gradients and the
@@ -292,7 +302,10 @@ def ascend_late(forward: Forward, pairs: PairState, steps: int,
     else:
         w_new = pairs.pending
         q_new, g_new, dist_new = _value_and_grad(forward, w_new, rule.power)
-        pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule)
+        slope_u, slope_v = _halves((g_new * (w_new - joint(pairs))).flatten(2).sum(2))
+        rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
+        rises = slope_u + slope_v > rtol * q_new**rule.power
+        pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule, rises)
     for _ in range(steps - 1):
         w_new = propose(pairs, rule)
         q_new, g_new, dist_new = _value_and_grad(forward, w_new, rule.power)

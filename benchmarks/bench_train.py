@@ -10,7 +10,9 @@ Rows marked "0.1.0 step" run the frozen copy of the CLIP step before its speed-u
 (tests/train/clip_reference.py), when the checkout has it.
 
 Targets: CLIP.authors() ≤ 4× standard; clipkit's defaults (64 pairs) ≤ 1.5×. "λ = 0
-(warm-up)" is an epoch of the authors' warm-up, pairs ascended, no penalty.
+(warm-up)" is an epoch of the authors' warm-up, pairs ascended, no penalty. Rows marked
+"late_accept" run that approximation (off by default; its effect on results:
+benchmarks/bench_approx.py).
 
     python benchmarks/bench_train.py [--n 10000] [--threads 1] [--repeat 3]
 """
@@ -62,6 +64,8 @@ def methods() -> dict[str, ck.Method]:
         "CLIP authors()": ck.CLIP.authors(schedule=const),
         "CLIP authors(pairs=125)": ck.CLIP.authors(schedule=const, pairs=125),
         "CLIP authors(), λ = 0 (warm-up)": ck.CLIP.authors(schedule=ck.Warmup(1)),
+        "CLIP defaults, late_accept": ck.CLIP(lam=0.1, data_range=(0.0, 1.0), late_accept=True),
+        "CLIP authors(), late_accept": ck.CLIP.authors(schedule=const, late_accept=True),
     }
     ref = reference_clip()
     if ref is not None:

@@ -7,7 +7,8 @@ one epoch, and prints the time per step of each kind; "rest" is Python, indexing
 loss, the proposals and accepts, the quotients' arithmetic.
 MLP 784-200-80-10, batch 128, SGD, λ active every step.
 
-    python benchmarks/profile_clip.py [authors|defaults|reference-authors|standard] [--n 5000]
+    python benchmarks/profile_clip.py [authors|authors-late|defaults|defaults-late|
+                                       reference-authors|standard] [--n 5000]
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ def method_for(which: str) -> tuple[ck.Method, str]:
     const = ck.Constant()
     if which == "authors":
         return ck.CLIP.authors(schedule=const), "sigmoid"
-    if which == "authors-every-step":
-        return ck.CLIP.authors(schedule=const, ascent_every=1), "sigmoid"
+    if which == "authors-late":
+        return ck.CLIP.authors(schedule=const, late_accept=True), "sigmoid"
     if which == "defaults":
         return ck.CLIP(lam=0.1, data_range=(0.0, 1.0)), "relu"
+    if which == "defaults-late":
+        return ck.CLIP(lam=0.1, data_range=(0.0, 1.0), late_accept=True), "relu"
     if which == "standard":
         return ck.Standard(), "relu"
     if which == "reference-authors":

@@ -31,6 +31,8 @@ __all__ = [
     "PairState",
     "accept",
     "ascend",
+    "ascend_late",
+    "joint",
     "propose",
     "quotients",
     "quotients_from",
@@ -77,13 +79,55 @@ def value_and_grad(forward: Forward, u: Tensor, v: Tensor,
 
     The backward goes to the inputs only (torch skips the weights' gradients).
     """
-    u = u.detach().requires_grad_(True)
-    v = v.detach().requires_grad_(True)
+    q, g, _ = _value_and_grad(forward, torch.cat([u.detach(), v.detach()], dim=1), power)
+    gu, gv = _halves(g)
+    return q, gu, gv
+
+
+def _halves(w: Tensor) -> tuple[Tensor, Tensor]:
+    """The u and v halves (views) of cat[u, v] (K, 2P, ...)."""
+    p = w.shape[1] // 2
+    return w[:, :p], w[:, p:]
+
+
+def _value(forward: Forward, w: Tensor) -> tuple[Tensor, Tensor]:
+    """The quotients of the pairs w = cat[u, v] and their distances ‖u − v‖, no graph."""
+    with torch.no_grad():
+        out_u, out_v = _halves(forward(w))
+        u, v = _halves(w)
+        dist = flat_norm(u - v, 2)
+        return flat_norm(out_u - out_v, 2) / dist.clamp_min(_TINY), dist
+
+
+def _value_and_grad(forward: Forward, w: Tensor, power: int) -> tuple[Tensor, Tensor, Tensor]:
+    """q, ∇(q^p) (in w's layout) and ‖u − v‖ for the pairs w = cat[u, v]: one forward, one
+    backward to the inputs.
+
+    Autograd differentiates the numerator n = ‖f(u) − f(v)‖ only; the distance
+    d = ‖u − v‖ enters in closed form (hand-written: autograd's backward through the norm
+    and the difference costs several pair-sized passes more). With q = n / d, c = p·q^(p−1)/d:
+
+        ∇_u q^p = c·∇_u n − c·q·(u − v)/d,   ∇_v q^p = c·∇_v n + c·q·(u − v)/d,
+
+    and where d is below the floor, d is that constant floor (no second term).
+    """
+    w = w.detach().requires_grad_(True)
     with torch.enable_grad():
-        q = quotients(forward, u, v)
-        target = q if power == 1 else q**power
-        gu, gv = torch.autograd.grad(target.sum(), (u, v))
-    return q.detach(), gu, gv
+        out_u, out_v = _halves(forward(w))
+        num = flat_norm(out_u - out_v, 2)
+    u, v = _halves(w.detach())
+    diff = u - v
+    dist = flat_norm(diff, 2)
+    d = dist.clamp_min(_TINY)
+    q = num.detach() / d
+    c = power * q ** (power - 1) / d
+    (g,) = torch.autograd.grad(num, w, grad_outputs=c)
+    g = g.contiguous()  # autograd's result, no graph kept: ours to write in place below
+    coef = broadcast_to(torch.where(dist > _TINY, c * q / d, 0.0), diff)
+    g_u, g_v = _halves(g)
+    g_u.addcmul_(coef, diff, value=-1)
+    g_v.addcmul_(coef, diff)
+    return q, g, dist
 
 
 @dataclass(frozen=True)
@@ -126,53 +170,76 @@ class AscentRule:
 
 @dataclass
 class PairState:
-    """A pair set: pairs (K, P, *in), step sizes and quotients (K, P), and the gradients that
-    give the next proposal (None once no step follows).
+    """A pair set: pairs u, v (K, P, *in), step sizes τ and quotients q (K, P), and the
+    gradient that gives the next proposal (None once no step follows).
 
-    ``winner`` is for CLIP's descent step: (index (K,), u_w, v_w (K, 1, *in)).
+    ``uv`` is the pairs as one tensor cat[u, v] (K, 2P, *in), whose halves u and v are
+    (views), where :func:`ascend` made the state: the next ascent evaluates it as it is,
+    without copying the pairs into one forward's input. A state built from separate u and v
+    has none. ``g`` is ∇(q^power) in the same layout: ∇_u in the first P rows, ∇_v in the
+    last P. ``winner`` is for CLIP's descent step: (index (K,), u_w, v_w (K, 1, *in)).
+    ``pending``: the proposal cat[u', v'] that :func:`ascend_late` decides on at its next
+    call (None: nothing pending).
     """
 
     u: Tensor
     v: Tensor
     tau: Tensor
     q: Tensor | None = None
-    gu: Tensor | None = None
-    gv: Tensor | None = None
+    g: Tensor | None = None
     winner: tuple[Tensor, Tensor, Tensor] | None = None
+    uv: Tensor | None = None
+    pending: Tensor | None = None
 
 
-def propose(pairs: PairState, rule: AscentRule) -> tuple[Tensor, Tensor]:
-    """The proposal u' = Π(u + s·g_u), v' = Π(v + s·g_v) (see :class:`AscentRule` for s)."""
-    s = pairs.tau
+def joint(pairs: PairState) -> Tensor:
+    """The pairs as one tensor cat[u, v] (K, 2P, *in): the state's own ``uv`` if it has one."""
+    if pairs.uv is not None:
+        return pairs.uv
+    return torch.cat([pairs.u.detach(), pairs.v.detach()], dim=1)
+
+
+def _state(w: Tensor, tau: Tensor, q: Tensor, g: Tensor | None = None) -> PairState:
+    u, v = _halves(w)
+    return PairState(u, v, tau, q, g, uv=w)
+
+
+def propose(pairs: PairState, rule: AscentRule) -> Tensor:
+    """The proposal cat[u', v'] (K, 2P, *in): u' = Π(u + s·g_u), v' = Π(v + s·g_v)
+    (see :class:`AscentRule` for s). A new tensor; the state is not changed."""
+    w, g, s = joint(pairs), pairs.g, pairs.tau
     if rule.step == "normalized":
-        gnorm = (flat_norm(pairs.gu, 2) ** 2 + flat_norm(pairs.gv, 2) ** 2).sqrt()
-        s = s * flat_norm(pairs.u - pairs.v, 2) / gnorm.clamp_min(1e-30)
-    s = broadcast_to(s, pairs.u)
-    u_new, v_new = pairs.u + s * pairs.gu, pairs.v + s * pairs.gv
+        (gu, gv), (u, v) = _halves(g), _halves(w)
+        gnorm = (flat_norm(gu, 2) ** 2 + flat_norm(gv, 2) ** 2).sqrt()
+        s = s * flat_norm(u - v, 2) / gnorm.clamp_min(1e-30)
+    w_new = torch.addcmul(w, broadcast_to(torch.cat([s, s], dim=1), w), g)
     if rule.clamp is not None:
-        u_new, v_new = u_new.clamp(*rule.clamp), v_new.clamp(*rule.clamp)
-    return u_new, v_new
+        w_new.clamp_(*rule.clamp)
+    return w_new
 
 
-def accept(pairs: PairState, u_new: Tensor, v_new: Tensor, q_new: Tensor,
-           gu_new: Tensor | None, gv_new: Tensor | None, rule: AscentRule) -> PairState:
+def accept(pairs: PairState, w_new: Tensor, q_new: Tensor, dist_new: Tensor,
+           g_new: Tensor | None, rule: AscentRule, rises: Tensor | None = None) -> PairState:
     """Keep the proposal where q rose (τ ×= factor), else the old pair (τ ÷= factor).
 
-    Without the proposals' gradients (``gu_new=None``: no step follows) the result has none.
+    ``w_new``, ``q_new``, ``dist_new``, ``g_new``: the proposal cat[u', v'], its quotients,
+    its distances ‖u' − v'‖ and gradients (None: no step follows; the result has none).
+    ``rises`` (K, P): where given, whether q rose, decided by the caller (instead of
+    comparing ``q_new`` with the pairs' quotients). The result is written into ``w_new``
+    and ``g_new`` (the caller's fresh proposal): only the rejected pairs' rows are copied
+    back, no new pair-sized tensor.
     """
-    rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
-    ok = (q_new > pairs.q * (1 + rtol)) & torch.isfinite(q_new)
+    if rises is None:
+        rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
+        rises = q_new > pairs.q * (1 + rtol)
+    ok = rises & torch.isfinite(q_new)
     if rule.min_distance > 0:
-        ok &= flat_norm(u_new - v_new, 2) >= rule.min_distance
-    a = broadcast_to(ok, pairs.u)
-    keep_grad = gu_new is not None and gv_new is not None
-    return PairState(
-        u=torch.where(a, u_new, pairs.u), v=torch.where(a, v_new, pairs.v),
-        tau=torch.where(ok, pairs.tau * rule.factor, pairs.tau / rule.factor),
-        q=torch.where(ok, q_new, pairs.q),
-        gu=torch.where(a, gu_new, pairs.gu) if keep_grad else None,
-        gv=torch.where(a, gv_new, pairs.gv) if keep_grad else None,
-    )
+        ok &= dist_new >= rule.min_distance
+    a = broadcast_to(torch.cat([ok, ok], dim=1), w_new)
+    w = torch.where(a, w_new, joint(pairs), out=w_new)
+    g = None if g_new is None else torch.where(a, g_new, pairs.g, out=g_new)
+    tau = torch.where(ok, pairs.tau * rule.factor, pairs.tau / rule.factor)
+    return _state(w, tau, torch.where(ok, q_new, pairs.q), g)
 
 
 def ascend(forward: Forward, pairs: PairState, steps: int,
@@ -182,19 +249,66 @@ def ascend(forward: Forward, pairs: PairState, steps: int,
     Cost: one forward and backward over the pairs to evaluate them at the current f, then
     per step a forward over the proposals, with a backward for the next step's gradient on
     every step but the last (with ``steps=0``, one forward: the evaluation). The result
-    holds the pairs' quotients at the current f, and no gradients.
+    holds the pairs' quotients at the current f, and no gradient. ``pairs`` is not changed.
     """
-    u, v = pairs.u.detach(), pairs.v.detach()
+    w = joint(pairs)
     if steps == 0:  # the values alone
-        return PairState(u, v, pairs.tau, value(forward, u, v))
-    q, gu, gv = value_and_grad(forward, u, v, rule.power)
-    pairs = PairState(u, v, pairs.tau, q, gu, gv)
+        return _state(w, pairs.tau, _value(forward, w)[0])
+    q, g, _ = _value_and_grad(forward, w, rule.power)
+    pairs = _state(w, pairs.tau, q, g)
     for i in range(steps):
-        u_new, v_new = propose(pairs, rule)
+        w_new = propose(pairs, rule)
         if i < steps - 1:
-            q_new, gu_new, gv_new = value_and_grad(forward, u_new, v_new, rule.power)
+            q_new, g_new, dist_new = _value_and_grad(forward, w_new, rule.power)
         else:  # the last step's gradient would only serve a step that does not come
-            q_new, gu_new, gv_new = value(forward, u_new, v_new), None, None
-        pairs = accept(pairs, u_new, v_new, q_new, gu_new, gv_new, rule)
-    pairs.gu = pairs.gv = None
+            (q_new, dist_new), g_new = _value(forward, w_new), None
+        pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule)
+    pairs.g = None
+    return pairs
+
+
+def ascend_late(forward: Forward, pairs: PairState, steps: int,
+                rule: AscentRule = AscentRule()) -> PairState:  # noqa: B008 (frozen)
+    """:func:`ascend` with the last step's decision taken at the next call: an approximation
+    that saves one forward over the pairs per call.
+
+    The call first evaluates the proposal w' left ``pending`` by the call before, with its
+    gradient, at the current f (the forward and backward that ``ascend`` spends on the
+    pairs anyway) and decides on it at the current f alone: accepted where the quotient
+    still rises along the step at the proposal,
+
+        ∇(q^p)(w') · (w' − w) > rtol · q(w')^p     (w = cat[u, v], w' = cat[u', v']),
+
+    per pair (``rule.rtol``, √eps by default: the left side estimates q(w')^p − q(w)^p to
+    first order, as the rise ``ascend`` asks for), which for a quotient concave along the
+    step means q(w') > q(w). The pair's own
+    quotient is not compared: it was measured under an older f, and as training lowers the
+    slopes a proposal would rarely beat it (measured: the step sizes shrank and the pairs
+    stalled). A rejected pair keeps its old quotient and gradient. Then ``steps − 1``
+    steps as in ``ascend`` (each a forward and a backward, decided by the quotients at the
+    current f), and the last step's proposal is left pending. Without a pending proposal
+    (the first call, or new pairs) the call evaluates the pairs instead.
+
+    Cost: ``steps`` forwards and backwards over the pairs (``ascend``: the same and one
+    forward more). The result holds the kept pairs' quotients, their gradients and the
+    pending proposal. ``pairs.pending`` is overwritten (it becomes the result's pairs).
+    """
+    if steps == 0:
+        return ascend(forward, pairs, 0, rule)
+    if pairs.pending is None or pairs.g is None or pairs.q is None:
+        w = joint(pairs)
+        q, g, _ = _value_and_grad(forward, w, rule.power)
+        pairs = _state(w, pairs.tau, q, g)
+    else:
+        w_new = pairs.pending
+        q_new, g_new, dist_new = _value_and_grad(forward, w_new, rule.power)
+        slope_u, slope_v = _halves((g_new * (w_new - joint(pairs))).flatten(2).sum(2))
+        rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
+        rises = slope_u + slope_v > rtol * q_new**rule.power
+        pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule, rises)
+    for _ in range(steps - 1):
+        w_new = propose(pairs, rule)
+        q_new, g_new, dist_new = _value_and_grad(forward, w_new, rule.power)
+        pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule)
+    pairs.pending = propose(pairs, rule)
     return pairs

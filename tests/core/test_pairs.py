@@ -52,7 +52,7 @@ def test_an_ascent_step_costs_one_forward_and_all_but_the_last_a_backward(steps,
     # one evaluation at the start (θ changed), one forward per step; the last step's
     # gradient would be stale at the next θ, so it is not computed
     assert calls == {"forward": steps + 1, "backward": steps}
-    assert out.gu is None and out.gv is None
+    assert out.g is None
 
 
 def test_step_sizes_grow_on_accepted_and_shrink_on_rejected_steps():
@@ -129,3 +129,85 @@ def test_a_bad_rule_is_named():
         AscentRule(step="newton")
     with pytest.raises(ValueError, match="factor must be > 1"):
         AscentRule(factor=1.0)
+
+
+@pytest.mark.parametrize("power", [1, 2])
+def test_the_closed_form_gradient_equals_autograd_through_the_quotient(power):
+    # value_and_grad differentiates the numerator only and adds the distance's part in
+    # closed form; the oracle differentiates q^p through both norms. Pair 2 has met (u = v):
+    # its distance is the floor, a constant, so only the numerator's part remains.
+    from clipkit.core.pairs import value_and_grad
+
+    model = ck.models.mlp([5, 7, 3], activation="sigmoid", seed=0).double()
+    forward = lambda x: model(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1)  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+    v = u + 0.3 * torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+    v[1, 2] = u[1, 2]
+    q, gu, gv = value_and_grad(forward, u, v, power)
+    uu, vv = u.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    ref = quotients(forward, uu, vv)
+    ref_gu, ref_gv = torch.autograd.grad((ref**power).sum(), (uu, vv))
+    assert torch.equal(q, ref.detach())
+    assert torch.allclose(gu, ref_gu, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(gv, ref_gv, rtol=1e-12, atol=1e-14)
+    assert q[1, 2] == 0 and not torch.equal(gu[0], torch.zeros_like(gu[0]))
+
+
+def _late_two_calls(tau, scale_between=1.0):
+    # f(x) = s·diag(3, 1)x, u = (1, 1), v = 0: ∇_u q = (2, −2)/√5 = −∇_v q, so the proposal
+    # has d' = u' − v' = (1 + 4τ/√5, 1 − 4τ/√5); q rises along the step while d'_2 > 0,
+    # i.e. up to τ = √5/4 ≈ 0.56 (where d' points along e1, the top direction)
+    from clipkit.core.pairs import ascend_late
+
+    w = torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64))
+    u = torch.tensor([[[1.0, 1.0]]], dtype=torch.float64)
+    v = torch.zeros_like(u)
+    first = ascend_late(_linear_forward(w), PairState(u, v, torch.full((1, 1), tau).double()), 1)
+    second = ascend_late(_linear_forward(scale_between * w), first, 1)
+    return u, first, second
+
+
+@pytest.mark.parametrize("tau, accepted", [(0.3, True), (0.8, False)])
+def test_a_late_decision_asks_whether_q_still_rises_along_the_step(tau, accepted):
+    u, first, second = _late_two_calls(tau)
+    assert torch.equal(first.u, u) and first.pending is not None  # nothing decided yet
+    assert (not torch.equal(second.u, u)) is accepted
+    assert second.tau.item() == pytest.approx(tau * 1.3 if accepted else tau / 1.3)
+    # τ = 0.8 overshoots the top direction: q still rose (ascend keeps it), but it falls
+    # along the step at the proposal, so the late rule rejects it
+    exact = ascend(_linear_forward(torch.diag(torch.tensor([3.0, 1.0]).double())),
+                   PairState(u, torch.zeros_like(u), torch.full((1, 1), tau).double()), 1)
+    assert not torch.equal(exact.u, u)
+
+
+def test_a_late_decision_does_not_compare_with_a_quotient_of_an_older_function():
+    # between the calls every slope halves (training moved θ): the proposal's quotient is
+    # below the pair's old one, yet it rises along the step at the current f: accepted
+    u, first, second = _late_two_calls(0.3, scale_between=0.5)
+    assert float(second.q) < float(first.q)
+    assert not torch.equal(second.u, u) and second.tau.item() == pytest.approx(0.3 * 1.3)
+
+
+def test_late_decisions_save_one_forward_per_call(monkeypatch):
+    from clipkit.core.pairs import ascend_late
+
+    calls = {"forward": 0, "backward": 0}
+    w = torch.randn(3, 4, dtype=torch.float64)
+
+    def forward(x):
+        calls["forward"] += 1
+        return x @ w.T
+
+    grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls["backward"] += 1
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    pairs = PairState(torch.randn(1, 8, 4).double(), torch.randn(1, 8, 4).double(),
+                      torch.ones(1, 8).double())
+    for _ in range(4):
+        pairs = ascend_late(forward, pairs, steps=2)
+    assert calls == {"forward": 8, "backward": 8}  # ascend: 12 forwards, 8 backwards

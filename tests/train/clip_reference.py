@@ -12,9 +12,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 import clipkit as ck
-from clipkit.core.pairs import PairState, quotients, quotients_from
+from clipkit.core.pairs import quotients, quotients_from
+
+
+@dataclass
+class PairState:
+    """The pair state of 0.1.0 (separate gradients for u and v), kept here so that the
+    oracle does not change with clipkit's own ``PairState``."""
+
+    u: Tensor
+    v: Tensor
+    tau: Tensor
+    q: Tensor | None = None
+    gu: Tensor | None = None
+    gv: Tensor | None = None
 
 
 def _value_and_grad(forward, u, v):

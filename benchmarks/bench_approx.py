@@ -1,0 +1,119 @@
+"""What the approximation ``late_accept`` costs in results: CLIP with the option off and on.
+
+CLIP as the paper describes it (``late_accept=False``: each ascent proposal is decided on
+at the θ it was made at) against ``late_accept=True`` (decided at the next step, by the
+ascent's own forward; one forward over the 2P pair inputs less per step), the same seeds,
+on Fashion-MNIST (CLIPKIT_DATA), MLP 784-200-80-10, SGD lr 0.1 momentum 0.9, batch 128:
+
+* published: sigmoid also on the logits (``last_activation=True``), ``CLIP.authors()``;
+* corrected: no activation on the logits, ``CLIP.authors()``;
+* defaults: ReLU, ``ck.CLIP()`` at clipkit's defaults.
+
+Each (setting, option) trains the seeds as one vectorised path (``fit_path``). Printed:
+the learning curve (test accuracy per epoch, mean over seeds), and the final clean test
+accuracy, PGD-ℓ2 accuracy at ε = 2 (``ck.attacks.PGD``, on the first ``--attack`` test
+images) and training accuracy, as mean [min, max] over the seeds, and the epoch-mean CLIP
+estimate of the last epoch; the verdict says whether "on" is worse than "off" by more
+than the seeds' spread (the larger max − min of the two).
+
+    python benchmarks/bench_approx.py [--epochs 20] [--n 60000] [--seeds 0,1,2] [--only published]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import clipkit as ck
+
+SIZES = [784, 200, 80, 10]
+
+
+def settings() -> dict[str, tuple]:
+    """name -> (model_fn, CLIP with the option off)."""
+    def sigmoid(last):
+        return lambda: ck.models.mlp(SIZES, activation="sigmoid", last_activation=last)
+
+    return {
+        "published": (sigmoid(True), ck.CLIP.authors()),
+        "corrected": (sigmoid(False), ck.CLIP.authors()),
+        "defaults": (lambda: ck.models.mlp(SIZES, activation="relu"), ck.CLIP()),
+    }
+
+
+def summary(values: list[float]) -> str:
+    a = 100 * np.asarray(values)
+    return f"{a.mean():5.1f} [{a.min():4.1f}, {a.max():4.1f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--n", type=int, default=60000, help="training images")
+    parser.add_argument("--attack", type=int, default=1000, help="test images attacked")
+    parser.add_argument("--pgd-steps", type=int, default=20)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--only", default="", help="settings to run, separated by ','")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    x, y = ck.data.load("fashion-mnist", train=True, n=args.n, download=False)
+    xt, yt = ck.data.load("fashion-mnist", train=False, download=False)
+    x, xt = x.flatten(1), xt.flatten(1)
+    runs = settings()
+    if args.only:
+        runs = {k: v for k, v in runs.items() if k in args.only.split(",")}
+    print(f"Fashion-MNIST: {len(y)} training images, {len(yt)} test images, {args.epochs} "
+          f"epochs, seeds {seeds}; PGD-l2 eps=2, {args.pgd_steps} steps, first {args.attack} "
+          f"test images; {args.threads} threads", flush=True)
+    pgd = ck.attacks.PGD(eps=2.0, norm="l2", steps=args.pgd_steps, seed=0)
+    rows = []
+    for name, (model_fn, off) in runs.items():
+        curves = {}
+        for label, method in (("off", off), ("on (late_accept)", off.replace(late_accept=True))):
+            t = time.perf_counter()
+            ds = ck.fit_path(model_fn, (x, y), method, seed=seeds, epochs=args.epochs,
+                             batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
+                             test=(xt, yt), progress=False)
+            seconds = time.perf_counter() - t
+            clean, robust = [], []
+            for s in seeds:
+                model = ck.path.model_at(ds, model_fn, lam=method.lam, seed=s)
+                acc = ck.attacks.robust_accuracy(model, (xt[: args.attack], yt[: args.attack]),
+                                                 pgd, eps=[2.0])
+                robust.append(float(acc.sel(eps=2.0)))
+                clean.append(float(ds.test_acc.sel(lam=method.lam, seed=s)[-1]))
+            train = ds.acc.sel(lam=method.lam).isel(epoch=-1).values.tolist()
+            curves[label] = ds.test_acc.sel(lam=method.lam).mean("seed").values
+            lip = ds.lip.sel(lam=method.lam).isel(epoch=-1).values.tolist()
+            rows.append((name, label, clean, robust, train, seconds, lip))
+            print(f"  {name} {label} per seed: clean {clean}, PGD {robust}, train {train}, "
+                  f"CLIP est. {lip}; {seconds:.0f} s", flush=True)
+        print(f"\nlearning curve, {name}: test accuracy (%) per epoch, mean over seeds")
+        for label, c in curves.items():
+            print(f"  {label:<18}" + " ".join(f"{100 * v:5.1f}" for v in c))
+        print(flush=True)
+    print(f"{'setting':<11}{'late_accept':<18}{'clean test %':>20}{'PGD-l2 eps=2 %':>20}"
+          f"{'train %':>20}{'time s':>8}{'CLIP est.':>11}")
+    for name, label, clean, robust, train, seconds, lip in rows:
+        print(f"{name:<11}{label:<18}{summary(clean):>20}{summary(robust):>20}"
+              f"{summary(train):>20}{seconds:>8.0f}{np.mean(lip):>11.3g}")
+    print("\nverdict (on − off, mean; spread = larger max − min of the two):")
+    base = {r[0]: r for r in rows if r[1] == "off"}
+    for row in rows:
+        off = base.get(row[0])
+        if off is None or row is off:
+            continue
+        for col, j in (("clean", 2), ("PGD", 3)):
+            diff = 100 * (np.mean(row[j]) - np.mean(off[j]))
+            spread = 100 * max(np.ptp(row[j]), np.ptp(off[j]))
+            verdict = "not worse beyond the spread" if diff >= -spread else "WORSE"
+            print(f"  {row[0]:<11}{col:<6}{diff:+6.1f} points, spread {spread:4.1f}: {verdict}")
+
+
+if __name__ == "__main__":
+    main()

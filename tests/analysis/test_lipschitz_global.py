@@ -4,6 +4,8 @@ certificate (``slopes.global_slopes``) and the ascent over the first pre-activat
 Jacobian norm over the whole pre-activation space, and the certificates they sit between."""
 
 import itertools
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,30 +14,9 @@ from torch import nn
 from clipkit import lipschitz as ls
 from clipkit.analysis.lipschitz.preactivation import preactivation_ascent, reachable
 from clipkit.analysis.lipschitz.slopes import global_slopes
-from clipkit.analysis.lipschitz.structure import float64_copy
 
-ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-
-
-def mlp(sizes, act, seed, bias=0.0):
-    torch.manual_seed(seed)
-    layers = []
-    for i in range(len(sizes) - 1):
-        lin = nn.Linear(sizes[i], sizes[i + 1])
-        if bias:
-            with torch.no_grad():
-                lin.bias.normal_(0.0, bias)
-        layers.append(lin)
-        if i < len(sizes) - 2:
-            layers.append(ACTS[act]())
-    return nn.Sequential(*layers)
-
-
-def jac_norms(model, x):
-    m = float64_copy(model)
-    J = torch.func.vmap(torch.func.jacrev(lambda v: m(v[None])[0]))(x.double())
-    return torch.linalg.matrix_norm(J, ord=2)
-
+sys.path.insert(0, str(Path(__file__).parent))
+from nets import jac_norms, mlp  # noqa: E402
 
 # ----------------------------------------------------------------------------- global slopes
 
@@ -43,7 +24,7 @@ def jac_norms(model, x):
 @pytest.mark.parametrize("act", ["sigmoid", "tanh"])
 def test_global_slopes_contain_every_derivative_and_narrow_after_bounded_activations(act):
     # large second-layer biases push some second-layer neurons away from their steepest point
-    net = mlp([3, 6, 8, 2], act, 2, bias=3.0)
+    net = mlp([3, 6, 8, 2], act, 2, bias_std=3.0)
     chain = ls.mlp_chain(net, (3,))
     slopes = global_slopes(chain)
     g = torch.Generator().manual_seed(0)
@@ -63,14 +44,14 @@ def test_global_slopes_contain_every_derivative_and_narrow_after_bounded_activat
 
 
 def test_global_slopes_of_relu_nets_are_the_global_interval():
-    chain = ls.mlp_chain(mlp([3, 6, 8, 2], "relu", 2, bias=3.0), (3,))
+    chain = ls.mlp_chain(mlp([3, 6, 8, 2], "relu", 2, bias_std=3.0), (3,))
     for a, b in global_slopes(chain):
         assert bool((a == 0).all()) and bool((b == 1).all())
 
 
 @pytest.mark.parametrize("act", ["sigmoid", "tanh"])
 def test_tightened_certificate_is_below_the_global_slope_one_and_above_sampled_jacobians(act):
-    net = mlp([3, 6, 8, 2], act, 2, bias=3.0)
+    net = mlp([3, 6, 8, 2], act, 2, bias_std=3.0)
     chain = ls.mlp_chain(net, (3,))
     glob = [(torch.full((w.shape[0],), lo, dtype=torch.float64),
              torch.full((w.shape[0],), hi, dtype=torch.float64))
@@ -100,7 +81,7 @@ def grid_max(net, chain, half_width=12.0, n=121):
 @pytest.mark.parametrize("seed", range(2))
 def test_preactivation_ascent_reaches_the_grid_maximum_and_stays_below_the_certificate(act,
                                                                                        seed):
-    net = mlp([4, 2, 3, 2], act, seed, bias=2.0)
+    net = mlp([4, 2, 3, 2], act, seed, bias_std=2.0)
     chain = ls.mlp_chain(net, (4,))
     out = preactivation_ascent(net, (4,), steps=300, seed=seed)  # the default 32 starts
     assert out is not None
@@ -147,7 +128,7 @@ def test_bracket_finds_steep_regions_far_from_the_data():
 
 def test_every_pattern_of_the_tiny_net_is_below_the_certificate():
     """The worst slope pattern inside the tightened intervals still bounds from below."""
-    net = mlp([3, 3, 4, 2], "sigmoid", 1, bias=3.0)
+    net = mlp([3, 3, 4, 2], "sigmoid", 1, bias_std=3.0)
     chain = ls.mlp_chain(net, (3,))
     (a1, b1), (a2, b2) = global_slopes(chain)
     W0, W1, W2 = chain.weights

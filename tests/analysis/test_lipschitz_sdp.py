@@ -4,6 +4,8 @@ Jacobians of smooth nets, slope patterns, and the solver / verification failure 
 
 import itertools
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,31 +15,11 @@ from torch import nn
 from clipkit import lipschitz
 from clipkit import lipschitz as ls
 from clipkit.analysis.lipschitz import lbfgs, lmi
-from clipkit.analysis.lipschitz.structure import float64_copy
 
-ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-        "leaky": lambda: nn.LeakyReLU(0.1)}
+sys.path.insert(0, str(Path(__file__).parent))
+from nets import ACTS, jac_norms, mlp  # noqa: E402
+
 FAST = dict(pairs=32, steps=20, restarts=1, directions=2)
-
-
-def mlp(sizes, act, seed, bias_scale=1.0):
-    torch.manual_seed(seed)
-    layers = []
-    for i in range(len(sizes) - 1):
-        lin = nn.Linear(sizes[i], sizes[i + 1])
-        with torch.no_grad():
-            lin.bias.mul_(bias_scale)
-        layers.append(lin)
-        if i < len(sizes) - 2:
-            layers.append(ACTS[act]())
-    return nn.Sequential(*layers)
-
-
-def jac_norms(model, x):
-    """sigma_max of the float64 Jacobian at each row of x, by SVD."""
-    m = float64_copy(model)
-    J = torch.func.vmap(torch.func.jacrev(lambda v: m(v[None])[0]))(x.double())
-    return torch.linalg.matrix_norm(J, ord=2)
 
 
 def sdp(model, d_in, **kw):

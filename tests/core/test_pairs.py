@@ -30,8 +30,8 @@ def test_clip_estimate_on_a_linear_map_never_exceeds_and_reaches_its_norm():
     assert start < 0.9 * norm  # the ascent did the work, not the start
 
 
-@pytest.mark.parametrize("steps", [0, 1, 7])
-def test_an_ascent_step_costs_one_forward_and_all_but_the_last_a_backward(steps, monkeypatch):
+def counting_passes(monkeypatch):
+    """A linear forward that counts its calls, and torch.autograd.grad counting backwards."""
     calls = {"forward": 0, "backward": 0}
     w = torch.randn(3, 4, dtype=torch.float64)
 
@@ -46,6 +46,12 @@ def test_an_ascent_step_costs_one_forward_and_all_but_the_last_a_backward(steps,
         return grad(*args, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    return forward, calls
+
+
+@pytest.mark.parametrize("steps", [0, 1, 7])
+def test_an_ascent_step_costs_one_forward_and_all_but_the_last_a_backward(steps, monkeypatch):
+    forward, calls = counting_passes(monkeypatch)
     pairs = PairState(torch.randn(1, 8, 4), torch.randn(1, 8, 4), torch.ones(1, 8))
     pairs = PairState(pairs.u.double(), pairs.v.double(), pairs.tau.double())
     out = ascend(forward, pairs, steps=steps)
@@ -192,20 +198,7 @@ def test_a_late_decision_does_not_compare_with_a_quotient_of_an_older_function()
 def test_late_decisions_save_one_forward_per_call(monkeypatch):
     from clipkit.core.pairs import ascend_late
 
-    calls = {"forward": 0, "backward": 0}
-    w = torch.randn(3, 4, dtype=torch.float64)
-
-    def forward(x):
-        calls["forward"] += 1
-        return x @ w.T
-
-    grad = torch.autograd.grad
-
-    def counting_grad(*args, **kwargs):
-        calls["backward"] += 1
-        return grad(*args, **kwargs)
-
-    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    forward, calls = counting_passes(monkeypatch)
     pairs = PairState(torch.randn(1, 8, 4).double(), torch.randn(1, 8, 4).double(),
                       torch.ones(1, 8).double())
     for _ in range(4):

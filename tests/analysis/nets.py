@@ -34,3 +34,13 @@ def jac_norms(model, x):
     m = float64_copy(model)
     J = torch.func.vmap(torch.func.jacrev(lambda v: m(v[None])[0]))(x.double())
     return torch.linalg.matrix_norm(J, ord=2)
+
+
+def assert_slopes_contain_derivatives(chain, slopes, xs):
+    """Every neuron's derivative at the pre-activations of the inputs ``xs`` lies in its
+    slope interval (a, b) of ``slopes``."""
+    zs = chain.forward(xs)
+    for k, (a, b) in enumerate(slopes):
+        z = zs[k].detach().requires_grad_(True)
+        (dz,) = torch.autograd.grad(chain.acts[k](z).sum(), z)
+        assert bool((dz >= a).all()) and bool((dz <= b).all())

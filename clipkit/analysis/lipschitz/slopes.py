@@ -100,14 +100,20 @@ def global_slopes(chain: MLPChain) -> list[tuple[Tensor, Tensor]]:
             a, b = slope_range(act, lo, hi)
             glo, _ = activation_slopes(act)  # type: ignore[misc]
             out.append((torch.full_like(a, glo), b))
-            if glo >= 0:  # monotone: [lo, hi] maps onto [s(lo), s(hi)]
-                h_lo, h_hi = act(lo), act(hi)
-                vs = 1e-12 * (h_lo.abs() + h_hi.abs()).nan_to_num(posinf=0.0) + 1e-300
-                h_lo, h_hi = h_lo - vs, h_hi + vs
-            else:
-                h_lo = torch.full_like(lo, -math.inf)
-                h_hi = torch.full_like(hi, math.inf)
+            h_lo, h_hi = _value_range(act, lo, hi)
         return out
+
+
+def _value_range(act: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """An interval containing act(z) for z in [lo, hi], widened by a relative 1e-12 plus
+    1e-300 for rounding: [act(lo), act(hi)] for the supported monotone activations (lower
+    slope >= 0; infinite ends stay infinite), else all of R."""
+    glo, _ = activation_slopes(act)  # type: ignore[misc]
+    if glo < 0:
+        return torch.full_like(lo, -math.inf), torch.full_like(hi, math.inf)
+    h_lo, h_hi = act(lo), act(hi)
+    vs = 1e-12 * (h_lo.abs() + h_hi.abs()).nan_to_num(posinf=0.0) + 1e-300
+    return h_lo - vs, h_hi + vs
 
 
 def local_slopes(chain: MLPChain, x: Tensor, eps: float) -> list[tuple[Tensor, Tensor]]:
@@ -146,15 +152,7 @@ def _local_slopes(chain: MLPChain, x: Tensor, eps: float) -> list[tuple[Tensor, 
         act = chain.acts[k]
         a, b = slope_range(act, lo, hi)
         out.append((a, b))
-        # values: the supported monotone activations map [lo, hi] onto [s(lo), s(hi)]
-        glo, _ = activation_slopes(act)  # type: ignore[misc]
-        if glo >= 0:
-            h_lo, h_hi = act(lo), act(hi)
-            vs = 1e-12 * (h_lo.abs() + h_hi.abs()) + 1e-300
-            h_lo, h_hi = h_lo - vs, h_hi + vs
-        else:
-            h_lo = torch.full_like(lo, -math.inf)
-            h_hi = torch.full_like(hi, math.inf)
+        h_lo, h_hi = _value_range(act, lo, hi)
         # the next ellipsoid: one ECLipsE-Fast stage with these slopes
         m, p = (a + b) / 2, a * b
         Bm = torch.linalg.solve_triangular(L, (m[:, None] * A).T, upper=False)

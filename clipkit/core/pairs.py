@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from clipkit.core.affine_first import AffineFirst
 from clipkit.core.utils import broadcast_to, flat_norm
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "quotients",
     "quotients_from",
     "stacked",
+    "step_sizes",
     "value",
     "value_and_grad",
 ]
@@ -79,7 +81,7 @@ def value_and_grad(forward: Forward, u: Tensor, v: Tensor,
 
     The backward goes to the inputs only (torch skips the weights' gradients).
     """
-    q, g, _ = _value_and_grad(forward, torch.cat([u.detach(), v.detach()], dim=1), power)
+    q, g, _, _ = _value_and_grad(forward, torch.cat([u.detach(), v.detach()], dim=1), power)
     gu, gv = _halves(g)
     return q, gu, gv
 
@@ -90,18 +92,24 @@ def _halves(w: Tensor) -> tuple[Tensor, Tensor]:
     return w[:, :p], w[:, p:]
 
 
-def _value(forward: Forward, w: Tensor) -> tuple[Tensor, Tensor]:
-    """The quotients of the pairs w = cat[u, v] and their distances ‖u − v‖, no graph."""
+def _value(forward: Forward, w: Tensor, affine: AffineFirst | None = None,
+           z: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The quotients of the pairs w = cat[u, v] and their distances ‖u − v‖, no graph.
+
+    With ``z``, the first layer's outputs at w (``affine_first``), only ``affine.rest`` runs.
+    """
     with torch.no_grad():
-        out_u, out_v = _halves(forward(w))
+        out_u, out_v = _halves(forward(w) if z is None else affine.rest(z))
         u, v = _halves(w)
         dist = flat_norm(u - v, 2)
         return flat_norm(out_u - out_v, 2) / dist.clamp_min(_TINY), dist
 
 
-def _value_and_grad(forward: Forward, w: Tensor, power: int) -> tuple[Tensor, Tensor, Tensor]:
-    """q, ∇(q^p) (in w's layout) and ‖u − v‖ for the pairs w = cat[u, v]: one forward, one
-    backward to the inputs.
+def _value_and_grad(forward: Forward, w: Tensor, power: int,
+                    affine: AffineFirst | None = None, z: Tensor | None = None,
+                    ) -> tuple[Tensor, Tensor, Tensor, Linearization | None]:
+    """q, ∇(q^p) (in w's layout), ‖u − v‖ for the pairs w = cat[u, v] and, with ``affine``,
+    their :class:`Linearization`: one forward, one backward to the inputs.
 
     Autograd differentiates the numerator n = ‖f(u) − f(v)‖ only; the distance
     d = ‖u − v‖ enters in closed form (hand-written: autograd's backward through the norm
@@ -109,25 +117,61 @@ def _value_and_grad(forward: Forward, w: Tensor, power: int) -> tuple[Tensor, Te
 
         ∇_u q^p = c·∇_u n − c·q·(u − v)/d,   ∇_v q^p = c·∇_v n + c·q·(u − v)/d,
 
-    and where d is below the floor, d is that constant floor (no second term).
+    and where d is below the floor, d is that constant floor (no second term). With
+    ``affine`` the backward stops at the first layer's output (δ = c·∂n/∂z) and
+    ∇n = Wᵀδ is one product; ``z``: that output at w where known (else ``affine.first``).
     """
-    w = w.detach().requires_grad_(True)
-    with torch.enable_grad():
-        out_u, out_v = _halves(forward(w))
-        num = flat_norm(out_u - out_v, 2)
+    if affine is None:
+        w = w.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out_u, out_v = _halves(forward(w))
+            num = flat_norm(out_u - out_v, 2)
+    else:
+        z = (affine.first(w) if z is None else z).detach().requires_grad_(True)
+        with torch.enable_grad():
+            out_u, out_v = _halves(affine.rest(z))
+            num = flat_norm(out_u - out_v, 2)
     u, v = _halves(w.detach())
     diff = u - v
     dist = flat_norm(diff, 2)
     d = dist.clamp_min(_TINY)
     q = num.detach() / d
     c = power * q ** (power - 1) / d
-    (g,) = torch.autograd.grad(num, w, grad_outputs=c)
-    g = g.contiguous()  # autograd's result, no graph kept: ours to write in place below
-    coef = broadcast_to(torch.where(dist > _TINY, c * q / d, 0.0), diff)
+    coef = torch.where(dist > _TINY, c * q / d, 0.0)
+    if affine is None:
+        (g,) = torch.autograd.grad(num, w, grad_outputs=c)
+        g = g.contiguous()  # autograd's result, no graph kept: ours to write in place below
+        lin = None
+    else:
+        (delta,) = torch.autograd.grad(num, z, grad_outputs=c)
+        g = torch.matmul(delta, affine.weight()).view_as(w)
+        lin = Linearization(z.detach(), delta, coef)
     g_u, g_v = _halves(g)
-    g_u.addcmul_(coef, diff, value=-1)
-    g_v.addcmul_(coef, diff)
-    return q, g, dist
+    g_u.addcmul_(broadcast_to(coef, diff), diff, value=-1)
+    g_v.addcmul_(broadcast_to(coef, diff), diff)
+    return q, g, dist, lin
+
+
+@dataclass
+class Linearization:
+    """What the ascent step from pairs w = cat[u, v] needs to know the first layer's output
+    at its proposal without a product with W (``clipkit.core.affine_first``): z = A(w)
+    (K, 2P, n₁), δ = the gradient at z (K, 2P, n₁), and the distance term's coefficient c
+    (K, P), so that ∇_u = Wᵀδ_u − c·(u − v), ∇_v = Wᵀδ_v + c·(u − v)."""
+
+    z: Tensor
+    delta: Tensor
+    coef: Tensor
+
+    def at(self, gram: Tensor, s: Tensor) -> Tensor:
+        """A(w + s·∇) = z + s·(Gδ ∓ c·(z_u − z_v)), G = W Wᵀ (``gram``: (K, n₁, n₁))."""
+        step = torch.matmul(self.delta, gram)
+        z_u, z_v = _halves(self.z)
+        dz = (z_u - z_v) * self.coef[..., None]
+        s_u, s_v = _halves(step)
+        s_u.sub_(dz)
+        s_v.add_(dz)
+        return torch.addcmul(self.z, torch.cat([s, s], dim=1)[..., None], step)
 
 
 @dataclass(frozen=True)
@@ -179,7 +223,8 @@ class PairState:
     has none. ``g`` is ∇(q^power) in the same layout: ∇_u in the first P rows, ∇_v in the
     last P. ``winner`` is for CLIP's descent step: (index (K,), u_w, v_w (K, 1, *in)).
     ``pending``: the proposal cat[u', v'] that :func:`ascend_late` decides on at its next
-    call (None: nothing pending).
+    call (None: nothing pending). ``lin``: the :class:`Linearization` that goes with ``g``
+    where the ascent splits off the model's first layer (None: it does not).
     """
 
     u: Tensor
@@ -190,6 +235,7 @@ class PairState:
     winner: tuple[Tensor, Tensor, Tensor] | None = None
     uv: Tensor | None = None
     pending: Tensor | None = None
+    lin: Linearization | None = None
 
 
 def joint(pairs: PairState) -> Tensor:
@@ -199,19 +245,27 @@ def joint(pairs: PairState) -> Tensor:
     return torch.cat([pairs.u.detach(), pairs.v.detach()], dim=1)
 
 
-def _state(w: Tensor, tau: Tensor, q: Tensor, g: Tensor | None = None) -> PairState:
+def _state(w: Tensor, tau: Tensor, q: Tensor, g: Tensor | None = None,
+           lin: Linearization | None = None) -> PairState:
     u, v = _halves(w)
-    return PairState(u, v, tau, q, g, uv=w)
+    return PairState(u, v, tau, q, g, uv=w, lin=lin)
 
 
-def propose(pairs: PairState, rule: AscentRule) -> Tensor:
-    """The proposal cat[u', v'] (K, 2P, *in): u' = Π(u + s·g_u), v' = Π(v + s·g_v)
-    (see :class:`AscentRule` for s). A new tensor; the state is not changed."""
-    w, g, s = joint(pairs), pairs.g, pairs.tau
+def step_sizes(pairs: PairState, rule: AscentRule) -> Tensor:
+    """The step s per pair (K, P): τ, or for ``step="normalized"`` τ·‖u − v‖ / ‖(g_u, g_v)‖."""
+    s = pairs.tau
     if rule.step == "normalized":
-        (gu, gv), (u, v) = _halves(g), _halves(w)
+        (gu, gv), (u, v) = _halves(pairs.g), _halves(joint(pairs))
         gnorm = (flat_norm(gu, 2) ** 2 + flat_norm(gv, 2) ** 2).sqrt()
         s = s * flat_norm(u - v, 2) / gnorm.clamp_min(1e-30)
+    return s
+
+
+def propose(pairs: PairState, rule: AscentRule, s: Tensor | None = None) -> Tensor:
+    """The proposal cat[u', v'] (K, 2P, *in): u' = Π(u + s·g_u), v' = Π(v + s·g_v)
+    (s: ``step_sizes`` unless given). A new tensor; the state is not changed."""
+    w, g = joint(pairs), pairs.g
+    s = step_sizes(pairs, rule) if s is None else s
     w_new = torch.addcmul(w, broadcast_to(torch.cat([s, s], dim=1), w), g)
     if rule.clamp is not None:
         w_new.clamp_(*rule.clamp)
@@ -219,7 +273,8 @@ def propose(pairs: PairState, rule: AscentRule) -> Tensor:
 
 
 def accept(pairs: PairState, w_new: Tensor, q_new: Tensor, dist_new: Tensor,
-           g_new: Tensor | None, rule: AscentRule, rises: Tensor | None = None) -> PairState:
+           g_new: Tensor | None, rule: AscentRule, rises: Tensor | None = None,
+           lin_new: Linearization | None = None) -> PairState:
     """Keep the proposal where q rose (τ ×= factor), else the old pair (τ ÷= factor).
 
     ``w_new``, ``q_new``, ``dist_new``, ``g_new``: the proposal cat[u', v'], its quotients,
@@ -227,7 +282,8 @@ def accept(pairs: PairState, w_new: Tensor, q_new: Tensor, dist_new: Tensor,
     ``rises`` (K, P): where given, whether q rose, decided by the caller (instead of
     comparing ``q_new`` with the pairs' quotients). The result is written into ``w_new``
     and ``g_new`` (the caller's fresh proposal): only the rejected pairs' rows are copied
-    back, no new pair-sized tensor.
+    back, no new pair-sized tensor. ``lin_new``: the proposal's :class:`Linearization`,
+    kept with ``g`` (the result has one where both it and the state have one).
     """
     if rises is None:
         rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
@@ -239,31 +295,55 @@ def accept(pairs: PairState, w_new: Tensor, q_new: Tensor, dist_new: Tensor,
     w = torch.where(a, w_new, joint(pairs), out=w_new)
     g = None if g_new is None else torch.where(a, g_new, pairs.g, out=g_new)
     tau = torch.where(ok, pairs.tau * rule.factor, pairs.tau / rule.factor)
-    return _state(w, tau, torch.where(ok, q_new, pairs.q), g)
+    lin = None
+    if g is not None and lin_new is not None and pairs.lin is not None:
+        a1 = torch.cat([ok, ok], dim=1)[..., None]
+        lin = Linearization(torch.where(a1, lin_new.z, pairs.lin.z),
+                            torch.where(a1, lin_new.delta, pairs.lin.delta),
+                            torch.where(ok, lin_new.coef, pairs.lin.coef))
+    return _state(w, tau, torch.where(ok, q_new, pairs.q), g, lin)
 
 
 def ascend(forward: Forward, pairs: PairState, steps: int,
-           rule: AscentRule = AscentRule()) -> PairState:  # noqa: B008 (frozen: a safe default)
+           rule: AscentRule = AscentRule(),  # noqa: B008 (frozen: a safe default)
+           affine: AffineFirst | None = None) -> PairState:
     """``steps`` ascent steps on the quotients (or on q^power) with per-pair step sizes.
 
     Cost: one forward and backward over the pairs to evaluate them at the current f, then
     per step a forward over the proposals, with a backward for the next step's gradient on
     every step but the last (with ``steps=0``, one forward: the evaluation). The result
     holds the pairs' quotients at the current f, and no gradient. ``pairs`` is not changed.
+
+    ``affine``: the forward's first affine layer split off (``clipkit.core.affine_first``);
+    the proposals' first-layer outputs then come from the gradient's linearization (n₁²
+    per pair input instead of n₀·n₁, and G = W Wᵀ once), the same values up to rounding.
+    Used where that is less work, steps·2P·(n₀ − n₁) > n₀·n₁, and the pairs are not
+    clamped (a clamp is not affine).
     """
     w = joint(pairs)
     if steps == 0:  # the values alone
         return _state(w, pairs.tau, _value(forward, w)[0])
-    q, g, _ = _value_and_grad(forward, w, rule.power)
-    pairs = _state(w, pairs.tau, q, g)
+    gram = None
+    if affine is not None and rule.clamp is None:
+        n1, n0 = affine.weight().shape[1:]
+        if steps * w.shape[1] * (n0 - n1) > n0 * n1:
+            weight = affine.weight()
+            gram = weight @ weight.transpose(1, 2)
+    if gram is None:
+        affine = None
+    q, g, _, lin = _value_and_grad(forward, w, rule.power, affine)
+    pairs = _state(w, pairs.tau, q, g, lin)
     for i in range(steps):
-        w_new = propose(pairs, rule)
+        s = step_sizes(pairs, rule)
+        w_new = propose(pairs, rule, s)
+        z_new = None if pairs.lin is None else pairs.lin.at(gram, s)
         if i < steps - 1:
-            q_new, g_new, dist_new = _value_and_grad(forward, w_new, rule.power)
+            q_new, g_new, dist_new, lin_new = _value_and_grad(forward, w_new, rule.power,
+                                                              affine, z_new)
         else:  # the last step's gradient would only serve a step that does not come
-            (q_new, dist_new), g_new = _value(forward, w_new), None
-        pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule)
-    pairs.g = None
+            (q_new, dist_new), g_new, lin_new = _value(forward, w_new, affine, z_new), None, None
+        pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule, lin_new=lin_new)
+    pairs.g = pairs.lin = None
     return pairs
 
 
@@ -297,18 +377,18 @@ def ascend_late(forward: Forward, pairs: PairState, steps: int,
         return ascend(forward, pairs, 0, rule)
     if pairs.pending is None or pairs.g is None or pairs.q is None:
         w = joint(pairs)
-        q, g, _ = _value_and_grad(forward, w, rule.power)
+        q, g, _, _ = _value_and_grad(forward, w, rule.power)
         pairs = _state(w, pairs.tau, q, g)
     else:
         w_new = pairs.pending
-        q_new, g_new, dist_new = _value_and_grad(forward, w_new, rule.power)
+        q_new, g_new, dist_new, _ = _value_and_grad(forward, w_new, rule.power)
         slope_u, slope_v = _halves((g_new * (w_new - joint(pairs))).flatten(2).sum(2))
         rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
         rises = slope_u + slope_v > rtol * q_new**rule.power
         pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule, rises)
     for _ in range(steps - 1):
         w_new = propose(pairs, rule)
-        q_new, g_new, dist_new = _value_and_grad(forward, w_new, rule.power)
+        q_new, g_new, dist_new, _ = _value_and_grad(forward, w_new, rule.power)
         pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule)
     pairs.pending = propose(pairs, rule)
     return pairs

@@ -265,8 +265,11 @@ class CLIP(Method):
             if self.keep_step_sizes:
                 fresh.tau = state.tau
             state = fresh
-        step = ascend_late if self.late_accept else ascend
-        run.state = step(run.forward, state, self.ascent_steps, self.rule())
+        if self.late_accept:
+            run.state = ascend_late(run.forward, state, self.ascent_steps, self.rule())
+        else:
+            run.state = ascend(run.forward, state, self.ascent_steps, self.rule(),
+                               run.affine_first)
 
     def extra_inputs(self, run):
         """The pairs the penalty differentiates through, in the batch's forward pass.

@@ -8,6 +8,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from clipkit.core.affine_first import split_module
 from clipkit.core.provenance import provenance
 from clipkit.core.utils import seeded
 from clipkit.train.history import history_dataset
@@ -79,7 +80,7 @@ def fit(
             forward=forward, opt_params=list(model.parameters()), param_dict=param_dict,
             set_mode=model.train, x=x, y=y, test=test, lam=lam, seeds=[seed], setup=setup,
             describe=lambda k: f"{method.name}, lam={method.lam}, seed={seed}",
-            copies=lambda: [model],
+            copies=lambda: [model], affine_first=split_module(model),
         )
     except NonFiniteLossError as exc:
         if exc.history is not None:

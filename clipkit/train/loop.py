@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from clipkit.core.affine_first import AffineFirst
 from clipkit.train.protocol import Run, Step
 from clipkit.train.selection import Keeper, measured
 from clipkit.train.setup import (
@@ -51,6 +52,7 @@ def train_loop(
     setup: TrainSetup,
     describe: Callable[[int], str],
     copies: Callable[[], list[nn.Module]] | None = None,
+    affine_first: AffineFirst | None = None,
 ) -> dict[str, np.ndarray]:
     """Train K copies; return per-epoch history arrays of shape (K, epochs).
 
@@ -71,7 +73,8 @@ def train_loop(
         a, b = seeds_for(s)
         data_gens.append(torch.Generator().manual_seed(a))
         method_gens.append(torch.Generator().manual_seed(b))
-    run = Run(forward, param_dict, x, y, loss_fn, method_gens, device, x.dtype)
+    run = Run(forward, param_dict, x, y, loss_fn, method_gens, device, x.dtype,
+              affine_first=affine_first)
     opt = make_optimizer(opt_params, setup.optimizer, setup.lr, setup.momentum)
     run.state = method.start(run)
 

@@ -19,6 +19,7 @@ import xarray as xr
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from clipkit.core.affine_first import split_stacked
 from clipkit.core.provenance import provenance
 from clipkit.core.utils import check_int, seeded
 from clipkit.train.history import history_dataset
@@ -178,7 +179,7 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup):
             set_mode=template.train, x=xd, y=yd, test=testd, lam=lam,
             seeds=[c[1] for c in copies], setup=setup,
             describe=lambda k: f"{setup.method.name}, lam={copies[k][0]}, seed={copies[k][1]}",
-            copies=modules,
+            copies=modules, affine_first=split_stacked(template, params, buffers),
         )
     except NonFiniteLossError as exc:
         exc.history = None  # a path has no single history; the message names the copy

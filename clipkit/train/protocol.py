@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from clipkit.core.affine_first import AffineFirst
 from clipkit.train.schedules import Constant, Schedule, check_lam
 
 
@@ -34,6 +35,9 @@ class Run:
     state: Any = None
     #: whether any copy's λ is nonzero this epoch (a host flag: no device sync per step)
     lam_nonzero: bool = True
+    #: the forward with its first affine layer split off, where the model has one
+    #: (``clipkit.core.affine_first``; CLIP's ascent uses it), else None
+    affine_first: AffineFirst | None = None
 
     @property
     def K(self) -> int:

@@ -87,7 +87,13 @@ def test_fit_gives_the_weights_of_the_step_before_the_speed_up(kwargs):
     assert float((losses[0] - losses[1]).norm() / losses[1].norm()) <= 1e-6
 
 
-def test_classification_images_give_the_weights_of_the_step_before_the_speed_up():
+@pytest.mark.parametrize("kwargs", [dict(data_range=(0.0, 1.0)),
+                                    dict(ascent_steps=2, noise_dist="uniform"),
+                                    dict(reduction="mean", ascent_steps=3, lam=2.0)],
+                         ids=["clamped", "2-steps", "mean-3-steps"])
+def test_classification_images_give_the_weights_of_the_step_before_the_speed_up(kwargs):
+    # unclamped, the 64 -> 20 first layer is split off (clipkit.core.affine_first: 16 pairs,
+    # 32 * (64 - 20) > 64 * 20)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(96, 1, 8, 8, generator=gen, dtype=torch.float64)
     y = torch.randint(3, (96,), generator=gen)
@@ -95,7 +101,7 @@ def test_classification_images_give_the_weights_of_the_step_before_the_speed_up(
     for cls in (ck.CLIP, ReferenceCLIP):
         model = torch.nn.Sequential(torch.nn.Flatten(), ck.models.mlp([64, 20, 3], seed=1))
         model = model.double()
-        ck.fit(model, (x, y), method=cls(lam=0.5, pairs=8, power=2, data_range=(0.0, 1.0)),
+        ck.fit(model, (x, y), method=cls(**{"lam": 0.5, "pairs": 16, "power": 2, **kwargs}),
                epochs=3, batch_size=16, optimizer="sgd", lr=0.1, seed=0, progress=False)
         weights.append(_weights(model))
     assert float((weights[0] - weights[1]).norm() / weights[1].norm()) <= 1e-6

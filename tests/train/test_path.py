@@ -63,6 +63,34 @@ def test_a_path_equals_separate_fits(method, lams, data64):
                     assert _rel(path_value, torch.tensor(hist[name].values)) <= 1e-6, name
 
 
+@pytest.mark.parametrize("method", [ck.CLIP(pairs=8, ascent_steps=2),
+                                    ck.CLIP.authors(pairs=8, schedule=ck.Constant())],
+                         ids=["2-steps", "authors"])
+def test_a_path_on_images_equals_separate_fits_with_the_first_layer_split_off(method):
+    # 16 -> 6 narrows, 16 * (16 - 6) > 16 * 6 and the pairs are unclamped: the ascent
+    # evaluates its proposals through the linearization of the first layer
+    # (clipkit.core.affine_first), in fit and in the path
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 4, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(3, (64,), generator=gen)
+
+    def images_fn():
+        return torch.nn.Sequential(torch.nn.Flatten(),
+                                   ck.models.mlp([16, 6, 3], activation="sigmoid")).double()
+
+    lams, seeds = [0.0, 0.5], [0, 5]
+    ds = ck.fit_path(images_fn, (x, y), method, lam=lams, seed=seeds, **KW)
+    for lam in lams:
+        for seed in seeds:
+            model = init_copy(images_fn, seed)
+            hist = ck.fit(model, (x, y), method.replace(lam=lam), seed=seed, **KW)
+            trained = model_at(ds, images_fn, lam=lam, seed=seed)
+            for p, q in zip(model.parameters(), trained.parameters(), strict=True):
+                assert _rel(q.detach(), p.detach()) <= 1e-6
+            path_lip = torch.tensor(ds.lip.sel(lam=lam, seed=seed).values)
+            assert _rel(path_lip, torch.tensor(hist.lip.values)) <= 1e-6
+
+
 def test_copies_differ_by_lambda_and_seed(data64):
     ds = ck.fit_path(model_fn, data64, ck.CLIP(), lam=[0.0, 1.0], seed=[0, 1], **KW)
     last = ds.loss.isel(epoch=-1)

@@ -1,7 +1,9 @@
 """Where the time of a CLIP training step goes: a breakdown by kind of work.
 
 Wraps the model's forward (in the ascent: by its number of rows and whether autograd
-records it; else the descent step's), torch.autograd.grad (the ascent's input gradients),
+records it; else the descent step's), and where the ascent splits off the first layer
+(``clipkit.core.affine_first``) that layer, the rest of the forward and the proposals'
+first layer from the linearization, torch.autograd.grad (the ascent's input gradients),
 Tensor.backward (the descent step) and the optimizer's step with wall-clock timers, trains
 one epoch, and prints the time per step of each kind; "rest" is Python, indexing, the
 loss, the proposals and accepts, the quotients' arithmetic.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -22,6 +25,7 @@ from pathlib import Path
 import torch
 
 import clipkit as ck
+from clipkit.core import affine_first, pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 T: dict[str, float] = collections.defaultdict(float)
@@ -87,8 +91,25 @@ def main() -> None:
         finally:
             in_ascent[0] = False
 
+    def split_module(m):
+        split = affine_first.split_module(m)
+        if split is None:
+            return None
+
+        def rest(z):
+            kind = "grad" if torch.is_grad_enabled() else "no grad"
+            return timed(f"ascent forward after the first layer, {z.shape[1]} rows ({kind})",
+                         split.rest)(z)
+
+        return affine_first.AffineFirst(split.weight, timed("ascent first layer", split.first),
+                                        rest)
+
     method.before_step = before_step
     model.forward = forward
+    # the module, not the function ``clipkit.train.fit`` that the package exports
+    importlib.import_module("clipkit.train.fit").split_module = split_module
+    pairs.Linearization.at = timed("proposals' first layer (linearization)",
+                                   pairs.Linearization.at)
     torch.autograd.grad = timed("ascent backward (input gradients)", torch.autograd.grad)
     torch.Tensor.backward = timed("descent backward", torch.Tensor.backward)
     torch.optim.SGD.step = timed("optimizer step", torch.optim.SGD.step)

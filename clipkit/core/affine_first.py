@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-__all__ = ["AffineFirst", "first_linear", "split_module", "split_stacked"]
+__all__ = ["AffineFirst", "copies_matmul", "first_linear", "split_module", "split_stacked"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,15 @@ def first_linear(model: nn.Module) -> int | None:
         if not (type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1):
             return None
     return None
+
+
+def copies_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b per copy, (K, m, n) @ (K, n, p) → (K, m, p). One copy: a plain matrix product
+    (on the CPU torch's bmm with a batch of one took up to twice as long as mm, measured on
+    1000×200 @ 200×784)."""
+    if a.shape[0] == 1:
+        return (a[0] @ b[0]).unsqueeze(0)
+    return torch.bmm(a, b)
 
 
 def _over_copies(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:

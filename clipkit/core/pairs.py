@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from clipkit.core.affine_first import AffineFirst
+from clipkit.core.affine_first import AffineFirst, copies_matmul
 from clipkit.core.utils import broadcast_to, flat_norm
 
 __all__ = [
@@ -144,7 +144,7 @@ def _value_and_grad(forward: Forward, w: Tensor, power: int,
         lin = None
     else:
         (delta,) = torch.autograd.grad(num, z, grad_outputs=c)
-        g = torch.matmul(delta, affine.weight()).view_as(w)
+        g = copies_matmul(delta, affine.weight()).view_as(w)
         lin = Linearization(z.detach(), delta, coef)
     g_u, g_v = _halves(g)
     g_u.addcmul_(broadcast_to(coef, diff), diff, value=-1)
@@ -165,7 +165,7 @@ class Linearization:
 
     def at(self, gram: Tensor, s: Tensor) -> Tensor:
         """A(w + s·∇) = z + s·(Gδ ∓ c·(z_u − z_v)), G = W Wᵀ (``gram``: (K, n₁, n₁))."""
-        step = torch.matmul(self.delta, gram)
+        step = copies_matmul(self.delta, gram)
         z_u, z_v = _halves(self.z)
         dz = (z_u - z_v) * self.coef[..., None]
         s_u, s_v = _halves(step)
@@ -328,7 +328,7 @@ def ascend(forward: Forward, pairs: PairState, steps: int,
         n1, n0 = affine.weight().shape[1:]
         if steps * w.shape[1] * (n0 - n1) > n0 * n1:
             weight = affine.weight()
-            gram = weight @ weight.transpose(1, 2)
+            gram = copies_matmul(weight, weight.transpose(1, 2))
     if gram is None:
         affine = None
     q, g, _, lin = _value_and_grad(forward, w, rule.power, affine)

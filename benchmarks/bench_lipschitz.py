@@ -18,7 +18,9 @@ For each network it prints:
   * why a global certificate can not get closer: the largest ||W3 D2 W2 D1 W1|| over slope
     patterns D (alternating maximisation, a lower bound of EVERY certificate built from
     those slope intervals, LipSDP and ECLipsE included), with the tightened per-neuron
-    intervals the certificate uses and with the activation's own; and attained lower bounds
+    intervals the certificate uses and with the activation's own; the same with layer 2's
+    slopes tied to layer 1's (``coupled_slope_pattern``: how far a certificate that couples
+    the layers could go, not a certificate); and attained lower bounds
     of the true constant from longer, unconstrained Jacobian-norm ascents (on x from the
     steepest images, and on the first pre-activations);
   * certified l2 accuracy (global and local bounds) against PGD-l2 and clean accuracy on
@@ -123,6 +125,58 @@ def worst_slope_pattern(net: nn.Module, tightened: bool, restarts: int = 20,
     return best
 
 
+def coupled_slope_pattern(net: nn.Module, restarts: int = 4, seed: int = 0) -> float:
+    """The worst slope pattern when layer 2's slopes are tied to layer 1's (sigmoid, two
+    hidden layers): what a certificate that couples the layers could reach at best.
+
+    With a = s(z_1) = 1/2 + e, layer 1's slope is d1_i = 1/4 - e_i^2, so |e_i| =
+    sqrt(1/4 - d1_i), and z_2 = c + W_1 e with c = W_1 (1/2) + b_1. Hence layer 2's slope
+    obeys d2_j <= s'(max(0, |c_j| - sum_i |W_1[j, i]| sqrt(1/4 - d1_i))) =: phi_j(d1): a
+    neuron of layer 2 is steep only where enough of layer 1 is flat. (At d1 = 0 this is the
+    tightened interval of ``global_slopes``.) Every real slope pattern obeys it, so the
+    largest ||W_2 D2 W_1 D1 W_0|| over d1 in [0, 1/4]^n1, 0 <= d2 <= phi(d1) is an upper
+    bound of Lip(f) -- but only its lower estimate is computed here: coordinate ascent over
+    d1 on a grid of levels (d2 at phi(d1): the norm's maximum over d2 in the box is at a
+    vertex, and phi's upper vertex is the one the maximiser picks wherever it helps), from
+    random starts. A value near the attained lower bound says a coupled certificate could
+    close the gap; None for other networks.
+    """
+    chain = lipschitz.mlp_chain(net, (1, 28, 28))
+    if len(chain.weights) != 3 or not all(isinstance(a, nn.Sigmoid) for a in chain.acts):
+        return None
+    w0, w1, w2 = chain.weights
+    gram0 = w0 @ w0.T
+    c = w1 @ torch.full((w1.shape[1],), 0.5, dtype=w1.dtype) + chain.biases[1]
+
+    def phi(d1: torch.Tensor) -> torch.Tensor:  # (S, n1) -> (S, n2)
+        reach = torch.sqrt((0.25 - d1).clamp_min(0)) @ w1.abs().T
+        z = (c.abs() - reach).clamp_min(0)
+        return torch.sigmoid(z) * (1 - torch.sigmoid(z))
+
+    def norms(d1: torch.Tensor) -> torch.Tensor:  # (S, n1) -> (S,)
+        m = (w2 * phi(d1)[:, None, :]) @ w1 * d1[:, None, :]
+        return torch.linalg.eigvalsh(m @ gram0 @ m.transpose(1, 2))[:, -1].clamp_min(0).sqrt()
+
+    levels = torch.tensor([0.0, 0.05, 0.1, 0.15, 0.2, 0.235, 0.25], dtype=w1.dtype)
+    n1 = w1.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    best = 0.0
+    for _ in range(restarts):
+        d1 = levels[torch.randint(len(levels), (n1,), generator=g)]
+        value = float(norms(d1[None])[0])
+        for _ in range(100):
+            cand = d1.repeat(n1 * len(levels), 1)  # every coordinate at every level
+            cand[torch.arange(len(cand)), torch.arange(n1).repeat_interleave(len(levels))] = \
+                levels.repeat(n1)
+            v = norms(cand)
+            k = int(v.argmax())
+            if float(v[k]) <= value * (1 + 1e-9):
+                break
+            d1, value = cand[k], float(v[k])
+        best = max(best, value)
+    return best
+
+
 def jacobian_ascent(net: nn.Module, x: torch.Tensor, steps: int, lr: float = 0.05) -> float:
     """max_i sigma_max(J(x_i)) after Adam ascent on x (unconstrained, R^784), in float64.
 
@@ -196,6 +250,11 @@ def main() -> None:
         print(f"  worst slope pattern {pat:10.5g}  {t_pat:7.2f} s  (every certificate from the "
               f"tightened slope intervals is >= this; {wide:.5g} with the activation's "
               "interval for every neuron)")
+        coupled, t_cp = timed(coupled_slope_pattern, net)
+        if coupled is not None:
+            print(f"  coupled slope pattern {coupled:8.5g}  {t_cp:7.2f} s  (layer 2's slopes "
+                  "tied to layer 1's: a lower estimate of the best a layer-coupling "
+                  "certificate could give; no certificate computed)")
         top = lipschitz.jacobian_norms(net, xs).topk(32).indices
         asc, t_asc = timed(jacobian_ascent, net, xs[top], args.ascent)
         print(f"  Jacobian ascent     {asc:10.5g}  {t_asc:7.2f} s  (attained: Lip >= this; "

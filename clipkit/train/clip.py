@@ -11,7 +11,10 @@ on θ. Each pair has its own step size τ_k: a step that raises q_k is accepted 
 Cost of one training step with P pairs, s ascent steps and reduction "max": a forward and
 an input-gradient backward over the 2P pair inputs at the current θ; per ascent step a
 forward over the 2P proposals (and a backward, except after the last step, whose
-gradient the next θ would make stale); then the descent step's forward and backward over
+gradient the next θ would make stale; where the model's first layer is a narrowing
+``nn.Linear``, the pairs are unclamped and there are enough pairs, that forward starts after
+the first layer, whose output at the proposals comes from the gradient,
+``clipkit.core.affine_first``); then the descent step's forward and backward over
 the batch and the winning pair only, since the max's θ-gradient flows through that pair
 alone. With ``reduction="mean"`` the descent step runs over the batch and all pairs.
 With λ = 0 for every copy the descent step is standard training's. ``late_accept=True``

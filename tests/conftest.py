@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 # Tiny models run no faster on two threads, and on a loaded 2-core machine (or with the
@@ -24,3 +25,14 @@ def data_root() -> Path:
     if not (root / "fashion-mnist").is_dir() and not (root / "FashionMNIST").is_dir():
         pytest.skip(f"no image data under {root} (set CLIPKIT_DATA to run real-data tests)")
     return root
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Close the ipywidgets the tests made while the interpreter still runs.
+
+    Left to the garbage collector at exit, each one's ``__del__`` (with ipykernel imported)
+    printed an "Exception ignored ... sys.meta_path is None" traceback after the summary.
+    """
+    widgets = sys.modules.get("ipywidgets")
+    if widgets is not None:
+        widgets.Widget.close_all()

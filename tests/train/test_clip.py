@@ -201,6 +201,11 @@ def test_skip_above_drops_the_penalty_where_it_is_larger():
 
 # --- late_accept: an approximation, opt-in
 
+def test_late_accept_warns_that_it_was_measured_harmful():
+    with pytest.warns(UserWarning, match="late_accept=True.*collapse"):
+        ck.CLIP(late_accept=True)
+
+
 def test_late_accept_is_off_by_default_and_deterministic_with_a_seed():
     assert ck.CLIP().late_accept is False and ck.CLIP.authors().late_accept is False
     exact, _ = _fit64(ck.CLIP(lam=1.0, power=2))

@@ -121,16 +121,14 @@ def _value_and_grad(forward: Forward, w: Tensor, power: int,
     ``affine`` the backward stops at the first layer's output (δ = c·∂n/∂z) and
     ∇n = Wᵀδ is one product; ``z``: that output at w where known (else ``affine.first``).
     """
-    if affine is None:
-        w = w.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out_u, out_v = _halves(forward(w))
-            num = flat_norm(out_u - out_v, 2)
-    else:
-        z = (affine.first(w) if z is None else z).detach().requires_grad_(True)
-        with torch.enable_grad():
-            out_u, out_v = _halves(affine.rest(z))
-            num = flat_norm(out_u - out_v, 2)
+    if affine is None:  # differentiate from the inputs
+        leaf, rest = w.detach(), forward
+    else:  # from the first layer's output
+        leaf, rest = (affine.first(w) if z is None else z).detach(), affine.rest
+    leaf.requires_grad_(True)
+    with torch.enable_grad():
+        out_u, out_v = _halves(rest(leaf))
+        num = flat_norm(out_u - out_v, 2)
     u, v = _halves(w.detach())
     diff = u - v
     dist = flat_norm(diff, 2)
@@ -138,14 +136,13 @@ def _value_and_grad(forward: Forward, w: Tensor, power: int,
     q = num.detach() / d
     c = power * q ** (power - 1) / d
     coef = torch.where(dist > _TINY, c * q / d, 0.0)
+    (grad,) = torch.autograd.grad(num, leaf, grad_outputs=c)
     if affine is None:
-        (g,) = torch.autograd.grad(num, w, grad_outputs=c)
-        g = g.contiguous()  # autograd's result, no graph kept: ours to write in place below
+        g = grad.contiguous()  # autograd's result, no graph kept: ours to write in place below
         lin = None
-    else:
-        (delta,) = torch.autograd.grad(num, z, grad_outputs=c)
-        g = copies_matmul(delta, affine.weight()).view_as(w)
-        lin = Linearization(z.detach(), delta, coef)
+    else:  # ∇n = Wᵀδ
+        g = copies_matmul(grad, affine.weight()).view_as(w)
+        lin = Linearization(leaf.detach(), grad, coef)
     g_u, g_v = _halves(g)
     g_u.addcmul_(broadcast_to(coef, diff), diff, value=-1)
     g_v.addcmul_(broadcast_to(coef, diff), diff)

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from clipkit.core.utils import stacked
+
 __all__ = ["AffineFirst", "copies_matmul", "first_linear", "split_module", "split_stacked"]
 
 
@@ -70,12 +72,6 @@ def copies_matmul(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a, b)
 
 
-def _over_copies(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
-    """A (N, *in) → (N, *out) map applied to (K, M, *in) → (K, M, *out)."""
-    out = fn(z.reshape(-1, *z.shape[2:]))
-    return out.view(z.shape[0], z.shape[1], *out.shape[1:])
-
-
 def split_module(model: nn.Module) -> AffineFirst | None:
     """The split of one model (K = 1), or None where ``first_linear`` finds no first layer."""
     i = first_linear(model)
@@ -88,7 +84,7 @@ def split_module(model: nn.Module) -> AffineFirst | None:
             return torch.nn.functional.linear(x.flatten(2), linear.weight, linear.bias)
 
     return AffineFirst(weight=lambda: linear.weight.detach().unsqueeze(0), first=first,
-                       rest=lambda z: _over_copies(rest, z))
+                       rest=stacked(rest))
 
 
 def split_stacked(template: nn.Module, params: dict[str, Tensor],

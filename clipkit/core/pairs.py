@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from clipkit.core.affine_first import AffineFirst, copies_matmul
-from clipkit.core.utils import broadcast_to, flat_norm
+from clipkit.core.utils import broadcast_to, flat_norm, stacked
 
 __all__ = [
     "AscentRule",
@@ -45,16 +45,6 @@ __all__ = [
 
 Forward = Callable[[Tensor], Tensor]
 _TINY = 1e-12  # a floor for ‖u − v‖, so that a pair that met gives q = 0, not NaN
-
-
-def stacked(model: nn.Module) -> Forward:
-    """A forward over a model axis for one ``model``: (K, M, *in) → (K, M, *out)."""
-
-    def forward(xk: Tensor) -> Tensor:
-        out = model(xk.reshape(-1, *xk.shape[2:]))
-        return out.view(xk.shape[0], xk.shape[1], *out.shape[1:])
-
-    return forward
 
 
 def quotients_from(out: Tensor, u: Tensor, v: Tensor) -> Tensor:
@@ -322,9 +312,9 @@ def ascend(forward: Forward, pairs: PairState, steps: int,
         return _state(w, pairs.tau, _value(forward, w)[0])
     gram = None
     if affine is not None and rule.clamp is None:
-        n1, n0 = affine.weight().shape[1:]
+        weight = affine.weight()
+        n1, n0 = weight.shape[1:]
         if steps * w.shape[1] * (n0 - n1) > n0 * n1:
-            weight = affine.weight()
             gram = copies_matmul(weight, weight.transpose(1, 2))
     if gram is None:
         affine = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -22,12 +22,24 @@ __all__ = [
     "one_thread",
     "resolve_device",
     "seeded",
+    "stacked",
 ]
 
 
 def flat_norm(t: Tensor, dims: int = 1) -> Tensor:
     """ℓ2 norm over all but the first ``dims`` dimensions: ‖t[i]‖ (or ‖t[k, i]‖ for dims=2)."""
     return t.flatten(dims).norm(dim=dims)
+
+
+def stacked(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """A forward over a model axis for one map (N, *in) → (N, *out), e.g. a model:
+    (K, M, *in) → (K, M, *out)."""
+
+    def forward(xk: Tensor) -> Tensor:
+        out = fn(xk.reshape(-1, *xk.shape[2:]))
+        return out.view(xk.shape[0], xk.shape[1], *out.shape[1:])
+
+    return forward
 
 
 def broadcast_to(t: Tensor, like: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from clipkit.core.affine_first import split_module
 from clipkit.core.provenance import provenance
-from clipkit.core.utils import seeded
+from clipkit.core.utils import seeded, stacked
 from clipkit.train.history import history_dataset
 from clipkit.train.loop import train_loop
 from clipkit.train.protocol import Method
@@ -60,9 +60,7 @@ def fit(
     dtype = next(model.parameters()).dtype
     x, y, test = place_data(setup, dtype, x, y, test)
 
-    def forward(xk: Tensor) -> Tensor:
-        out = model(xk.reshape(-1, *xk.shape[2:]))
-        return out.view(xk.shape[0], xk.shape[1], *out.shape[1:])
+    forward = stacked(model)
 
     def param_dict() -> dict[str, Tensor]:
         return {name: p.unsqueeze(0) for name, p in model.named_parameters()}

@@ -6,13 +6,12 @@ import pytest
 import torch
 
 import clipkit as ck
+from clipkit.core.utils import stacked
 from clipkit.train.protocol import Run, Step
 
 
 def tiny_run(model, x, y):
-    def forward(xk):
-        out = model(xk.reshape(-1, *xk.shape[2:]))
-        return out.view(xk.shape[0], xk.shape[1], *out.shape[1:])
+    forward = stacked(model)
 
     def params():
         return {n: p.unsqueeze(0) for n, p in model.named_parameters()}

@@ -13,8 +13,8 @@ Each (setting, option) trains the seeds as one vectorised path (``fit_path``). P
 the learning curve (test accuracy per epoch, mean over seeds), and the final clean test
 accuracy, PGD-ℓ2 accuracy at ε = 2 (``ck.attacks.PGD``, on the first ``--attack`` test
 images) and training accuracy, as mean [min, max] over the seeds, and the epoch-mean CLIP
-estimate of the last epoch; the verdict says whether "on" is worse than "off" by more
-than the seeds' spread (the larger max − min of the two).
+estimate of the last epoch; the verdict (:func:`verdict`) says whether "on" is worse than
+"off" by more than the seeds' spread with the option off, on the mean or on any one seed.
 
     python benchmarks/bench_approx.py [--epochs 20] [--n 60000] [--seeds 0,1,2] [--only published]
 """
@@ -102,17 +102,29 @@ def main() -> None:
     for name, label, clean, robust, train, seconds, lip in rows:
         print(f"{name:<11}{label:<18}{summary(clean):>20}{summary(robust):>20}"
               f"{summary(train):>20}{seconds:>8.0f}{np.mean(lip):>11.3g}")
-    print("\nverdict (on − off, mean; spread = larger max − min of the two):")
+    print("\nverdict (on − off; spread: max − min over the seeds with the option off):")
     base = {r[0]: r for r in rows if r[1] == "off"}
     for row in rows:
         off = base.get(row[0])
         if off is None or row is off:
             continue
         for col, j in (("clean", 2), ("PGD", 3)):
-            diff = 100 * (np.mean(row[j]) - np.mean(off[j]))
-            spread = 100 * max(np.ptp(row[j]), np.ptp(off[j]))
-            verdict = "not worse beyond the spread" if diff >= -spread else "WORSE"
-            print(f"  {row[0]:<11}{col:<6}{diff:+6.1f} points, spread {spread:4.1f}: {verdict}")
+            print(f"  {row[0]:<11}{col:<6}{verdict(row[j], off[j])}")
+
+
+def verdict(on: list[float], off: list[float]) -> str:
+    """Whether the option made a result worse beyond the seeds' spread s = max − min of
+    ``off`` (the method as published): WORSE where mean(on) < mean(off) − s, or where one
+    seed fell below min(off) − s (a collapsed run is a failure even where the mean hides
+    it). The spread of ``on`` is not used: a collapsed seed widens it and would excuse
+    itself (measured: one published-setting seed at chance, 73 points of spread)."""
+    s = float(np.ptp(off))
+    diff = float(np.mean(on) - np.mean(off))
+    low = float(np.min(on)) < float(np.min(off)) - s
+    worse = diff < -s or low
+    why = f"; a seed at {100 * min(on):.1f} < {100 * (min(off) - s):.1f}" if low else ""
+    return (f"{100 * diff:+6.1f} points, spread {100 * s:4.1f}: "
+            f"{'WORSE' if worse else 'not worse beyond the spread'}{why}")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ over that epoch's steps — by the lower end of ``ck.lipschitz.bracket`` on the 
 network (the largest of: adversarial quotient search, largest Jacobian norm at the
 samples, random quotients). The rows differ in CLIP's settings only, all in one run;
 each is trained from the same seeds, and the mean ratio over the seeds is printed.
+Ten seeds by default: the ratio varies by ±0.15 between seeds, and three seeds of the
+defaults gave 0.79 where ten gave 0.73. The lower bound also says how steep the trained
+network is: settings whose pairs see more of the slope train flatter networks at the same λ.
 
 Target: ≥ 0.8 at clipkit's defaults (the pairs see the slope the network has).
 
-    python benchmarks/bench_estimate.py [--epochs 3] [--seeds 0,1,2] [--samples 1000]
+    python benchmarks/bench_estimate.py [--epochs 3] [--seeds 0,...,9] [--samples 1000]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def settings() -> dict[str, ck.CLIP]:
         "defaults (64 pairs)": ck.CLIP(),
         "128 pairs": ck.CLIP(pairs=128),
         "2 ascent steps": ck.CLIP(ascent_steps=2),
+        "32 pairs, 2 ascent steps": ck.CLIP(pairs=32, ascent_steps=2),
         "0.1.0 defaults (16 pairs)": ck.CLIP(pairs=16),
     }
 
@@ -39,7 +43,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000,
                         help="training images the bracket starts from")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--seeds", default="0,1,2", help="seeds, separated by ','")
+    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9",
+                        help="seeds, separated by ','")
     parser.add_argument("--only", default="", help="row names to run, separated by ';'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

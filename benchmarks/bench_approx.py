@@ -64,9 +64,8 @@ def main() -> None:
     parser.add_argument("--change", default="late_accept=True",
                         help="the CLIP field to change and its value, NAME=VALUE")
     args = parser.parse_args()
-    field, _, text = args.change.partition("=")
-    change = {field.strip(): ast.literal_eval(text.strip())}
-    changed = f"{field.strip()}={text.strip()}"
+    field, text = (part.strip() for part in args.change.split("=", 1))
+    change, changed = {field: ast.literal_eval(text)}, f"{field}={text}"
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     x, y = ck.data.load("fashion-mnist", train=True, n=args.n, download=False)
@@ -122,7 +121,7 @@ def main() -> None:
 
 def verdict(on: list[float], off: list[float]) -> str:
     """Whether the option made a result worse beyond the seeds' spread s = max − min of
-    ``off`` (the method as published): WORSE where mean(on) < mean(off) − s, or where one
+    ``off`` (the setting as it is): WORSE where mean(on) < mean(off) − s, or where one
     seed fell below min(off) − s (a collapsed run is a failure even where the mean hides
     it). The spread of ``on`` is not used: a collapsed seed widens it and would excuse
     itself (measured: one published-setting seed at chance, 73 points of spread)."""

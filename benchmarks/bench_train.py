@@ -62,7 +62,6 @@ def methods() -> dict[str, ck.Method]:
         "standard": ck.Standard(),
         "weight decay": ck.WeightDecay(1e-4),
         "CLIP defaults (64 pairs)": ck.CLIP(lam=0.1, data_range=(0.0, 1.0)),
-        "CLIP 64 pairs, 1 ascent step": ck.CLIP(lam=0.1, ascent_steps=1, data_range=(0.0, 1.0)),
         "CLIP 64 pairs, 2 ascent steps": ck.CLIP(lam=0.1, ascent_steps=2, data_range=(0.0, 1.0)),
         "CLIP 128 pairs, 1 ascent step": ck.CLIP(lam=0.1, pairs=128, data_range=(0.0, 1.0)),
         "CLIP 32 pairs, 2 ascent steps": ck.CLIP(lam=0.1, pairs=32, ascent_steps=2,

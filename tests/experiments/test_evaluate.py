@@ -85,7 +85,7 @@ def antipodal_linear(seed: int = 0) -> torch.nn.Module:
 def test_certified_accuracy_of_a_linear_classifier_is_the_distance_to_its_boundary(images, how):
     net = antipodal_linear()
     x, y = images
-    w, c = net[1].weight[1].detach().double(), float(net[1].bias[1])
+    w, c = net[1].weight[1].detach().double(), float(net[1].bias[1].detach())
     s = x.flatten(1).double() @ w + c
     right = (s > 0) == (y == 1)
     radius = torch.where(right, s.abs() / w.norm(), torch.zeros_like(s))

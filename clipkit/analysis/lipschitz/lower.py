@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -137,7 +138,13 @@ def _jacobian_power(model: nn.Module, xb: Tensor, iters: int,
     _, vjp_fn = torch.func.vjp(model, xb)
     sig2 = torch.zeros(len(xb), dtype=xb.dtype, device=xb.device)
     for _ in range(iters):
-        _, jv = torch.func.jvp(model, (xb,), (v,))
+        with warnings.catch_warnings():
+            # torch's first forward-mode call registers its decompositions with
+            # torch.jit.script, which warns of its own deprecation (torch 2.14): nothing the
+            # caller could act on
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* deprecated",
+                                    category=FutureWarning)
+            _, jv = torch.func.jvp(model, (xb,), (v,))
         (w,) = vjp_fn(jv)
         sig2 = (v * w).reshape(len(xb), -1).sum(1)
         nw = flat_norm(w).clamp_min(torch.finfo(xb.dtype).tiny)

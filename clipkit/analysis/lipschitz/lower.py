@@ -137,18 +137,17 @@ def _jacobian_power(model: nn.Module, xb: Tensor, iters: int,
     v = v / flat_norm(v).view(-1, *[1] * (xb.ndim - 1))
     _, vjp_fn = torch.func.vjp(model, xb)
     sig2 = torch.zeros(len(xb), dtype=xb.dtype, device=xb.device)
-    for _ in range(iters):
-        with warnings.catch_warnings():
-            # torch's first forward-mode call registers its decompositions with
-            # torch.jit.script, which warns of its own deprecation (torch 2.14): nothing the
-            # caller could act on
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* deprecated",
-                                    category=FutureWarning)
+    with warnings.catch_warnings():
+        # torch's first forward-mode call registers its decompositions with torch.jit.script,
+        # which warns of its own deprecation (torch 2.14): nothing the caller could act on
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* deprecated",
+                                category=FutureWarning)
+        for _ in range(iters):
             _, jv = torch.func.jvp(model, (xb,), (v,))
-        (w,) = vjp_fn(jv)
-        sig2 = (v * w).reshape(len(xb), -1).sum(1)
-        nw = flat_norm(w).clamp_min(torch.finfo(xb.dtype).tiny)
-        v = w / nw.view(-1, *[1] * (xb.ndim - 1))
+            (w,) = vjp_fn(jv)
+            sig2 = (v * w).reshape(len(xb), -1).sum(1)
+            nw = flat_norm(w).clamp_min(torch.finfo(xb.dtype).tiny)
+            v = w / nw.view(-1, *[1] * (xb.ndim - 1))
     return sig2.clamp_min(0).sqrt().detach()
 
 

@@ -143,7 +143,7 @@ def test_the_clip_option_ascent_on_penalty_climbs_q_to_the_power():
     forward, u, v = _pair_2d()
     steps = {}
     for ascent_on in ("quotient", "penalty"):
-        method = ck.CLIP(pairs=1, power=2, step_size=0.1, ascent_on=ascent_on)
+        method = ck.CLIP(pairs=1, power=2, step_size=0.1, ascent_steps=1, ascent_on=ascent_on)
         run = _toy_run(forward)
         run.state = PairState(u.clone(), v.clone(), torch.full((1, 1), 0.1).double())
         method.before_step(run, torch.ones(1))
@@ -154,7 +154,7 @@ def test_the_clip_option_ascent_on_penalty_climbs_q_to_the_power():
 @pytest.mark.parametrize("keep", [False, True])
 def test_step_sizes_carry_over_a_redraw_only_with_keep_step_sizes(keep):
     forward = _linear_forward(torch.tensor([[3.0, 0.5]], dtype=torch.float64))
-    method = ck.CLIP(pairs=6, refresh=3, step_size=0.2, keep_step_sizes=keep)
+    method = ck.CLIP(pairs=6, refresh=3, step_size=0.2, ascent_steps=1, keep_step_sizes=keep)
     run = _toy_run(forward)
     run.state = method.start(run)
     taus = []

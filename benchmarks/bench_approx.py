@@ -14,8 +14,11 @@ Each (setting, option) trains the seeds as one vectorised path (``fit_path``). P
 the learning curve (test accuracy per epoch, mean over seeds), and the final clean test
 accuracy, PGD-ℓ2 accuracy at ε = 2 (``ck.attacks.PGD``, on the first ``--attack`` test
 images) and training accuracy, as mean [min, max] over the seeds, and the epoch-mean CLIP
-estimate of the last epoch; the verdict (:func:`verdict`) says whether "on" is worse than
-"off" by more than the seeds' spread with the option off, on the mean or on any one seed.
+estimate of the last epoch, and the lower end of ``ck.lipschitz.bracket`` on each trained
+network (an attained quotient, from ``--samples`` training images: how steep the network
+really is, which the CLIP estimate may not see); the verdict (:func:`verdict`) says whether
+"on" is worse than "off" by more than the seeds' spread with the option off, on the mean or
+on any one seed.
 The clean accuracy is also compared as each seed's mean over the last ``--last`` epochs: at a
 constant learning rate of 0.1 the test accuracy moves by up to a point from one epoch to the
 next (the printed curves, means over three seeds), more than three seeds' last epochs often
@@ -51,8 +54,8 @@ def settings() -> dict[str, tuple]:
     }
 
 
-def summary(values: list[float]) -> str:
-    a = 100 * np.asarray(values)
+def summary(values: list[float], scale: float = 100) -> str:
+    a = scale * np.asarray(values)
     return f"{a.mean():5.1f} [{a.min():4.1f}, {a.max():4.1f}]"
 
 
@@ -65,6 +68,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--only", default="", help="settings to run, separated by ','")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--samples", type=int, default=1000,
+                        help="training images the bracket's lower bound starts from")
     parser.add_argument("--last", type=int, default=10,
                         help="epochs at the end whose mean clean accuracy is also compared")
     parser.add_argument("--change", default="late_accept=True",
@@ -93,31 +98,35 @@ def main() -> None:
                              batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
                              test=(xt, yt), progress=False)
             seconds = time.perf_counter() - t
-            clean, robust, late = [], [], []
+            clean, robust, late, lower = [], [], [], []
             for s in seeds:
                 model = ck.path.model_at(ds, model_fn, lam=method.lam, seed=s)
                 acc = ck.attacks.robust_accuracy(model, (xt[: args.attack], yt[: args.attack]),
                                                  pgd, eps=[2.0])
                 robust.append(float(acc.sel(eps=2.0)))
+                lower.append(ck.lipschitz.bracket(model, x[: args.samples], seed=s, sdp=False,
+                                                  domain=(0.0, 1.0)).lower)
                 curve = ds.test_acc.sel(lam=method.lam, seed=s)
                 clean.append(float(curve[-1]))
                 late.append(float(curve[-args.last:].mean()))
             train = ds.acc.sel(lam=method.lam).isel(epoch=-1).values.tolist()
             curves[label] = ds.test_acc.sel(lam=method.lam).mean("seed").values
             lip = ds.lip.sel(lam=method.lam).isel(epoch=-1).values.tolist()
-            rows.append((name, label, clean, robust, train, seconds, lip, late))
+            rows.append((name, label, clean, robust, train, seconds, lip, late, lower))
             print(f"  {name} {label} per seed: clean {clean}, clean over the last "
-                  f"{args.last} epochs {late}, PGD {robust}, train {train}, "
+                  f"{args.last} epochs {late}, PGD {robust}, train {train}, bracket lower {lower}, "
                   f"CLIP est. {lip}; {seconds:.0f} s", flush=True)
         print(f"\nlearning curve, {name}: test accuracy (%) per epoch, mean over seeds")
         for label, c in curves.items():
             print(f"  {label:<18}" + " ".join(f"{100 * v:5.1f}" for v in c))
         print(flush=True)
     print(f"{'setting':<11}{'option':<18}{'clean test %':>20}{f'last {args.last} epochs %':>20}"
-          f"{'PGD-l2 eps=2 %':>20}{'train %':>20}{'time s':>8}{'CLIP est.':>11}")
-    for name, label, clean, robust, train, seconds, lip, late in rows:
+          f"{'PGD-l2 eps=2 %':>20}{'train %':>20}{'time s':>8}{'CLIP est.':>11}"
+          f"{'bracket lower':>22}")
+    for name, label, clean, robust, train, seconds, lip, late, lower in rows:
         print(f"{name:<11}{label:<18}{summary(clean):>20}{summary(late):>20}"
-              f"{summary(robust):>20}{summary(train):>20}{seconds:>8.0f}{np.mean(lip):>11.3g}")
+              f"{summary(robust):>20}{summary(train):>20}{seconds:>8.0f}{np.mean(lip):>11.3g}"
+              f"{summary(lower, 1):>22}")
     print("\nverdict (on − off; spread: max − min over the seeds with the option off):")
     base = {r[0]: r for r in rows if r[1] == "off"}
     for row in rows:

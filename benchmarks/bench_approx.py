@@ -54,9 +54,9 @@ def settings() -> dict[str, tuple]:
     }
 
 
-def summary(values: list[float], scale: float = 100) -> str:
+def summary(values: list[float], scale: float = 100, digits: int = 1) -> str:
     a = scale * np.asarray(values)
-    return f"{a.mean():5.1f} [{a.min():4.1f}, {a.max():4.1f}]"
+    return f"{a.mean():5.{digits}f} [{a.min():4.{digits}f}, {a.max():4.{digits}f}]"
 
 
 def main() -> None:
@@ -126,7 +126,7 @@ def main() -> None:
     for name, label, clean, robust, train, seconds, lip, late, lower in rows:
         print(f"{name:<11}{label:<18}{summary(clean):>20}{summary(late):>20}"
               f"{summary(robust):>20}{summary(train):>20}{seconds:>8.0f}{np.mean(lip):>11.3g}"
-              f"{summary(lower, 1):>22}")
+              f"{summary(lower, 1, 2):>22}")
     print("\nverdict (on − off; spread: max − min over the seeds with the option off):")
     base = {r[0]: r for r in rows if r[1] == "off"}
     for row in rows:

@@ -90,6 +90,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     radii = [float(r) for r in args.radii.split(",")] if args.radii else []
+    attacked = sorted({2.0, *radii})  # each radius is attacked on its own (robust_accuracy)
     x, y = ck.data.load("fashion-mnist", train=True, n=args.n, download=False)
     xt, yt = ck.data.load("fashion-mnist", train=False, download=False)
     x, xt = x.flatten(1), xt.flatten(1)
@@ -113,10 +114,10 @@ def main() -> None:
             for s in seeds:
                 model = ck.path.model_at(ds, model_fn, lam=method.lam, seed=s)
                 acc = ck.attacks.robust_accuracy(model, (xt[: args.attack], yt[: args.attack]),
-                                                 pgd, eps=[2.0])
+                                                 pgd, eps=attacked)
                 robust.append(float(acc.sel(eps=2.0)))
                 if radii:
-                    more.append((name, label, s, robustness(model, xt, yt, pgd, radii, args)))
+                    more.append((name, label, robustness(model, acc, xt, yt, radii, args.certify)))
                 lower.append(ck.lipschitz.bracket(model, x[: args.samples], seed=s, sdp=False,
                                                   domain=(0.0, 1.0)).lower)
                 curve = ds.test_acc.sel(lam=method.lam, seed=s)
@@ -152,15 +153,13 @@ def main() -> None:
             print(f"  {row[0]:<11}{col:<22}{verdict(row[j], off[j])}")
 
 
-def robustness(model, xt, yt, pgd, radii: list[float], args) -> dict[str, list[float]]:
-    """PGD accuracy on the first ``--attack`` test images at each radius, and the locally
-    certified accuracy (``ck.certify.certified_accuracy(bound="local")``) on the first
-    ``--certify`` ones."""
-    data = (xt[: args.attack], yt[: args.attack])
-    acc = ck.attacks.robust_accuracy(model, data, pgd, eps=radii)
+def robustness(model, acc, xt, yt, radii: list[float], certify: int) -> dict[str, list[float]]:
+    """PGD accuracy at each radius, from ``acc`` (``robust_accuracy`` over the radii), and the
+    locally certified accuracy (``ck.certify.certified_accuracy(bound="local")``) on the first
+    ``certify`` test images."""
     out = {"PGD": [float(acc.sel(eps=r)) for r in radii]}
-    if args.certify:
-        cert = ck.certify.certified_accuracy(model, (xt[: args.certify], yt[: args.certify]),
+    if certify:
+        cert = ck.certify.certified_accuracy(model, (xt[:certify], yt[:certify]),
                                              radii, bound="local")
         out["certified"] = [float(cert.sel(eps=r)) for r in radii]
     return out
@@ -172,7 +171,7 @@ def print_more(more: list, radii: list[float], certify: int) -> None:
           f"the first {certify} test images)")
     print(f"{'setting':<11}{'option':<18}{'':<11}" + "".join(f"{f'eps={r:g}':>20}" for r in radii))
     groups: dict[tuple[str, str, str], list[list[float]]] = {}
-    for name, label, _seed, measures in more:
+    for name, label, measures in more:
         for measure, values in measures.items():
             groups.setdefault((name, label, measure), []).append(values)
     for (name, label, measure), per_seed in groups.items():

@@ -101,7 +101,8 @@ def main() -> None:
             return timed(f"ascent forward after the first layer, {z.shape[1]} rows ({kind})",
                          split.rest)(z)
 
-        return affine_first.AffineFirst(split.weight, timed("ascent first layer", split.first),
+        return affine_first.AffineFirst(split.weight, split.bias,
+                                        timed("ascent first layer", split.first),
                                         rest)
 
     method.before_step = before_step

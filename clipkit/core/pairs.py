@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from clipkit.core.affine_first import AffineFirst, copies_matmul
+from clipkit.core.affine_first import AffineFirst, Linearization, low_matmul, pairs_first
 from clipkit.core.utils import broadcast_to, flat_norm, stacked
 
 __all__ = [
@@ -83,20 +83,25 @@ def _halves(w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _value(forward: Forward, w: Tensor, affine: AffineFirst | None = None,
-           z: Tensor | None = None) -> tuple[Tensor, Tensor]:
+           z: Tensor | None = None, low: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """The quotients of the pairs w = cat[u, v] and their distances ‖u − v‖, no graph.
 
-    With ``z``, the first layer's outputs at w (``affine_first``), only ``affine.rest`` runs.
+    With ``affine``, ``affine.rest`` runs on ``z``, the first layer's outputs at w
+    (``affine_first``), computed by ``pairs_first(affine, w, low)`` where not given.
     """
     with torch.no_grad():
-        out_u, out_v = _halves(forward(w) if z is None else affine.rest(z))
         u, v = _halves(w)
-        dist = flat_norm(u - v, 2)
+        diff = u - v
+        if affine is not None and z is None:
+            z = pairs_first(affine, w, low, diff)
+        out_u, out_v = _halves(forward(w) if affine is None else affine.rest(z))
+        dist = flat_norm(diff, 2)
         return flat_norm(out_u - out_v, 2) / dist.clamp_min(_TINY), dist
 
 
 def _value_and_grad(forward: Forward, w: Tensor, power: int,
                     affine: AffineFirst | None = None, z: Tensor | None = None,
+                    low: torch.dtype | None = None,
                     ) -> tuple[Tensor, Tensor, Tensor, Linearization | None]:
     """q, ∇(q^p) (in w's layout), ‖u − v‖ for the pairs w = cat[u, v] and, with ``affine``,
     their :class:`Linearization`: one forward, one backward to the inputs.
@@ -109,56 +114,45 @@ def _value_and_grad(forward: Forward, w: Tensor, power: int,
 
     and where d is below the floor, d is that constant floor (no second term). With
     ``affine`` the backward stops at the first layer's output (δ = c·∂n/∂z) and
-    ∇n = Wᵀδ is one product; ``z``: that output at w where known (else ``affine.first``).
+    ∇n = Wᵀδ is one product; ``z``: that output at w where known (else ``pairs_first``).
+    ``low``: the products with W in that dtype (``affine_first.low_matmul``), else exact.
     """
+    u, v = _halves(w.detach())
+    diff = u - v
     if affine is None:  # differentiate from the inputs
         leaf, rest = w.detach(), forward
     else:  # from the first layer's output
-        leaf, rest = (affine.first(w) if z is None else z).detach(), affine.rest
+        leaf = pairs_first(affine, w, low, diff) if z is None else z
+        leaf, rest = leaf.detach(), affine.rest
     leaf.requires_grad_(True)
     with torch.enable_grad():
         out_u, out_v = _halves(rest(leaf))
         num = flat_norm(out_u - out_v, 2)
-    u, v = _halves(w.detach())
-    diff = u - v
     dist = flat_norm(diff, 2)
     d = dist.clamp_min(_TINY)
     q = num.detach() / d
     c = power * q ** (power - 1) / d
     coef = torch.where(dist > _TINY, c * q / d, 0.0)
     (grad,) = torch.autograd.grad(num, leaf, grad_outputs=c)
+    coef_b = broadcast_to(coef, diff)
     if affine is None:
         g = grad.contiguous()  # autograd's result, no graph kept: ours to write in place below
         lin = None
     else:  # ∇n = Wᵀδ
-        g = copies_matmul(grad, affine.weight()).view_as(w)
         lin = Linearization(leaf.detach(), grad, coef)
+        if low is not None and low != w.dtype:
+            # Wᵀδ in the low dtype, widened by the same pass that adds the distance term
+            g_low = low_matmul(grad, affine.weight(), low, widen=False).view(w.shape)
+            g = torch.empty_like(w)
+            (lo_u, lo_v), (g_u, g_v) = _halves(g_low), _halves(g)
+            torch.addcmul(lo_u, coef_b, diff, value=-1, out=g_u)
+            torch.addcmul(lo_v, coef_b, diff, out=g_v)
+            return q, g, dist, lin
+        g = low_matmul(grad, affine.weight(), low).view_as(w)
     g_u, g_v = _halves(g)
-    g_u.addcmul_(broadcast_to(coef, diff), diff, value=-1)
-    g_v.addcmul_(broadcast_to(coef, diff), diff)
+    g_u.addcmul_(coef_b, diff, value=-1)
+    g_v.addcmul_(coef_b, diff)
     return q, g, dist, lin
-
-
-@dataclass
-class Linearization:
-    """What the ascent step from pairs w = cat[u, v] needs to know the first layer's output
-    at its proposal without a product with W (``clipkit.core.affine_first``): z = A(w)
-    (K, 2P, n₁), δ = the gradient at z (K, 2P, n₁), and the distance term's coefficient c
-    (K, P), so that ∇_u = Wᵀδ_u − c·(u − v), ∇_v = Wᵀδ_v + c·(u − v)."""
-
-    z: Tensor
-    delta: Tensor
-    coef: Tensor
-
-    def at(self, gram: Tensor, s: Tensor) -> Tensor:
-        """A(w + s·∇) = z + s·(Gδ ∓ c·(z_u − z_v)), G = W Wᵀ (``gram``: (K, n₁, n₁))."""
-        step = copies_matmul(self.delta, gram)
-        z_u, z_v = _halves(self.z)
-        dz = (z_u - z_v) * self.coef[..., None]
-        s_u, s_v = _halves(step)
-        s_u.sub_(dz)
-        s_v.add_(dz)
-        return torch.addcmul(self.z, torch.cat([s, s], dim=1)[..., None], step)
 
 
 @dataclass(frozen=True)
@@ -248,12 +242,16 @@ def step_sizes(pairs: PairState, rule: AscentRule) -> Tensor:
     return s
 
 
-def propose(pairs: PairState, rule: AscentRule, s: Tensor | None = None) -> Tensor:
+def propose(pairs: PairState, rule: AscentRule, s: Tensor | None = None,
+            reuse_g: bool = False) -> Tensor:
     """The proposal cat[u', v'] (K, 2P, *in): u' = Π(u + s·g_u), v' = Π(v + s·g_v)
-    (s: ``step_sizes`` unless given). A new tensor; the state is not changed."""
+    (s: ``step_sizes`` unless given). A new tensor, and the state is not changed; with
+    ``reuse_g`` the proposal is written over the state's gradient ``g`` (for a gradient
+    that nothing reads afterwards: no new pair-sized buffer)."""
     w, g = joint(pairs), pairs.g
     s = step_sizes(pairs, rule) if s is None else s
-    w_new = torch.addcmul(w, broadcast_to(torch.cat([s, s], dim=1), w), g)
+    w_new = torch.addcmul(w, broadcast_to(torch.cat([s, s], dim=1), w), g,
+                          out=g if reuse_g else None)
     if rule.clamp is not None:
         w_new.clamp_(*rule.clamp)
     return w_new
@@ -293,7 +291,7 @@ def accept(pairs: PairState, w_new: Tensor, q_new: Tensor, dist_new: Tensor,
 
 def ascend(forward: Forward, pairs: PairState, steps: int,
            rule: AscentRule = AscentRule(),  # noqa: B008 (frozen: a safe default)
-           affine: AffineFirst | None = None) -> PairState:
+           affine: AffineFirst | None = None, low: torch.dtype | None = None) -> PairState:
     """``steps`` ascent steps on the quotients (or on q^power) with per-pair step sizes.
 
     Cost: one forward and backward over the pairs to evaluate them at the current f, then
@@ -306,29 +304,44 @@ def ascend(forward: Forward, pairs: PairState, steps: int,
     per pair input instead of n₀·n₁, and G = W Wᵀ once), the same values up to rounding.
     Used where that is less work, steps·2P·(n₀ − n₁) > n₀·n₁, and the pairs are not
     clamped (a clamp is not affine).
+
+    ``low`` (an approximation, needs ``affine``): every product with the first layer's
+    weight W in that dtype, e.g. torch.bfloat16 (``affine_first.low_matmul``,
+    ``pairs_first``), the first layer split off whether or not the linearization is used;
+    the rest of the model runs in its own dtype.
     """
     w = joint(pairs)
     if steps == 0:  # the values alone
         return _state(w, pairs.tau, _value(forward, w)[0])
+    if low is not None and affine is None:
+        raise ValueError("ascend: a low precision (low=...) needs the model's first layer "
+                         "split off (affine=...)")
     gram = None
     if affine is not None and rule.clamp is None:
         weight = affine.weight()
         n1, n0 = weight.shape[1:]
         if steps * w.shape[1] * (n0 - n1) > n0 * n1:
-            gram = copies_matmul(weight, weight.transpose(1, 2))
-    if gram is None:
+            gram = low_matmul(weight, weight.transpose(1, 2), low)
+    if gram is None and low is None:
         affine = None
-    q, g, _, lin = _value_and_grad(forward, w, rule.power, affine)
+    q, g, _, lin = _value_and_grad(forward, w, rule.power, affine, low=low)
+    if gram is None:
+        lin = None
     pairs = _state(w, pairs.tau, q, g, lin)
     for i in range(steps):
         s = step_sizes(pairs, rule)
-        w_new = propose(pairs, rule, s)
-        z_new = None if pairs.lin is None else pairs.lin.at(gram, s)
+        z_new = None if pairs.lin is None else pairs.lin.at(gram, s, low)
+        # the gradient's last use is this step's proposal (a rejected pair keeps it only
+        # for a next step): write the last proposal over it
+        w_new = propose(pairs, rule, s, reuse_g=i == steps - 1)
         if i < steps - 1:
             q_new, g_new, dist_new, lin_new = _value_and_grad(forward, w_new, rule.power,
-                                                              affine, z_new)
+                                                              affine, z_new, low)
+            if gram is None:
+                lin_new = None
         else:  # the last step's gradient would only serve a step that does not come
-            (q_new, dist_new), g_new, lin_new = _value(forward, w_new, affine, z_new), None, None
+            (q_new, dist_new), g_new, lin_new = (_value(forward, w_new, affine, z_new, low),
+                                                 None, None)
         pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule, lin_new=lin_new)
     pairs.g = pairs.lin = None
     return pairs

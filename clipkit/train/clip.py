@@ -73,6 +73,11 @@ def init_pairs(
     return PairState(u=u, v=v, tau=tau)
 
 
+#: ``CLIP.ascent_precision``: the dtype of the ascent's products with the first layer
+#: (None: the model's own)
+_PRECISIONS: dict[str, torch.dtype | None] = {"full": None, "bfloat16": torch.bfloat16}
+
+
 def _winner(q: Tensor) -> Tensor:
     """Per copy, the first pair whose quotient is within √eps (relative) of the largest.
 
@@ -144,6 +149,17 @@ class CLIP(Method):
             with ``CLIP.authors()``: 32 % against 82 %); on 20,000 images, 20 epochs it had
             looked harmless with the authors' preset. With the first layer split off
             (``clipkit.core.affine_first``) the exact step costs about as much.
+        ascent_precision: "full" (the model's dtype: the method as published) or
+            "bfloat16", an approximation, off by default: the ascent's products with the
+            first layer's weight (the largest part of its work with many pairs) in
+            bfloat16, a pair's second input as A(u) − W·(u − v) so that the quotient keeps
+            its precision (``clipkit.core.affine_first``); the rest of the model, the
+            pairs themselves and the descent step (the winner's quotient, the penalty)
+            stay in the model's dtype. Faster only where the hardware multiplies bfloat16
+            natively (GPUs, CPUs with AVX512-BF16 or AMX); elsewhere slower. Needs a model
+            whose first layer is a narrowing ``nn.Linear`` (after ``nn.Flatten``), and
+            cannot be combined with ``late_accept``. Its cost and effect:
+            benchmarks/bench_train.py, benchmarks/bench_approx.py, docs/method.md.
         schedule: the λ schedule (Constant, Warmup, Discrepancy).
     """
 
@@ -164,6 +180,7 @@ class CLIP(Method):
     skip_above: float | None = None
     accept_rtol: float | None = None
     late_accept: bool = False
+    ascent_precision: str = "full"
 
     def __post_init__(self):
         super().__post_init__()
@@ -175,6 +192,10 @@ class CLIP(Method):
         check_choice(self.noise_dist, "CLIP: noise_dist", ("normal", "uniform"))
         check_choice(self.reduction, "CLIP: reduction", ("max", "mean"))
         check_choice(self.ascent_on, "CLIP: ascent_on", ("quotient", "penalty"))
+        check_choice(self.ascent_precision, "CLIP: ascent_precision", tuple(_PRECISIONS))
+        if self.late_accept and self.ascent_precision != "full":
+            raise ValueError(f"CLIP: late_accept=True cannot be combined with "
+                             f"ascent_precision={self.ascent_precision!r} (only with 'full')")
         if self.accept_rtol is not None and not (
                 isinstance(self.accept_rtol, (int, float)) and self.accept_rtol >= 0):
             raise ValueError(f"CLIP: accept_rtol must be a number >= 0 or None, got "
@@ -268,6 +289,11 @@ class CLIP(Method):
     def start(self, run):
         if self.init == "points" and run.x_train.shape[0] < 2:
             raise ValueError("CLIP: init='points' needs at least 2 training points")
+        if self.ascent_precision != "full" and run.affine_first is None:
+            raise ValueError(
+                f"CLIP: ascent_precision={self.ascent_precision!r} needs a model whose first "
+                f"layer is a narrowing nn.Linear (after nn.Flatten only) in an nn.Sequential, "
+                f"such as ck.models.mlp; this model has none: use ascent_precision='full'")
         return self._draw(run)
 
     def rule(self) -> AscentRule:
@@ -288,7 +314,7 @@ class CLIP(Method):
             run.state = ascend_late(run.forward, state, self.ascent_steps, self.rule())
         else:
             run.state = ascend(run.forward, state, self.ascent_steps, self.rule(),
-                               run.affine_first)
+                               run.affine_first, _PRECISIONS[self.ascent_precision])
 
     def extra_inputs(self, run):
         """The pairs the penalty differentiates through, in the batch's forward pass.
@@ -318,6 +344,8 @@ class CLIP(Method):
         pairs: PairState = run.state
         stored = pairs.q
         if step.extra_out is None:  # λ = 0: the ascent's values, for the history
+            if self.ascent_precision != "full":  # measured again in the model's dtype, as
+                return self._finish(*self._measured(run, pairs))  # at λ ≠ 0 (below)
             lip = stored.amax(dim=1) if self.reduction == "max" else stored.mean(dim=1)
             return self._finish(lip, stored.amax(dim=1))
         if self.reduction == "mean":
@@ -335,6 +363,18 @@ class CLIP(Method):
             lip = torch.where(on, lip, at_zero)
             top = torch.where(on, top, stored.amax(dim=1))
         return self._finish(lip, top)
+
+    def _measured(self, run, pairs: PairState) -> tuple[Tensor, Tensor]:
+        """(Lip_X, the largest quotient) as the descent step measures them at λ ≠ 0, in the
+        model's dtype, no graph: "max" the winner's quotient (both), "mean" every pair's."""
+        with torch.no_grad():
+            if self.reduction == "mean":
+                q = quotients_from(run.forward(joint(pairs)), pairs.u, pairs.v)
+                return q.mean(dim=1), q.amax(dim=1)
+            w = _winner(pairs.q)
+            u_w, v_w = _take(pairs.u, w), _take(pairs.v, w)
+            top = quotients_from(run.forward(torch.cat([u_w, v_w], dim=1)), u_w, v_w)[:, 0]
+            return top, top
 
     def _finish(self, lip: Tensor, top: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """λ·(lip^p) with ``skip_above`` applied, and the history's metrics."""

@@ -6,8 +6,23 @@ from torch import nn
 from torch.func import stack_module_state
 
 import clipkit as ck
-from clipkit.core.affine_first import first_linear, split_module, split_stacked
-from clipkit.core.pairs import AscentRule, PairState, _value_and_grad, ascend, propose, stacked
+from clipkit.core.affine_first import (
+    first_linear,
+    low_matmul,
+    pairs_first,
+    split_module,
+    split_stacked,
+)
+from clipkit.core.pairs import (
+    AscentRule,
+    PairState,
+    _value,
+    _value_and_grad,
+    ascend,
+    propose,
+    quotients,
+    stacked,
+)
 
 
 def _net(act="sigmoid", seed=0):
@@ -87,12 +102,14 @@ def test_the_proposals_are_evaluated_without_the_first_layer_where_that_is_less_
     net = _net()
     split = split_module(net)
     first_calls, model_calls = [], []
-    split = type(split)(split.weight, _counting(split.first, first_calls), split.rest)
+    split = type(split)(split.weight, split.bias, _counting(split.first, first_calls),
+                        split.rest)
     ascend(_counting(stacked(net), model_calls), _pairs(p=16), 3, AscentRule(), split)
     assert model_calls == [] and first_calls == [32]  # the pairs once, no proposal
     # 2 pairs, one step: 4 * (12 - 7) < 12 * 7, the Gram matrix would cost more
     first_calls, model_calls = [], []
-    split = type(split)(split.weight, _counting(split.first, first_calls), split.rest)
+    split = type(split)(split.weight, split.bias, _counting(split.first, first_calls),
+                        split.rest)
     ascend(_counting(stacked(net), model_calls), _pairs(p=2), 1, AscentRule(), split)
     assert model_calls == [4, 4] and first_calls == []
 
@@ -118,3 +135,72 @@ def test_the_stacked_split_is_each_copy_s_split():
         assert torch.allclose(split.rest(z)[k:k + 1], one.rest(z[k:k + 1]), rtol=1e-13,
                               atol=1e-15)
         assert torch.equal(split.weight()[k], net[1].weight.detach())
+
+
+# --- low precision (CLIP(ascent_precision="bfloat16")): an approximation
+
+def test_low_precision_products_are_rounded_per_copy_as_separate_products_are():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 50, 40, generator=gen, dtype=torch.float64)
+    b = torch.randn(3, 40, 30, generator=gen, dtype=torch.float64)
+    low = low_matmul(a, b, torch.bfloat16)
+    assert low.dtype == torch.float64
+    assert 1e-5 < float((low - a @ b).norm() / (a @ b).norm()) < 2e-2  # bfloat16: 8 bits
+    for k in range(3):  # a path (fit_path) rounds as separate runs
+        assert torch.equal(low[k:k + 1], low_matmul(a[k:k + 1], b[k:k + 1], torch.bfloat16))
+    assert low_matmul(a, b, torch.bfloat16, widen=False).dtype == torch.bfloat16
+    assert torch.allclose(low_matmul(a, b), a @ b, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_low_precision_quotients_of_close_pairs_keep_their_precision(act):
+    # v − u is 1e-4 of u: rounding W·u and W·v apart to 8 bits would leave nothing of the
+    # difference; A(v) = A(u) − W·(u − v) rounds the difference relative to itself
+    net = _net(act)
+    split = split_module(net)
+    gen = torch.Generator().manual_seed(0)
+    u = 3 * torch.randn(1, 50, 3, 4, generator=gen, dtype=torch.float64)
+    v = u + 1e-3 * torch.randn(u.shape, generator=gen, dtype=torch.float64)
+    w = torch.cat([u, v], dim=1)
+    with torch.no_grad():
+        exact = quotients(stacked(net), u, v)
+    low, _ = _value(stacked(net), w, split, None, torch.bfloat16)
+    assert float(((low - exact) / exact).abs().max()) < 3e-2
+    wt = split.weight().transpose(1, 2)
+    apart = torch.cat([low_matmul(u.flatten(2), wt, torch.bfloat16),
+                       low_matmul(v.flatten(2), wt, torch.bfloat16)], dim=1)
+    with torch.no_grad():
+        out = split.rest(apart + split.bias()[:, None])
+    naive = (out[:, :50] - out[:, 50:]).norm(dim=2) / (u - v).flatten(2).norm(dim=2)
+    assert float(((naive - exact) / exact).abs().max()) > 1.0
+    z = pairs_first(split, w, torch.bfloat16)
+    assert torch.allclose(z, split.first(w), rtol=3e-2, atol=3e-2)
+    assert torch.equal(pairs_first(split, w), split.first(w))  # None: exact
+
+
+@pytest.mark.parametrize("steps, clamp", [(1, None), (3, None), (2, (-2.0, 2.0))])
+def test_the_low_precision_ascent_climbs_the_exact_quotients_as_the_exact_ascent(steps, clamp):
+    net = _net()
+    rule = AscentRule(power=2, step="normalized", clamp=clamp)
+    split = split_module(net)
+    start = _pairs(p=16)
+    with torch.no_grad():
+        before = quotients(stacked(net), start.u, start.v)
+    low, exact = start, start
+    for _ in range(4):
+        low = ascend(stacked(net), low, steps, rule, split, torch.bfloat16)
+        exact = ascend(stacked(net), exact, steps, rule, split)
+        with torch.no_grad():
+            at_low = quotients(stacked(net), low.u, low.v)  # at the pairs it returned
+        assert torch.allclose(low.q, at_low, rtol=3e-2, atol=0)
+        low, exact = (PairState(p.u, p.v, p.tau) for p in (low, exact))
+    with torch.no_grad():
+        at_exact = quotients(stacked(net), exact.u, exact.v)
+    assert not torch.equal(low.u, exact.u)  # another computation
+    assert float(at_low.mean()) > 1.5 * float(before.mean())  # it climbed
+    assert float(at_low.mean()) > 0.97 * float(at_exact.mean())  # as far as the exact ascent
+
+
+def test_a_low_precision_ascent_needs_the_first_layer_split_off():
+    with pytest.raises(ValueError, match="low precision.*needs the model's first layer"):
+        ascend(stacked(_net()), _pairs(), 1, AscentRule(), None, torch.bfloat16)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import clipkit as ck
+from clipkit.core.affine_first import first_linear
 from clipkit.core.pairs import AscentRule, PairState, ascend, quotients
 from clipkit.train.protocol import Run, Step
 
@@ -44,6 +45,9 @@ def test_authors_preset_is_their_code_s_configuration():
         (dict(skip_above=0.0), "skip_above must be a number > 0 or None"),
         (dict(keep_step_sizes=1), "keep_step_sizes must be True or False"),
         (dict(late_accept="yes"), "late_accept must be True or False, got 'yes'"),
+        (dict(ascent_precision="half"), "ascent_precision must be one of 'full', 'bfloat16'"),
+        (dict(ascent_precision="bfloat16", late_accept=True),
+         "late_accept=True cannot be combined with ascent_precision='bfloat16'"),
     ],
 )
 def test_bad_clip_settings_are_named(kwargs, match):
@@ -99,8 +103,9 @@ def test_classification_images_give_the_weights_of_the_step_before_the_speed_up(
     y = torch.randint(3, (96,), generator=gen)
     weights = []
     for cls in (ck.CLIP, ReferenceCLIP):
-        model = torch.nn.Sequential(torch.nn.Flatten(), ck.models.mlp([64, 20, 3], seed=1))
+        model = torch.nn.Sequential(torch.nn.Flatten(), *ck.models.mlp([64, 20, 3], seed=1))
         model = model.double()
+        assert first_linear(model) == 1
         ck.fit(model, (x, y), method=cls(**{"lam": 0.5, "pairs": 16, "power": 2, **kwargs}),
                epochs=3, batch_size=16, optimizer="sgd", lr=0.1, seed=0, progress=False)
         weights.append(_weights(model))
@@ -235,3 +240,45 @@ def test_late_accept_refreshes_the_quotients_the_descent_step_measured(reduction
         assert run.state.q[0, w] == pytest.approx(float(stale[0, w]) / 2, rel=1e-12)
         others = [k for k in range(5) if k != w]
         assert torch.equal(run.state.q[0, others], stale[0, others])
+
+
+# --- ascent_precision="bfloat16": an approximation, opt-in
+
+def _images64(n=96):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, 8, 8, generator=gen, dtype=torch.float64)
+    return x, torch.randint(3, (n,), generator=gen)
+
+
+def _fit_images(method, model=None):
+    model = model or torch.nn.Sequential(torch.nn.Flatten(),
+                                         *ck.models.mlp([64, 20, 3], seed=1)).double()
+    hist = ck.fit(model, _images64(), method=method, epochs=3, batch_size=16, optimizer="sgd",
+                  lr=0.1, seed=0, progress=False)
+    return _weights(model), hist
+
+
+@pytest.mark.parametrize("kwargs", [dict(pairs=16, power=2), dict(pairs=4, data_range=(0.0, 1.0))],
+                         ids=["linearized", "clamped"])
+def test_bfloat16_ascent_is_off_by_default_deterministic_and_another_algorithm(kwargs):
+    assert ck.CLIP().ascent_precision == "full" == ck.CLIP.authors().ascent_precision
+    exact, _ = _fit_images(ck.CLIP(lam=0.5, **kwargs))
+    runs = [_fit_images(ck.CLIP(lam=0.5, ascent_precision="bfloat16", **kwargs))
+            for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert not torch.equal(runs[0][0], exact)
+    # the penalty is the winner's quotient in the model's dtype: a real, attained slope
+    assert bool(runs[0][1].lip.notnull().all()) and float(runs[0][1].lip.min()) > 0
+
+
+def test_bfloat16_ascent_at_lambda_zero_is_standard_training():
+    standard, _ = _fit_images(ck.Standard())
+    at_zero, _ = _fit_images(ck.CLIP(lam=0.0, pairs=16, ascent_precision="bfloat16"))
+    assert torch.equal(at_zero, standard)
+
+
+def test_bfloat16_ascent_on_a_model_without_a_linear_first_layer_is_a_clear_error():
+    cnn = ck.models.cnn(1, 3, width=4, image_size=8, seed=0).double()
+    with pytest.raises(ValueError, match="ascent_precision='bfloat16' needs a model whose "
+                                         "first layer is a narrowing nn.Linear"):
+        _fit_images(ck.CLIP(ascent_precision="bfloat16"), cnn)

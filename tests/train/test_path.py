@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import clipkit as ck
+from clipkit.core.affine_first import first_linear
 from clipkit.train.path import init_copy, model_at
 
 
@@ -64,8 +65,14 @@ def test_a_path_equals_separate_fits(method, lams, data64):
 
 
 @pytest.mark.parametrize("method", [ck.CLIP(pairs=8, ascent_steps=2),
-                                    ck.CLIP.authors(pairs=8, schedule=ck.Constant())],
-                         ids=["2-steps", "authors"])
+                                    ck.CLIP.authors(pairs=8, schedule=ck.Constant()),
+                                    ck.CLIP(pairs=8, ascent_steps=2, ascent_precision="bfloat16"),
+                                    ck.CLIP.authors(pairs=8, schedule=ck.Constant(),
+                                                    ascent_precision="bfloat16"),
+                                    ck.CLIP(pairs=8, reduction="mean", power=2,
+                                            ascent_precision="bfloat16")],
+                         ids=["2-steps", "authors", "2-steps-bfloat16", "authors-bfloat16",
+                              "mean-bfloat16"])
 def test_a_path_on_images_equals_separate_fits_with_the_first_layer_split_off(method):
     # 16 -> 6 narrows, 16 * (16 - 6) > 16 * 6 and the pairs are unclamped: the ascent
     # evaluates its proposals through the linearization of the first layer
@@ -76,7 +83,9 @@ def test_a_path_on_images_equals_separate_fits_with_the_first_layer_split_off(me
 
     def images_fn():
         return torch.nn.Sequential(torch.nn.Flatten(),
-                                   ck.models.mlp([16, 6, 3], activation="sigmoid")).double()
+                                   *ck.models.mlp([16, 6, 3], activation="sigmoid")).double()
+
+    assert first_linear(images_fn()) == 1
 
     lams, seeds = [0.0, 0.5], [0, 5]
     ds = ck.fit_path(images_fn, (x, y), method, lam=lams, seed=seeds, **KW)

@@ -13,8 +13,11 @@ Targets: CLIP.authors() ≤ 4× standard; clipkit's defaults (64 pairs) ≤ 1.5�
 (warm-up)" is an epoch of the authors' warm-up, pairs ascended, no penalty; "first layer not
 split" evaluates the ascent's proposals with the full forward (clipkit.core.affine_first
 off). Rows marked
-"late_accept" run that approximation (off by default; its effect on results:
-benchmarks/bench_approx.py).
+"late_accept" run that approximation, rows marked "bfloat16 ascent" the approximation
+``ascent_precision="bfloat16"`` (both off by default; their effect on results:
+benchmarks/bench_approx.py). The ratios are to standard training in float32; bfloat16 is
+faster only where the hardware multiplies it natively (the benchmark prints whether the
+CPU reports AVX512-BF16 or AMX).
 
     python benchmarks/bench_train.py [--n 10000] [--threads 1] [--repeat 3]
 """
@@ -42,6 +45,17 @@ def mnist_shaped(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
             continue
     gen = torch.Generator().manual_seed(0)
     return torch.rand(n, 1, 28, 28, generator=gen), torch.randint(10, (n,), generator=gen), "random"
+
+
+def cpu_bfloat16() -> str:
+    """The CPU's native bfloat16 arithmetic, from /proc/cpuinfo's flags (Linux)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return ", ".join(found) if found else "none (bfloat16 products are emulated, slower)"
 
 
 def reference_clip():
@@ -73,6 +87,10 @@ def methods() -> dict[str, ck.Method]:
         "CLIP authors(), λ = 0 (warm-up)": ck.CLIP.authors(schedule=ck.Warmup(1)),
         "CLIP defaults, late_accept": ck.CLIP(lam=0.1, data_range=(0.0, 1.0), late_accept=True),
         "CLIP authors(), late_accept": ck.CLIP.authors(schedule=const, late_accept=True),
+        "CLIP authors(), bfloat16 ascent": ck.CLIP.authors(schedule=const,
+                                                           ascent_precision="bfloat16"),
+        "CLIP defaults, bfloat16 ascent": ck.CLIP(lam=0.1, data_range=(0.0, 1.0),
+                                                  ascent_precision="bfloat16"),
         # an nn.Identity in front hides the first Linear from clipkit.core.affine_first
         "CLIP authors(), first layer not split": ck.CLIP.authors(schedule=const),
     }
@@ -102,7 +120,7 @@ def main() -> None:
         keep = {"standard", *(s.strip() for s in args.only.split(";"))}
         rows = {k: v for k, v in rows.items() if k in keep}
     print(f"data: {source}, {len(y)} images, batch 128, SGD, {args.threads} threads, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}, CPU bfloat16: {cpu_bfloat16()}")
     # warm-up (allocator, kernels)
     ck.fit(ck.models.mlp([784, 200, 80, 10], seed=0), (x[:1024], y[:1024]), epochs=1,
            optimizer="sgd", lr=0.1, progress=False)

@@ -9,7 +9,7 @@ one epoch, and prints the time per step of each kind; "rest" is Python, indexing
 loss, the proposals and accepts, the quotients' arithmetic.
 MLP 784-200-80-10, batch 128, SGD, λ active every step.
 
-    python benchmarks/profile_clip.py [authors|authors-late|defaults|defaults-late|
+    python benchmarks/profile_clip.py [authors|authors-bf16|authors-late|defaults|defaults-late|
                                        reference-authors|standard] [--n 5000]
 """
 
@@ -45,6 +45,8 @@ def method_for(which: str) -> tuple[ck.Method, str]:
     const = ck.Constant()
     if which == "authors":
         return ck.CLIP.authors(schedule=const), "sigmoid"
+    if which == "authors-bf16":
+        return ck.CLIP.authors(schedule=const, ascent_precision="bfloat16"), "sigmoid"
     if which == "authors-late":
         return ck.CLIP.authors(schedule=const, late_accept=True), "sigmoid"
     if which == "defaults":

@@ -159,11 +159,12 @@ class CLIP(Method):
             natively (GPUs, CPUs with AVX512-BF16 or AMX); elsewhere slower. Needs a model
             whose first layer is a narrowing ``nn.Linear`` (after ``nn.Flatten``), and
             cannot be combined with ``late_accept``. Measured (docs/method.md): with
-            ``CLIP.authors()`` on a CPU with AVX512-BF16 an epoch costs about a third less;
-            on the corrected model (40 epochs, 3 seeds) test and PGD accuracy were the
-            same within the seeds' spread; on the published setting (sigmoid on the
-            logits) more seeds died at λ's start (12 of 20 at chance after 9 epochs,
-            against 7 of 20 exactly; the exact algorithm loses seeds there too).
+            ``CLIP.authors()`` on a CPU with AVX512-BF16 an epoch cost 6.6 standard
+            epochs against 8.4; on the corrected model (40 epochs, 3 seeds) test and PGD
+            accuracy were the same within the seeds' spread; on the published setting
+            (sigmoid on the logits) more seeds died when λ switched on (12 of 20 at
+            chance after 9 epochs, against 7 and 9 of 20 with the exact ascent rounded
+            two ways: the exact algorithm loses seeds there too).
         schedule: the λ schedule (Constant, Warmup, Discrepancy).
     """
 

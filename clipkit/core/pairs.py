@@ -134,24 +134,17 @@ def _value_and_grad(forward: Forward, w: Tensor, power: int,
     c = power * q ** (power - 1) / d
     coef = torch.where(dist > _TINY, c * q / d, 0.0)
     (grad,) = torch.autograd.grad(num, leaf, grad_outputs=c)
-    coef_b = broadcast_to(coef, diff)
     if affine is None:
-        g = grad.contiguous()  # autograd's result, no graph kept: ours to write in place below
+        n_grad = grad.contiguous()  # autograd's result, no graph kept: ours to write over
         lin = None
-    else:  # ∇n = Wᵀδ
+    else:  # ∇n = Wᵀδ (in a low dtype left there: the pass below widens it)
+        n_grad = low_matmul(grad, affine.weight(), low, widen=False).view(w.shape)
         lin = Linearization(leaf.detach(), grad, coef)
-        if low is not None and low != w.dtype:
-            # Wᵀδ in the low dtype, widened by the same pass that adds the distance term
-            g_low = low_matmul(grad, affine.weight(), low, widen=False).view(w.shape)
-            g = torch.empty_like(w)
-            (lo_u, lo_v), (g_u, g_v) = _halves(g_low), _halves(g)
-            torch.addcmul(lo_u, coef_b, diff, value=-1, out=g_u)
-            torch.addcmul(lo_v, coef_b, diff, out=g_v)
-            return q, g, dist, lin
-        g = low_matmul(grad, affine.weight(), low).view_as(w)
-    g_u, g_v = _halves(g)
-    g_u.addcmul_(coef_b, diff, value=-1)
-    g_v.addcmul_(coef_b, diff)
+    g = n_grad if n_grad.dtype == w.dtype else torch.empty_like(w)
+    (n_u, n_v), (g_u, g_v) = _halves(n_grad), _halves(g)
+    coef_b = broadcast_to(coef, diff)
+    torch.addcmul(n_u, coef_b, diff, value=-1, out=g_u)
+    torch.addcmul(n_v, coef_b, diff, out=g_v)
     return q, g, dist, lin
 
 

@@ -95,6 +95,12 @@ def _take(t: Tensor, idx: Tensor) -> Tensor:
     return t[torch.arange(t.shape[0], device=t.device), idx].unsqueeze(1)
 
 
+def _winning_pair(pairs: PairState) -> tuple[Tensor, Tensor, Tensor]:
+    """(index (K,), u_w, v_w (K, 1, *in)): per copy, the pair ``_winner`` picks."""
+    w = _winner(pairs.q)
+    return w, _take(pairs.u, w), _take(pairs.v, w)
+
+
 @dataclass
 class CLIP(Method):
     """CLIP regularizer: λ·Lip_X(f)^p on a set of adversarially moved input pairs.
@@ -333,8 +339,7 @@ class CLIP(Method):
         pairs: PairState = run.state
         if self.reduction == "mean":
             return joint(pairs)
-        w = _winner(pairs.q)
-        pairs.winner = (w, _take(pairs.u, w), _take(pairs.v, w))
+        pairs.winner = _winning_pair(pairs)
         return torch.cat(pairs.winner[1:], dim=1)
 
     def penalty(self, run, step: Step):
@@ -376,8 +381,7 @@ class CLIP(Method):
             if self.reduction == "mean":
                 q = quotients_from(run.forward(joint(pairs)), pairs.u, pairs.v)
                 return q.mean(dim=1), q.amax(dim=1)
-            w = _winner(pairs.q)
-            u_w, v_w = _take(pairs.u, w), _take(pairs.v, w)
+            _, u_w, v_w = _winning_pair(pairs)
             top = quotients_from(run.forward(torch.cat([u_w, v_w], dim=1)), u_w, v_w)[:, 0]
             return top, top
 

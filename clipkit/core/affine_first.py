@@ -109,17 +109,15 @@ def copies_matmul(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a, b)
 
 
-def low_matmul(a: Tensor, b: Tensor, dtype: torch.dtype | None = None,
-               widen: bool = True) -> Tensor:
+def low_matmul(a: Tensor, b: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """a @ b per copy (``copies_matmul``), with ``dtype``: both factors cast to it and the
-    product cast back to a's dtype (``widen=False``: left in ``dtype``; None: a @ b as it
-    is). In a low dtype each copy is its own product, so that K stacked copies
-    (``ck.fit_path``) round as K separate runs do."""
+    product cast back to a's dtype (None: a @ b as it is). In a low dtype each copy is its
+    own product, so that K stacked copies (``ck.fit_path``) round as K separate runs do."""
     if dtype is None or dtype == a.dtype:
         return copies_matmul(a, b)
     lo_a, lo_b = a.to(dtype), b.to(dtype)
     out = torch.stack([x @ y for x, y in zip(lo_a, lo_b, strict=True)])
-    return out.to(a.dtype) if widen else out
+    return out.to(a.dtype)
 
 
 def pairs_first(affine: AffineFirst, w: Tensor, dtype: torch.dtype | None = None,

@@ -122,6 +122,20 @@ def test_bracket_finds_steep_regions_far_from_the_data():
                       domain=(-3.0, 3.0)).lower < pre.value  # not run inside a domain
 
 
+def test_bracket_takes_the_number_of_pre_activation_starts():
+    net = mlp([4, 3, 2], "sigmoid", 0, bias_std=2.0)
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    kw = dict(seed=3, pairs=8, steps=5, restarts=1, directions=1, sdp=False)
+    pre = {e.method: e for e in ls.bracket(net, x, preactivation_starts=5, **kw).estimates}[
+        "pre-activation Jacobian ascent"]
+    assert "from 5 starts" in pre.note
+    # the same starts as preactivation_ascent's with that seed: the same value
+    assert pre.value == float(preactivation_ascent(net, (4,), starts=5, seed=3)[0].max())
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="preactivation_starts"):
+            ls.bracket(net, x, preactivation_starts=bad, **kw)
+
+
 def test_every_pattern_of_the_tiny_net_is_below_the_certificate():
     """The worst slope pattern inside the tightened intervals still bounds from below."""
     net = mlp([3, 3, 4, 2], "sigmoid", 1, bias_std=3.0)

@@ -165,8 +165,8 @@ class CLIP(Method):
             natively (GPUs, CPUs with AVX512-BF16 or AMX); elsewhere slower. Needs a model
             whose first layer is a narrowing ``nn.Linear`` (after ``nn.Flatten``), and
             cannot be combined with ``late_accept``. Measured (docs/method.md): with
-            ``CLIP.authors()`` on a CPU with AVX512-BF16 an epoch cost 6.6 standard
-            epochs against 8.4; on the corrected model (40 epochs, 3 seeds) test and PGD
+            ``CLIP.authors()`` on a CPU with AVX512-BF16 an epoch cost 5.7 standard
+            epochs against 7.8; on the corrected model (40 epochs, 3 seeds) test and PGD
             accuracy were the same within the seeds' spread; on the published setting
             (sigmoid on the logits) more seeds died when λ switched on (12 of 20 at
             chance after 9 epochs, against 7 and 9 of 20 with the exact ascent rounded

@@ -80,8 +80,8 @@ def bracket(
         preactivation_starts: its number of starts (time grows in proportion). Where the
             steep regions are few and narrow, as on CLIP-trained networks, the value depends
             on the starts: measured on a CLIP-trained 784-200-80-10 sigmoid MLP, 32 starts
-            reached 5.2-5.3 on 3 of 8 seeds and 3.5 on the others; of 1,000 starts, 1 reached
-            6.3.
+            reached 5.2-5.3 on 3 of 8 seeds and 3.5-3.75 on the others; of 1,000 starts, 1
+            reached 6.3.
         lanczos_iters, delta: iterations and failure probability for conv/pool layer norms.
         sdp, sdp_iters: compute the LipSDP-neuron certificate for MLPs, with this L-BFGS
             budget per sharpness stage (784-200-80-10: seconds on one core; fewer iterations

@@ -2,11 +2,14 @@
 
 Wraps the model's forward (in the ascent: by its number of rows and whether autograd
 records it; else the descent step's), and where the ascent splits off the first layer
-(``clipkit.core.affine_first``) that layer, the rest of the forward and the proposals'
-first layer from the linearization, torch.autograd.grad (the ascent's input gradients),
+(``clipkit.core.affine_first``) that layer, the rest of the forward, the proposals'
+first layer from the linearization and the products with W that the ascent makes itself
+(the input gradients δ·W and the Gram matrix W·Wᵀ, named by their shapes),
+torch.autograd.grad (the ascent's backward to the inputs or to the first layer's output),
 Tensor.backward (the descent step) and the optimizer's step with wall-clock timers, trains
 one epoch, and prints the time per step of each kind; "rest" is Python, indexing, the
-loss, the proposals and accepts, the quotients' arithmetic.
+loss, the proposals and accepts, the quotients' arithmetic. A timed call inside another
+counts for the outer one only.
 MLP 784-200-80-10, batch 128, SGD, λ active every step.
 
     python benchmarks/profile_clip.py [authors|authors-bf16|authors-late|defaults|defaults-late|
@@ -31,13 +34,30 @@ ROOT = Path(__file__).resolve().parents[1]
 T: dict[str, float] = collections.defaultdict(float)
 
 
+_DEPTH = [0]
+
+
 def timed(name, fn):
+    """fn, its wall-clock time added to T[name]; a timed call inside another timed call
+    counts for the outer one only (so that no time is counted twice)."""
     def wrapper(*args, **kwargs):
+        _DEPTH[0] += 1
         t = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            T[name] += time.perf_counter() - t
+            _DEPTH[0] -= 1
+            if _DEPTH[0] == 0:
+                T[name] += time.perf_counter() - t
+    return wrapper
+
+
+def product_label(fn):
+    """``low_matmul`` as the ascent calls it in ``clipkit.core.pairs``: timed under the
+    product's shapes (the Gram matrix W·Wᵀ, the input gradients δ·W)."""
+    def wrapper(a, b, *args, **kwargs):
+        label = f"first-layer product {tuple(a.shape[1:])} @ {tuple(b.shape[1:])}"
+        return timed(label, fn)(a, b, *args, **kwargs)
     return wrapper
 
 
@@ -104,7 +124,7 @@ def main() -> None:
                          split.rest)(z)
 
         return affine_first.AffineFirst(split.weight, split.bias,
-                                        timed("ascent first layer", split.first),
+                                        timed("ascent first layer W·u", split.first),
                                         rest)
 
     method.before_step = before_step
@@ -113,6 +133,10 @@ def main() -> None:
     importlib.import_module("clipkit.train.fit").split_module = split_module
     pairs.Linearization.at = timed("proposals' first layer (linearization)",
                                    pairs.Linearization.at)
+    # the pairs' first layer where the ascent computes it itself (in bfloat16), and the
+    # products with W that pairs.py makes (not inside the model's forward)
+    pairs.pairs_first = timed("ascent first layer W·u", pairs.pairs_first)
+    pairs.low_matmul = product_label(pairs.low_matmul)
     torch.autograd.grad = timed("ascent backward (input gradients)", torch.autograd.grad)
     torch.Tensor.backward = timed("descent backward", torch.Tensor.backward)
     torch.optim.SGD.step = timed("optimizer step", torch.optim.SGD.step)

@@ -27,7 +27,7 @@ from clipkit.analysis.lipschitz.structure import (
     seeded_generator,
 )
 from clipkit.analysis.lipschitz.upper import lipschitz_upper, merged_upper_bound
-from clipkit.core.utils import device_dtype, eval_mode
+from clipkit.core.utils import check_int, device_dtype, eval_mode
 
 
 def bracket(
@@ -94,10 +94,7 @@ def bracket(
         raise ValueError(f"ascent_steps must be an int >= 0, got {ascent_steps!r}")
     if not isinstance(ascent_starts, int) or ascent_starts < 1:
         raise ValueError(f"ascent_starts must be an int >= 1, got {ascent_starts!r}")
-    if isinstance(preactivation_starts, bool) or not isinstance(preactivation_starts, int) \
-            or preactivation_starts < 1:
-        raise ValueError(f"preactivation_starts must be an int >= 1, got "
-                         f"{preactivation_starts!r}")
+    preactivation_starts = check_int(preactivation_starts, "preactivation_starts", 1)
     device, dtype = device_dtype(model)
     x = x.to(device)
     gen = seeded_generator(seed, device)

@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from clipkit import lipschitz as ls
-from clipkit.analysis.lipschitz.preactivation import preactivation_ascent, reachable
+from clipkit.analysis.lipschitz.preactivation import (
+    GUIDED,
+    _derivative,
+    guided_starts,
+    preactivation_ascent,
+    reachable,
+)
 from clipkit.analysis.lipschitz.slopes import global_slopes
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -82,7 +88,7 @@ def test_preactivation_ascent_reaches_the_grid_maximum_and_stays_below_the_certi
     out = preactivation_ascent(net, (4,), steps=300, seed=seed)  # the default 32 starts
     assert out is not None
     values, x = out
-    assert x.shape == (32, 4)
+    assert x.shape == (32 + GUIDED, 4)  # sigmoid and tanh: 4 more from the coupled proxy
     assert torch.allclose(values, jac_norms(net, x), rtol=1e-12)  # attained at those inputs
     top = grid_max(net, chain)
     assert float(values.max()) >= top * (1 - 2e-3)
@@ -100,6 +106,81 @@ def test_preactivation_ascent_is_seeded_and_declines_unreachable_first_layers():
     assert preactivation_ascent(nn.Sequential(nn.Linear(3, 2)), (3,)) is None  # no activation
     with pytest.raises(ValueError, match="starts"):
         preactivation_ascent(net, (4,), starts=0)
+
+
+def test_guided_starts_apply_to_sigmoid_and_tanh_mlps_with_two_hidden_layers():
+    g = torch.Generator().manual_seed(0)
+    for act in ("sigmoid", "tanh"):
+        chain = ls.mlp_chain(mlp([6, 4, 3, 2], act, 0, bias_std=2.0), (6,))
+        z = guided_starts(chain, 3, torch.Generator().manual_seed(1))
+        assert z is not None and z.shape == (3, 4) and bool(torch.isfinite(z).all())
+        assert torch.equal(z, guided_starts(chain, 3, torch.Generator().manual_seed(1)))
+    for net in (mlp([6, 4, 2], "sigmoid", 0),  # one hidden layer: nothing to couple
+                mlp([6, 4, 3, 2], "relu", 0),  # unbounded first layer
+                nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3), nn.Sigmoid(),
+                              nn.Linear(3, 2))):
+        assert guided_starts(ls.mlp_chain(net, (6,)), 3, g) is None
+    net = mlp([6, 4, 3, 2], "sigmoid", 0)
+    assert len(preactivation_ascent(net, (6,), starts=5, steps=5, guided=0)[0]) == 5
+    assert len(preactivation_ascent(net, (6,), starts=5, steps=5, guided=2)[0]) == 7
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="guided"):
+            preactivation_ascent(net, (6,), guided=bad)
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_activation_derivatives_keep_their_precision_far_out(act):
+    """s'(z) in closed form through logs: equal to autograd's near 0, and still positive
+    (the exact value) where s(1 - s) has rounded to 0."""
+    z = torch.tensor([-800.0, -300.0, -50.0, -3.0, 0.0, 0.5, 3.0, 50.0, 300.0, 800.0],
+                     dtype=torch.float64, requires_grad=True)
+    module = nn.Sigmoid() if act == "sigmoid" else nn.Tanh()
+    d = _derivative(module, z).detach()
+    a = z.detach().abs() * (1.0 if act == "sigmoid" else 2.0)
+    exact = (1.0 if act == "sigmoid" else 4.0) * torch.exp(-a) / (1 + torch.exp(-a)) ** 2
+    assert torch.allclose(d, exact, rtol=1e-12, atol=0)
+    (auto,) = torch.autograd.grad(module(z).sum(), z)
+    near = z.detach().abs() < 20
+    assert torch.allclose(d[near], auto[near], rtol=1e-12)
+    assert bool((d[z.detach().abs() == 50] > 0).all()) and float(auto[7]) < float(d[7]) * 1e-3
+
+
+def gate_net(gain: float = 200.0, gates: int = 8, paths: int = 2) -> nn.Sequential:
+    """A sigmoid MLP steep only where its first-layer "gates" are saturated: z_1 = x[:n_1],
+    one second-layer neuron z_2 = gain * sum(gates) + sum(paths) - gain * gates - paths / 2,
+    which is at its steep point only when every gate's sigmoid is near 1."""
+    n1 = gates + paths
+    net = nn.Sequential(nn.Linear(n1 + 2, n1), nn.Sigmoid(), nn.Linear(n1, 1), nn.Sigmoid(),
+                        nn.Linear(1, 1)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(n1, n1 + 2, dtype=torch.float64))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[gain] * gates + [1.0] * paths],
+                                         dtype=torch.float64))
+        net[2].bias.fill_(-gain * gates - 0.5 * paths)
+        net[4].weight.fill_(1.0)
+        net[4].bias.zero_()
+    return net
+
+
+def test_guided_starts_find_the_steep_region_that_random_starts_miss():
+    """The gate net's constant is at least the closed-form value with every gate but one
+    saturated at +inf and the paths at +inf: z_2 = 1 - gain * s(-t) for the open gate's
+    pre-activation t, so Lip >= max_t s'(1 - gain s(-t)) * gain * s'(t) (a 1-D grid). The
+    guided starts reach it; random starts stay where the Jacobian is 0 in float64."""
+    gain = 200.0
+    net = gate_net(gain)
+    t = torch.linspace(0, 20, 200001, dtype=torch.float64)
+    ds = torch.sigmoid(t) * torch.sigmoid(-t)
+    z2 = 1 - gain * torch.sigmoid(-t)
+    limit = float((torch.sigmoid(z2) * torch.sigmoid(-z2) * gain * ds).max())
+    upper = ls.lipsdp_upper_bound(net, (12,)).value
+    for seed in range(4):
+        values, x = preactivation_ascent(net, (12,), seed=seed)
+        assert torch.allclose(values, jac_norms(net, x), rtol=1e-12)
+        assert limit * 0.99 <= float(values.max()) <= upper
+    for seed in (0, 2, 3):
+        assert float(preactivation_ascent(net, (12,), seed=seed, guided=0)[0].max()) < limit / 2
 
 
 def test_bracket_finds_steep_regions_far_from_the_data():
@@ -128,12 +209,22 @@ def test_bracket_takes_the_number_of_pre_activation_starts():
     kw = dict(seed=3, pairs=8, steps=5, restarts=1, directions=1, sdp=False)
     pre = {e.method: e for e in ls.bracket(net, x, preactivation_starts=5, **kw).estimates}[
         "pre-activation Jacobian ascent"]
-    assert "from 5 starts" in pre.note
+    assert "from 5 random starts;" in pre.note  # one hidden layer: no guided starts
     # the same starts as preactivation_ascent's with that seed: the same value
     assert pre.value == float(preactivation_ascent(net, (4,), starts=5, seed=3)[0].max())
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match="preactivation_starts"):
             ls.bracket(net, x, preactivation_starts=bad, **kw)
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="preactivation_guided"):
+            ls.bracket(net, x, preactivation_guided=bad, **kw)
+    deep = mlp([4, 3, 3, 2], "sigmoid", 0, bias_std=2.0)
+    pre = {e.method: e for e in ls.bracket(deep, x, preactivation_starts=5,
+                                           preactivation_guided=2, **kw).estimates}[
+        "pre-activation Jacobian ascent"]
+    assert "from 5 random starts and 2 guided ones" in pre.note
+    assert pre.value == float(preactivation_ascent(deep, (4,), starts=5, seed=3,
+                                                   guided=2)[0].max())
 
 
 def test_every_pattern_of_the_tiny_net_is_below_the_certificate():

@@ -8,7 +8,8 @@ Lower bounds (every one is attained by some input, so it can never exceed Lip(f)
   * ``jacobian_norms``   sigma_max(J_f(x)) at the samples (torch.func);
   * ``jacobian_ascent``  sigma_max(J_f(x)) after Adam ascent on x from a few samples;
   * ``preactivation_ascent``  the same for MLPs, ascending over the first pre-activations
-    (every z_1 is reached by some input), which finds steep regions far from the data;
+    (every z_1 is reached by some input), which finds steep regions far from the data; for
+    sigmoid and tanh MLPs also from starts that a coupled proxy chooses (``guided_starts``);
   * ``random_quotients`` quotients of random perturbations of the samples.
 The values reported are re-evaluated in float64, so float32 cancellation in f(u) - f(v) for close
 pairs can not inflate a lower bound.

@@ -23,7 +23,8 @@ For each network it prints:
     slopes tied to layer 1's (``coupled_slope_pattern``: how far a certificate that couples
     the layers could go, not a certificate); and attained lower bounds
     of the true constant from longer, unconstrained Jacobian-norm ascents (on x from the
-    steepest images, and on the first pre-activations from ``--pre-starts`` starts);
+    steepest images, and on the first pre-activations from ``--pre-starts`` random starts and
+    the guided ones of ``preactivation.guided_starts``);
   * certified l2 accuracy (global and local bounds) against PGD-l2 and clean accuracy on
     ``--certify`` test images.
 Targets (issue 15): upper / lower <= 1.5 (standard), <= 4 (CLIP), each bound <= 60 s on
@@ -267,9 +268,10 @@ def main() -> None:
               f"{args.ascent} Adam steps from the 32 top-Jacobian images, unconstrained)")
         pre, t_pre = timed(preactivation_ascent, net, (1, 28, 28), starts=args.pre_starts,
                            steps=1000, seed=args.seed)
+        guided = len(pre[0]) - args.pre_starts
         print(f"  pre-activation ascent {float(pre[0].max()):8.5g}  {t_pre:7.2f} s  (attained: "
-              f"{args.pre_starts} starts x 1000 Adam steps on z_1; the bracket: "
-              f"{PRE_STARTS} x {PRE_STEPS})")
+              f"{args.pre_starts} random and {guided} guided starts x 1000 Adam steps on z_1; "
+              f"the bracket: {PRE_STARTS} x {PRE_STEPS} and the same guided ones)")
         asc = max(asc, float(pre[0].max()))
         sdp = next(e for e in br.estimates if e.method.startswith("LipSDP"))
         quick = lipschitz.lipsdp_upper_bound(net, (1, 28, 28), iters=20)

@@ -82,11 +82,12 @@ def bracket(
         preactivation_starts, preactivation_guided: its number of random starts (time
             grows in proportion), and of further starts from its coupled proxy
             (``preactivation.guided_starts``: MLPs whose first two activations are sigmoid
-            or tanh; about 0.3 s each on a 784-200-80-10 MLP). Where the steep regions are
-            few and narrow, as on CLIP-trained networks, the value depends on the starts:
-            measured on a CLIP-trained 784-200-80-10 sigmoid MLP, 32 random starts reached
-            5.2-5.3 on 3 of 8 seeds and 3.5-3.75 on the others, 1 of 1,000 reached 6.3, and
-            the 4 guided starts 7.3 on every seed tried.
+            or tanh; about 0.3 s each on a 784-200-80-10 MLP, 3 s on 784-784-200-10, on
+            2 cores). Where the steep regions are few and narrow, as on CLIP-trained
+            networks, the value depends on the starts: measured on a CLIP-trained
+            784-200-80-10 sigmoid MLP, 32 random starts reached 5.2-5.3 on 3 of 8 seeds
+            and 3.5-3.75 on the others, 1 of 1,000 reached 6.3, and the 4 guided starts 7.3
+            on every seed tried.
         lanczos_iters, delta: iterations and failure probability for conv/pool layer norms.
         sdp, sdp_iters: compute the LipSDP-neuron certificate for MLPs, with this L-BFGS
             budget per sharpness stage (784-200-80-10: seconds on one core; fewer iterations

@@ -75,8 +75,14 @@ def _bounded(act: nn.Module) -> tuple[float, float] | None:
     return _BOUNDED.get(type(act))
 
 
-def _top_eig(m: Tensor, gram0: Tensor) -> Tensor:
-    """lambda_max(M G_0 M^T) = sigma_max(M W_0)^2 per batch entry."""
+def _norm_square(chain: MLPChain, ds: list[Tensor], gram0: Tensor) -> Tensor:
+    """||W_K D_K ... W_1 D_1 W_0||^2 = lambda_max(M G_0 M^T), M = W_K D_K ... W_1 D_1, for
+    per-layer slopes ``ds`` (each (S, n_k)): one value per batch entry."""
+    m = chain.weights[-1].expand(len(ds[0]), -1, -1)
+    for k in range(len(ds) - 1, -1, -1):
+        m = m * ds[k][:, None, :]
+        if k > 0:
+            m = m @ chain.weights[k]
     return torch.linalg.eigvalsh(m @ gram0 @ m.transpose(1, 2))[:, -1]
 
 
@@ -112,12 +118,7 @@ def _square(chain: MLPChain, z1: Tensor, gram0: Tensor) -> Tensor:
         ds.append(_derivative(act, z))  # s_k'(z_k), elementwise
         if k + 1 < len(chain.acts):
             z = s @ chain.weights[k + 1].T + chain.biases[k + 1]
-    m = chain.weights[-1].expand(len(z1), -1, -1)
-    for k in range(len(chain.acts) - 1, -1, -1):
-        m = m * ds[k][:, None, :]
-        if k > 0:
-            m = m @ chain.weights[k]
-    return _top_eig(m, gram0)
+    return _norm_square(chain, ds, gram0)
 
 
 def _values(chain: MLPChain, z1: Tensor, gram0: Tensor) -> Tensor:
@@ -162,12 +163,7 @@ def guided_starts(chain: MLPChain, count: int, generator: torch.Generator,
 
     def proxy(u: Tensor) -> Tensor:  # magnitudes (S, n_1) -> (S,), the norm's square
         ds = [_derivative(chain.acts[0], u), steep2(u), *[hi.expand(len(u), -1) for hi in later]]
-        m = chain.weights[-1].expand(len(u), -1, -1)
-        for k in range(len(ds) - 1, -1, -1):
-            m = m * ds[k][:, None, :]
-            if k > 0:
-                m = m @ chain.weights[k]
-        return _top_eig(m, gram0)
+        return _norm_square(chain, ds, gram0)
 
     n1 = w0.shape[0]
     u = (torch.rand(count, n1, generator=generator, dtype=w1.dtype) * 4).requires_grad_(True)

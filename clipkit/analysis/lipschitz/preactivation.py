@@ -126,6 +126,17 @@ def _values(chain: MLPChain, z1: Tensor, gram0: Tensor) -> Tensor:
     return _sigma(chain, z1.detach().requires_grad_(True), gram0).detach()
 
 
+def _climb(start: Tensor, objective, steps: int, lr: float) -> Tensor:
+    """``steps`` Adam steps raising objective(z).sum() (one value per row) from ``start``."""
+    z = start.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    for _ in range(steps):
+        (grad,) = torch.autograd.grad(-objective(z).sum(), z)
+        z.grad = grad
+        opt.step()
+    return z.detach()
+
+
 def guided_starts(chain: MLPChain, count: int, generator: torch.Generator,
                   gram0: Tensor | None = None) -> Tensor | None:
     """``count`` first pre-activations z_1 (count, n_1) chosen by a coupled proxy; None unless
@@ -166,13 +177,8 @@ def guided_starts(chain: MLPChain, count: int, generator: torch.Generator,
         return _norm_square(chain, ds, gram0)
 
     n1 = w0.shape[0]
-    u = (torch.rand(count, n1, generator=generator, dtype=w1.dtype) * 4).requires_grad_(True)
-    opt = torch.optim.Adam([u], lr=0.1)
-    for _ in range(PROXY_STEPS):
-        (grad,) = torch.autograd.grad(-_log(proxy(u.abs())).sum(), u)
-        u.grad = grad
-        opt.step()
-    u = u.detach().abs()
+    u = torch.rand(count, n1, generator=generator, dtype=w1.dtype) * 4
+    u = _climb(u, lambda v: _log(proxy(v.abs())), PROXY_STEPS, 0.1).abs()
 
     out = []
     flip = 1 - 2 * torch.eye(n1, dtype=w1.dtype)  # row i flips sign i
@@ -223,14 +229,9 @@ def preactivation_ascent(model: nn.Module, input_shape: tuple[int, ...], *, star
         chosen = guided_starts(chain, guided, g, gram0) if guided else None
         if chosen is not None:
             z = torch.cat([z, chosen])
-        z.requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=lr)
-        for _ in range(steps):
-            (grad,) = torch.autograd.grad(-_sigma(chain, z, gram0).sum(), z)
-            z.grad = grad
-            opt.step()
+        z = _climb(z, lambda v: _sigma(chain, v, gram0), steps, lr)
         # the minimum-norm input with W_0 x + b_0 = z_1 (W_0 has full row rank)
-        x = torch.linalg.pinv(chain.weights[0]) @ (z.detach() - chain.biases[0]).T
+        x = torch.linalg.pinv(chain.weights[0]) @ (z - chain.biases[0]).T
         x = x.T.reshape(len(z), *input_shape)
         model64 = float64_copy(model)
         values = jacobian_norms(model64, x, method="dense")

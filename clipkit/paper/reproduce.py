@@ -66,7 +66,10 @@ def _plan(args: argparse.Namespace, paper: Path) -> list[str]:
     from clipkit.experiments import sweep
 
     if not paper.is_dir():
-        raise ReproduceError(f"--paper {str(paper)!r} is not a folder")
+        hint = ("; the sweeps (paper/) and their notebooks (notebooks/) come with a clone of "
+                "the clipkit repository, not with the installed package: run it in a clone, "
+                "or pass --paper DIR" if paper == ROOT / "paper" else "")
+        raise ReproduceError(f"--paper {str(paper)!r} is not a folder{hint}")
     available = paper_sweeps(paper)
     if not available:
         raise ReproduceError(f"--paper {str(paper)!r} holds no sweep specs (*.yaml)")

@@ -310,6 +310,18 @@ def test_reproduce_checks_every_spec_and_option_before_running(tmp_path, capsys)
     assert not runs.exists() and not (paper / "README.md").exists()
 
 
+def test_reproduce_outside_a_checkout_says_where_the_sweeps_come_from(tmp_path, capsys,
+                                                                      monkeypatch):
+    from clipkit.paper import reproduce
+
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path / "site-packages")  # an installed wheel
+    assert cli.main(["reproduce"]) == 2
+    err = capsys.readouterr().err
+    assert f"--paper {str(tmp_path / 'site-packages' / 'paper')!r} is not a folder; the " \
+           "sweeps (paper/) and their notebooks (notebooks/) come with a clone" in err, err
+    assert not (tmp_path / "site-packages").exists()
+
+
 def test_notebook_parameter_errors_name_the_parameter_value_and_what_is_accepted():
     from clipkit.experiments.notebook import ParameterError, choice, parameters
 

@@ -43,7 +43,8 @@ def mlp(
     ``seed`` seeds the initialisation (torch's default) without touching the global RNG.
     """
     sizes = list(sizes)
-    if len(sizes) < 2 or not all(isinstance(s, int) and s > 0 for s in sizes):
+    if len(sizes) < 2 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
         raise ValueError(f"mlp: sizes must be >= 2 positive ints, got {sizes!r}")
     act = activation_module
     act(activation)  # validate the name before building anything

@@ -265,6 +265,9 @@ def test_jacobian_ascent_of_a_linear_map_is_its_spectral_norm():
     got = lipschitz.jacobian_ascent(net, x, steps=5)
     torch.testing.assert_close(got, torch.linalg.matrix_norm(W, ord=2).expand(2), rtol=1e-12,
                                atol=0)
+    for bad in (-1, True, 2.5):
+        with pytest.raises(ValueError, match=f"steps must be an int >= 0, got {bad!r}"):
+            lipschitz.jacobian_ascent(net, x, steps=bad)
 
 
 def test_jacobian_ascent_climbs_to_the_steepest_slope_of_a_smooth_1d_net():
@@ -387,6 +390,9 @@ def test_batchnorm_without_running_stats_is_an_error():
     (dict(pairs=0), "pairs"),
     (dict(ascent_steps=-1), "ascent_steps"),
     (dict(ascent_starts=0), "ascent_starts"),
+    (dict(batch_size=True), "batch_size"),  # a bool is not a count
+    (dict(ascent_steps=True), "ascent_steps"),
+    (dict(ascent_starts=2.0), "ascent_starts"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

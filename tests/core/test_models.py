@@ -45,5 +45,6 @@ def test_unknown_activation_is_named(call):
 
 
 def test_mlp_rejects_bad_sizes():
-    with pytest.raises(ValueError, match="sizes"):
-        ck.models.mlp([4])
+    for bad in ([4], [4, 0, 1], [4, 2.0, 1], [4, True, 1]):  # True would be a width of 1
+        with pytest.raises(ValueError, match=r"mlp: sizes must be >= 2 positive ints, got"):
+            ck.models.mlp(bad)

@@ -96,10 +96,8 @@ def bracket(
     check_samples(x)
     check_batch_size(batch_size)
     check_search(pairs, steps, restarts)
-    if not isinstance(ascent_steps, int) or ascent_steps < 0:
-        raise ValueError(f"ascent_steps must be an int >= 0, got {ascent_steps!r}")
-    if not isinstance(ascent_starts, int) or ascent_starts < 1:
-        raise ValueError(f"ascent_starts must be an int >= 1, got {ascent_starts!r}")
+    ascent_steps = check_int(ascent_steps, "ascent_steps", 0)
+    ascent_starts = check_int(ascent_starts, "ascent_starts", 1)
     preactivation_starts = check_int(preactivation_starts, "preactivation_starts", 1)
     preactivation_guided = check_int(preactivation_guided, "preactivation_guided", 0)
     device, dtype = device_dtype(model)

@@ -15,7 +15,7 @@ from clipkit.analysis.lipschitz.structure import (
     float64_copy,
 )
 from clipkit.core.pairs import AscentRule, PairState, ascend, stacked, value
-from clipkit.core.utils import device_dtype, eval_mode, flat_norm
+from clipkit.core.utils import check_int, device_dtype, eval_mode, flat_norm
 
 MAX_DENSE = 2**22  # entries of one chunk's dense Jacobian above which power iteration is used
 
@@ -88,8 +88,7 @@ def jacobian_ascent(
     for affine maps it stops at once.
     """
     check_samples(starts)
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps!r}")
+    steps = check_int(steps, "steps", 0)
     model64 = float64_copy(model)
     device, _ = device_dtype(model64)
     shape = starts.shape[1:]

@@ -25,7 +25,7 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 

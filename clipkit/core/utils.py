@@ -22,6 +22,7 @@ __all__ = [
     "one_thread",
     "resolve_device",
     "seeded",
+    "sqrt_nonneg",
     "stacked",
 ]
 
@@ -29,6 +30,17 @@ __all__ = [
 def flat_norm(t: Tensor, dims: int = 1) -> Tensor:
     """ℓ2 norm over all but the first ``dims`` dimensions: ‖t[i]‖ (or ‖t[k, i]‖ for dims=2)."""
     return t.flatten(dims).norm(dim=dims)
+
+
+def sqrt_nonneg(t: Tensor) -> Tensor:
+    """sqrt(max(t, 0)) with derivative 0 where t <= 0.
+
+    sqrt's derivative is infinite at 0, so where t is exactly 0 (a Jacobian that vanishes
+    in float64) autograd's chain rule forms 0 * inf: NaN on torch up to 2.11 at least (later
+    versions give 0). The inner ``where`` keeps that branch away from 0 altogether.
+    """
+    positive = t > 0
+    return torch.where(positive, torch.where(positive, t, 1.0).sqrt(), 0.0)
 
 
 def stacked(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from clipkit import lipschitz as ls
+from clipkit.analysis.lipschitz.lower import _spectral_norms
 from clipkit.analysis.lipschitz.preactivation import (
     GUIDED,
     _derivative,
@@ -20,6 +21,7 @@ from clipkit.analysis.lipschitz.preactivation import (
     reachable,
 )
 from clipkit.analysis.lipschitz.slopes import global_slopes
+from clipkit.core.utils import sqrt_nonneg
 
 sys.path.insert(0, str(Path(__file__).parent))
 from nets import assert_slopes_contain_derivatives, jac_norms, mlp  # noqa: E402
@@ -143,6 +145,21 @@ def test_activation_derivatives_keep_their_precision_far_out(act):
     near = z.detach().abs() < 20
     assert torch.allclose(d[near], auto[near], rtol=1e-12)
     assert bool((d[z.detach().abs() == 50] > 0).all()) and float(auto[7]) < float(d[7]) * 1e-3
+
+
+def test_norms_that_vanish_have_gradient_zero_not_nan():
+    """Where a Jacobian is exactly 0 (saturated layers in float64), the ascents' objectives
+    sqrt(lambda_max) must give gradient 0: autograd's sqrt has an infinite derivative at 0,
+    and torch <= 2.11 turned 0 * inf into NaN, which Adam spread into every coordinate."""
+    w = torch.tensor([0.0, 2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    square = w * w * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)  # 0, 4, -9
+    out = sqrt_nonneg(square)
+    assert out.tolist() == [0.0, 2.0, 0.0]
+    (grad,) = torch.autograd.grad(out.sum(), w)
+    assert grad.tolist() == [0.0, 1.0, 0.0]  # d sqrt(w^2) / dw = 1 at w = 2
+    J = torch.zeros(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(_spectral_norms(J).sum(), J)
+    assert bool(torch.isfinite(grad).all()) and float(grad.abs().max()) == 0.0
 
 
 def gate_net(gain: float = 200.0, gates: int = 8, paths: int = 2) -> nn.Sequential:

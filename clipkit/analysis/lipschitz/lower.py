@@ -15,7 +15,7 @@ from clipkit.analysis.lipschitz.structure import (
     float64_copy,
 )
 from clipkit.core.pairs import AscentRule, PairState, ascend, stacked, value
-from clipkit.core.utils import check_int, device_dtype, eval_mode, flat_norm
+from clipkit.core.utils import check_int, device_dtype, eval_mode, flat_norm, sqrt_nonneg
 
 MAX_DENSE = 2**22  # entries of one chunk's dense Jacobian above which power iteration is used
 
@@ -126,7 +126,7 @@ def _spectral_norms(J: Tensor) -> Tensor:
     """
     J = J.to(torch.float64)
     G = J @ J.transpose(1, 2) if J.shape[1] <= J.shape[2] else J.transpose(1, 2) @ J
-    return torch.linalg.eigvalsh(G)[:, -1].clamp_min(0).sqrt().to(J.device)
+    return sqrt_nonneg(torch.linalg.eigvalsh(G)[:, -1]).to(J.device)  # differentiable at 0
 
 
 def _jacobian_power(model: nn.Module, xb: Tensor, iters: int,

@@ -34,7 +34,7 @@ from clipkit.analysis.lipschitz.chain import MLPChain, mlp_chain
 from clipkit.analysis.lipschitz.lower import jacobian_norms
 from clipkit.analysis.lipschitz.slopes import global_slopes
 from clipkit.analysis.lipschitz.structure import float64_copy
-from clipkit.core.utils import check_int, one_thread
+from clipkit.core.utils import check_int, one_thread, sqrt_nonneg
 
 __all__ = ["GUIDED", "STARTS", "STEPS", "guided_starts", "preactivation_ascent", "reachable"]
 
@@ -107,7 +107,7 @@ def _derivative(act: nn.Module, z: Tensor) -> Tensor:
 
 def _sigma(chain: MLPChain, z1: Tensor, gram0: Tensor) -> Tensor:
     """sigma_max(J(z_1)) for a batch of first pre-activations (S, n_1)."""
-    return _square(chain, z1, gram0).clamp_min(0).sqrt()
+    return sqrt_nonneg(_square(chain, z1, gram0))  # 0 where the Jacobian vanishes, no NaN
 
 
 def _square(chain: MLPChain, z1: Tensor, gram0: Tensor) -> Tensor:

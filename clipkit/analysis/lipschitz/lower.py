@@ -138,9 +138,9 @@ def _jacobian_power(model: nn.Module, xb: Tensor, iters: int,
     sig2 = torch.zeros(len(xb), dtype=xb.dtype, device=xb.device)
     with warnings.catch_warnings():
         # torch's first forward-mode call registers its decompositions with torch.jit.script,
-        # which warns of its own deprecation (torch 2.14): nothing the caller could act on
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* deprecated",
-                                category=FutureWarning)
+        # which warns of its own deprecation (a FutureWarning on torch 2.14, a
+        # DeprecationWarning on 2.11): nothing the caller could act on
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* deprecated")
         for _ in range(iters):
             _, jv = torch.func.jvp(model, (xb,), (v,))
             (w,) = vjp_fn(jv)

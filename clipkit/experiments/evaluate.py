@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from clipkit.analysis import attacks as atk
 from clipkit.analysis import certify, lipschitz
 from clipkit.core.provenance import to_json
-from clipkit.core.utils import check_choice
+from clipkit.core.utils import check_choice, device_dtype
 from clipkit.train.fit import fit
 from clipkit.train.path import fit_path, model_at
 from clipkit.train.protocol import Method
@@ -128,8 +128,9 @@ def train_lambda_grid(
 
 
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) -> float:
+    dev = device_dtype(model)[0]  # the data go to the model, wherever it is
     with torch.no_grad():
-        right = sum(int((model(xb).argmax(1) == yb).sum())
+        right = sum(int((model(xb.to(dev)).argmax(1) == yb.to(dev)).sum())
                     for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True))
     return right / len(y)
 
@@ -249,12 +250,17 @@ def evaluate_regression(model: nn.Module, train: tuple[Tensor, Tensor],
     """A 1-D regression network: its values on ``x_grid``, errors, Lipschitz bracket and
     exact constant on the grid's interval."""
     model.eval()
+    dev = device_dtype(model)[0]
+
+    def out(x: Tensor) -> Tensor:  # the model's values at x, on the CPU
+        return model(x.to(dev)).cpu()
+
     with torch.no_grad():
-        f = model(x_grid.to(train[0].dtype))[:, 0].double().numpy()
-        train_mse = float(((model(train[0]) - train[1]) ** 2).mean())
-        test_mse = float(((model(test[0]) - test[1]) ** 2).mean())
+        f = out(x_grid.to(train[0].dtype))[:, 0].double().numpy()
+        train_mse = float(((out(train[0]) - train[1]) ** 2).mean())
+        test_mse = float(((out(test[0]) - test[1]) ** 2).mean())
         xt = test[0].double()
-        target_mse = float(((model(test[0]).double() - target(xt)) ** 2).mean())
+        target_mse = float(((out(test[0]).double() - target(xt)) ** 2).mean())
     br = lipschitz.bracket(model, train[0], seed=seed)
     interval = (float(x_grid.min()), float(x_grid.max()))
     return xr.Dataset({

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from clipkit.core.affine_first import split_module
 from clipkit.core.provenance import provenance
-from clipkit.core.utils import seeded, stacked
+from clipkit.core.utils import device_dtype, seeded, stacked
 from clipkit.train.history import history_dataset
 from clipkit.train.loop import train_loop
 from clipkit.train.protocol import Method
@@ -46,6 +46,11 @@ def fit(
     ``on_epoch(models, epoch) -> {name: values}`` measures the model after each epoch into
     the history; ``select`` (``ck.BestEpoch``) leaves the model with the weights of its
     best-scoring epoch instead of the last (``clipkit.train.selection``).
+
+    ``device``: "auto" trains on the GPU where torch sees one, else on the CPU. The model
+    goes back to the device it came on when training ends (or fails), so a notebook's
+    next cell can call it on its CPU data on any machine, as it can the models that
+    ``fit_path`` returns.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -55,43 +60,47 @@ def fit(
         on_epoch=on_epoch, select=select,
     )
     method, task = setup.method, setup.task
+    origin = device_dtype(model)[0]
     with seeded(seeds_for(seed)[1]):  # a method's own random set-up (spectral norm's u)
         model = method.prepare(model).to(setup.device)
-    dtype = next(model.parameters()).dtype
-    x, y, test = place_data(setup, dtype, x, y, test)
-
-    forward = stacked(model)
-
-    def param_dict() -> dict[str, Tensor]:
-        return {name: p.unsqueeze(0) for name, p in model.named_parameters()}
-
-    lam = torch.tensor([method.lam], dtype=dtype, device=setup.device)
-    config = {
-        **method.config(), "epochs": setup.epochs, "batch_size": setup.batch_size,
-        "optimizer": optimizer, "lr": lr, "momentum": momentum, "seed": seed, "task": task,
-        "n_train": int(x.shape[0]),
-        **({"select": select.config()} if select is not None else {}),
-    }
-    t0 = time.perf_counter()
     try:
-        arrays = train_loop(
-            forward=forward, opt_params=list(model.parameters()), param_dict=param_dict,
-            set_mode=model.train, x=x, y=y, test=test, lam=lam, seeds=[seed], setup=setup,
-            describe=lambda k: f"{method.name}, lam={method.lam}, seed={seed}",
-            copies=lambda: [model], affine_first=split_module(model),
-        )
-    except NonFiniteLossError as exc:
-        if exc.history is not None:
-            exc.history = history_dataset({k: v[0] for k, v in exc.history.items()}, {})
-            exc.history.attrs.update(
-                provenance(config, device=str(setup.device),
-                           wall_time=time.perf_counter() - t0, status="failed")
+        dtype = next(model.parameters()).dtype
+        x, y, test = place_data(setup, dtype, x, y, test)
+
+        forward = stacked(model)
+
+        def param_dict() -> dict[str, Tensor]:
+            return {name: p.unsqueeze(0) for name, p in model.named_parameters()}
+
+        lam = torch.tensor([method.lam], dtype=dtype, device=setup.device)
+        config = {
+            **method.config(), "epochs": setup.epochs, "batch_size": setup.batch_size,
+            "optimizer": optimizer, "lr": lr, "momentum": momentum, "seed": seed, "task": task,
+            "n_train": int(x.shape[0]),
+            **({"select": select.config()} if select is not None else {}),
+        }
+        t0 = time.perf_counter()
+        try:
+            arrays = train_loop(
+                forward=forward, opt_params=list(model.parameters()), param_dict=param_dict,
+                set_mode=model.train, x=x, y=y, test=test, lam=lam, seeds=[seed], setup=setup,
+                describe=lambda k: f"{method.name}, lam={method.lam}, seed={seed}",
+                copies=lambda: [model], affine_first=split_module(model),
             )
+        except NonFiniteLossError as exc:
+            if exc.history is not None:
+                exc.history = history_dataset({k: v[0] for k, v in exc.history.items()}, {})
+                exc.history.attrs.update(
+                    provenance(config, device=str(setup.device),
+                               wall_time=time.perf_counter() - t0, status="failed")
+                )
+            model.eval()
+            raise
         model.eval()
-        raise
-    model.eval()
-    ds = history_dataset({k: v[0] for k, v in arrays.items()}, {})
-    ds.attrs.update(provenance(config, device=str(setup.device),
-                               wall_time=time.perf_counter() - t0, status="done"))
-    ds.attrs["method"] = method.name
-    return ds
+        ds = history_dataset({k: v[0] for k, v in arrays.items()}, {})
+        ds.attrs.update(provenance(config, device=str(setup.device),
+                                   wall_time=time.perf_counter() - t0, status="done"))
+        ds.attrs["method"] = method.name
+        return ds
+    finally:
+        model.to(origin)  # back where it came from, also after a failure

@@ -126,3 +126,27 @@ def test_a_regression_result_concatenates_methods_and_keeps_the_data():
     np.testing.assert_allclose(ds.target, ck.data.regression_target(grid.double())[:, 0])
     assert bool((ds.lip_exact <= ds.lip_upper * (1 + 1e-6)).all())
     assert isinstance(ds, xr.Dataset) and float(ds.label_mean) == pytest.approx(float(y.mean()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_a_gpu_trained_models_come_back_and_evaluation_takes_cpu_data(images):
+    """What the notebooks do on a GPU machine: fit / the λ grid train on the GPU and leave
+    the models on the CPU, where the notebook's data are; a model the caller put on the GPU
+    is evaluated on that same CPU data."""
+    for method in (ck.WeightDecay(), ck.SpectralNorm()):  # the vectorised path, one fit per λ
+        models, _ = ck.evaluate.train_lambda_grid(model_fn, images, method, [0.0], seed=1,
+                                                  epochs=1, batch_size=20, progress=False,
+                                                  device="cuda")
+        assert {p.device.type for m in models for p in m.parameters()} == {"cpu"}
+    ds = ck.evaluate.evaluate_classifier(models[0].cuda(), images, eval_data=images,
+                                         bracket_steps=2, attacks={"pgd_l2": [0.0, 0.1]},
+                                         pgd_steps=2)
+    assert 0.0 <= float(ds.certified_acc[-1]) <= float(ds.clean_acc) <= 1.0
+    x, y = ck.data.regression(n=20, seed=0)
+    model = ck.models.mlp([1, 8, 1], seed=0)
+    ck.fit(model, (x, y), ck.CLIP(), epochs=2, progress=False, device="cuda")
+    assert next(model.parameters()).device.type == "cpu"
+    fit = ck.evaluate.evaluate_regression(model.cuda(), (x, y), (x, y),
+                                          torch.linspace(-1, 1, 11)[:, None],
+                                          ck.data.regression_target)
+    assert np.isfinite(fit.f.values).all() and float(fit.lip_exact) <= float(fit.lip_upper) * 1.01

@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+import clipkit as ck
 from clipkit import lipschitz
 from clipkit.analysis.lipschitz.structure import float64_copy
+from clipkit.core.utils import eval_mode
 
 ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 FAST = dict(pairs=32, steps=20, restarts=1, directions=2)  # cheap bracket settings for tests
@@ -342,6 +344,37 @@ def test_nested_sequential_and_batchnorm_bracket():
     assert float(sigma_max(dense_jacobians(model, x_big)).max()) <= b.upper
     assert b.lower <= b.upper
     assert model.training  # restored
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_mlp(0, "sigmoid"), lambda: tiny_cnn(0, "relu")],
+                         ids=["mlp", "cnn"])
+def test_spectrally_normalised_layers_are_bounded_with_the_weight_they_compute(make):
+    """ck.SpectralNorm's layers (torch parametrizations) compute W / sigma in eval mode; the
+    bounds must see that weight, and reading it must not run the power iteration (which
+    would change the model). Oracle: the same network built from plain layers holding the
+    effective weights."""
+    import copy
+
+    net = ck.SpectralNorm().prepare(make())
+    x = torch.rand(16, 5) if isinstance(net[0], nn.Linear) else torch.rand(16, 1, 8, 8)
+    net.train()
+    for _ in range(3):
+        net(x)  # power iterations: u, v move in train mode
+    state = copy.deepcopy(net.state_dict())
+    plain = copy.deepcopy(make())
+    with torch.no_grad(), eval_mode(net):
+        for mod, src in zip(plain, net, strict=True):
+            if hasattr(src, "parametrizations"):
+                mod.weight.copy_(src.weight)  # W / sigma with the frozen u, v
+                mod.bias.copy_(src.bias)
+        torch.testing.assert_close(plain(x), net(x), rtol=0, atol=0)
+    b = lipschitz.bracket(net, x, seed=0, **FAST)
+    ref = lipschitz.bracket(plain, x, seed=0, **FAST)
+    assert b.upper == ref.upper and b.lower <= b.upper
+    assert [e.value for e in b.estimates if e.kind == "upper"] == [
+        e.value for e in ref.estimates if e.kind == "upper"]
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert net.training and hasattr(net[0], "parametrizations")  # the model is untouched
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

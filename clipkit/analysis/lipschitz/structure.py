@@ -6,6 +6,7 @@ import copy
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from clipkit.analysis.lipschitz.estimate import UnsupportedModuleError
 
@@ -108,12 +109,19 @@ SUPPORTED = "Linear, Conv1d/2d/3d, BatchNorm1d/2d/3d (eval, running stats), AvgP
 
 
 def model_layers(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    """The layers of a (nested) nn.Sequential in execution order, with their dotted names."""
+    """The layers of a (nested) nn.Sequential in execution order, with their dotted names.
+
+    A layer with a parametrized weight (torch.nn.utils.parametrize, e.g. the spectral
+    normalisation of ``ck.SpectralNorm``) is given as a plain copy holding the weight it
+    computes in eval mode (``_materialized``), the weight the bounds must see.
+    """
     if isinstance(model, nn.Sequential):
         out: list[tuple[str, nn.Module]] = []
         for name, child in model.named_children():
             out += model_layers(child, f"{prefix}.{name}" if prefix else name)
         return out
+    if parametrize.is_parametrized(model):
+        return [(prefix or "<model>", _materialized(model))]
     if next(iter(model.children()), None) is not None:
         raise UnsupportedModuleError(
             f"module {prefix or '<model>'} ({type(model).__name__}) has submodules and a custom "
@@ -121,6 +129,27 @@ def model_layers(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Modul
             f"Supported: {SUPPORTED}"
         )
     return [(prefix or "<model>", model)]
+
+
+def _materialized(module: nn.Module) -> nn.Module:
+    """A plain copy of a parametrized layer: its own class, each parametrized tensor replaced
+    by the value it takes in eval mode (spectral normalisation then takes no power-iteration
+    step, so the module's state does not move). torch's ``remove_parametrizations`` is not
+    used: on a deep copy it deletes the property from the class the original shares."""
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            values = {name: getattr(module, name).detach().clone()
+                      for name in module.parametrizations}
+    finally:
+        module.train(was)
+    plain = copy.deepcopy(module)
+    plain.__class__ = parametrize.type_before_parametrizations(module)
+    del plain._modules["parametrizations"]
+    for name, value in values.items():
+        plain._parameters[name] = nn.Parameter(value, requires_grad=False)
+    return plain.eval()
 
 
 def check_supported(name: str, m: nn.Module) -> None:

@@ -20,7 +20,6 @@ KW = dict(epochs=3, batch_size=32, lr=1e-2, progress=False)
 
 
 def _rel(a, b):
-    a, b = a.cpu(), b.cpu()  # fit trains in place, on a GPU where there is one; model_at: CPU
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 

@@ -102,7 +102,7 @@ def test_a_path_keeps_each_copys_own_best_epoch_like_separate_fits(blobs):
                select=ck.BestEpoch("v"))
         kept = ck.path.model_at(path, _model, lam=0.0, seed=s)
         for a, b in zip(kept.parameters(), model.parameters(), strict=True):
-            torch.testing.assert_close(a, b.detach().cpu(), rtol=1e-5, atol=1e-6)  # fit: GPU
+            torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_nan_scores_are_never_chosen(blobs):

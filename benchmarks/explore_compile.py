@@ -15,8 +15,11 @@ shapes (the speed does not depend on the values). Prints milliseconds per step a
 step ÷ the eager standard step (clipkit's ``ck.Standard`` runs the module eagerly).
 
     python benchmarks/explore_compile.py [--threads 2] [--pairs 64] [--steps 2] [--repeat 300]
+        [--device cuda] [--mode reduce-overhead]
 
-Needs a C++ compiler for inductor; the first compiled call takes seconds (printed).
+Needs a C++ compiler for inductor on the CPU, triton on a GPU; the first compiled call takes
+seconds (printed). On a GPU, ``--mode reduce-overhead`` replays the compiled step as a CUDA
+graph: one launch per graph instead of one per kernel, the remedy for a launch-bound step.
 """
 
 from __future__ import annotations
@@ -42,18 +45,23 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=64)
     ap.add_argument("--steps", type=int, default=2, help="ascent steps")
     ap.add_argument("--repeat", type=int, default=300)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--mode", default="default",
+                    help="torch.compile mode: default, reduce-overhead (CUDA graphs), ...")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pairs, steps = args.pairs, args.steps
+    pairs, steps, dev = args.pairs, args.steps, torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(),
                                 *ck.models.mlp([784, 200, 80, 10], activation="relu", seed=0))
+    model.to(dev)
     params = {k: v.detach() for k, v in model.named_parameters()}
-    xb = torch.rand(128, 784, generator=g)
-    yb = torch.randint(10, (128,), generator=g)
+    xb = torch.rand(128, 784, generator=g).to(dev)
+    yb = torch.randint(10, (128,), generator=g).to(dev)
     u = torch.rand(pairs, 784, generator=g)
-    w0 = torch.cat([u, u + 0.1 * torch.randn(pairs, 784, generator=g)])
-    tau0 = torch.ones(pairs)
+    w0 = torch.cat([u, u + 0.1 * torch.randn(pairs, 784, generator=g)]).to(dev)
+    tau0 = torch.ones(pairs, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rtol = torch.finfo(torch.float32).eps ** 0.5
 
     def f(p: dict[str, Tensor], w: Tensor) -> Tensor:
@@ -126,9 +134,11 @@ def main() -> None:
     def timed(fn: Callable) -> float:
         for _ in range(20):
             fn(params, w0, tau0)
+        sync()
         t = time.perf_counter()
         for _ in range(args.repeat):
             fn(params, w0, tau0)
+        sync()
         return (time.perf_counter() - t) / args.repeat * 1e3
 
     rows = [("standard step, module (eager)", timed(module_standard))]
@@ -137,17 +147,20 @@ def main() -> None:
     for name, fn in [("ascent only", ascent), ("standard step", standard_step),
                      ("CLIP step", clip_step)]:
         rows.append((f"functional {name}, eager", timed(fn)))
-        compiled = torch.compile(fn, fullgraph=True)
+        compiled = torch.compile(fn, fullgraph=True, mode=args.mode)
         t = time.perf_counter()
         compiled(params, w0, tau0)
+        sync()
         print(f"compiling the functional {name}: {time.perf_counter() - t:.1f} s")
-        rows.append((f"functional {name}, compiled", timed(compiled)))
+        rows.append((f"functional {name}, compiled ({args.mode})", timed(compiled)))
     # the compiled ascent computes what the eager one does, up to the fused kernels' rounding
-    a, b = ascent(params, w0, tau0), torch.compile(ascent, fullgraph=True)(params, w0, tau0)
+    a = ascent(params, w0, tau0)
+    b = torch.compile(ascent, fullgraph=True, mode=args.mode)(params, w0, tau0)
     print(f"compiled vs eager ascent: max |w| difference {float((a[0] - b[0]).abs().max()):.2g}, "
           f"max |q| difference {float((a[2] - b[2]).abs().max()):.2g}")
     base = rows[0][1]
-    print(f"\n{args.threads} threads, torch {torch.__version__}")
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{args.threads} threads"
+    print(f"\n{where}, torch {torch.__version__}, {pairs} pairs, {steps} ascent steps")
     print("| step | ms | ÷ standard (module, eager) |\n|---|---|---|")
     for name, ms in rows:
         print(f"| {name} | {ms:.2f} | {ms / base:.2f} |")

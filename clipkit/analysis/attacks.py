@@ -21,7 +21,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from clipkit.core.pgd import pgd, uniform_ball
-from clipkit.core.utils import broadcast_to, eval_mode, flat_norm
+from clipkit.core.utils import broadcast_to, check_int, device_dtype, eval_mode, flat_norm
 
 __all__ = ["FGSM", "PGD", "Attack", "AuthorsPGD", "GaussianNoise", "robust_accuracy"]
 
@@ -250,11 +250,9 @@ def robust_accuracy(
     eps_list = [_check_eps(e) for e in eps]
     if not eps_list:
         raise ValueError("eps must contain at least one value")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int(batch_size, "batch_size", low=1)
     x, y = data
-    p = next(iter(model.parameters()), None)
-    device = p.device if p is not None else torch.device("cpu")
+    device, _ = device_dtype(model)
     with eval_mode(model):
         clean_ok = []
         with torch.no_grad():

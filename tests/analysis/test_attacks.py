@@ -178,3 +178,6 @@ def test_bad_robust_accuracy_arguments():
         attacks.robust_accuracy(model, (x, y), lambda m, a, b: a, eps=[0.1])
     with pytest.raises(ValueError, match="same length"):
         att(model, x, y[:3])
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match=f"batch_size must be an int >= 1, got {bad!r}"):
+            attacks.robust_accuracy(model, (x, y), att, eps=[0.1], batch_size=bad)

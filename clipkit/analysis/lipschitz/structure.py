@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from clipkit.analysis.lipschitz.estimate import UnsupportedModuleError
+from clipkit.core.utils import check_int
 
 
 def float64_copy(model: nn.Module) -> nn.Module:
@@ -26,14 +27,12 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int(batch_size, "batch_size", low=1)
 
 
 def check_search(pairs: int, steps: int, restarts: int) -> None:
     for name, val, least in (("pairs", pairs, 1), ("steps", steps, 0), ("restarts", restarts, 1)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < least:
-            raise ValueError(f"{name} must be an int >= {least}, got {val!r}")
+        check_int(val, name, low=least)
 
 
 def check_samples(x: Tensor) -> None:

@@ -243,10 +243,12 @@ def train_test(
         )
 
     def subset(part, n, offset):
-        if n is None or n >= len(part[1]):
+        if n is None:
             return part
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"train_test: sizes must be positive ints or None, got {n!r}")
+        if n >= len(part[1]):
+            return part
         idx = torch.randperm(len(part[1]), generator=torch.Generator().manual_seed(seed + offset))
         return part[0][idx[:n]], part[1][idx[:n]]
 

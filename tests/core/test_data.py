@@ -116,3 +116,27 @@ def test_hold_out_splits_off_a_seeded_fraction_without_overlap():
         ck.data.hold_out((x, y), 1.0)
     with pytest.raises(ValueError, match="leaves an empty part"):
         ck.data.hold_out((x[:1], y[:1]), 0.1)
+
+
+def test_train_test_splits_a_lone_test_split_and_checks_its_sizes(tmp_path):
+    """Without training images (MNIST offline), the test split is divided by a seeded
+    permutation, the sentence says so, and n_train / n_test take seeded subsets."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(20, 28, 28))
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    _write_idx(folder / "t10k-images-idx3-ubyte", images, True)
+    _write_idx(folder / "t10k-labels-idx1-ubyte", np.arange(20) % 10, True)
+    (xtr, ytr), (xte, yte), source = ck.data.train_test("mnist", root=tmp_path, download=False)
+    assert len(ytr) == 16 and len(yte) == 4 and "TEST split" in source and "seed 0" in source
+    # the two parts are disjoint and together the whole split
+    rows = {tuple(r.flatten().tolist()) for r in torch.cat([xtr, xte])}
+    assert len(rows) == 20
+    (x5, y5), (x2, y2), _ = ck.data.train_test("mnist", root=tmp_path, download=False,
+                                               n_train=5, n_test=2)
+    assert len(y5) == 5 and len(y2) == 2
+    again = ck.data.train_test("mnist", root=tmp_path, download=False, n_train=5, n_test=2)
+    assert torch.equal(again[0][0], x5) and torch.equal(again[1][1], y2)
+    for bad in ("5", True, 0, 2.5):
+        with pytest.raises(ValueError, match=f"sizes must be positive ints or None, got {bad!r}"):
+            ck.data.train_test("mnist", root=tmp_path, download=False, n_train=bad)

@@ -49,8 +49,8 @@ _TINY = 1e-12  # a floor for ‖u − v‖, so that a pair that met gives q = 0,
 
 def quotients_from(out: Tensor, u: Tensor, v: Tensor) -> Tensor:
     """The quotients from the outputs ``out = f(cat[u, v])`` (K, 2P, *out) → (K, P)."""
-    p = u.shape[1]
-    num = flat_norm(out[:, :p] - out[:, p:], 2)
+    out_u, out_v = out.chunk(2, dim=1)  # one concatenation in the backward (see below)
+    num = flat_norm(out_u - out_v, 2)
     return num / flat_norm(u - v, 2).clamp_min(_TINY)
 
 
@@ -126,7 +126,9 @@ def _value_and_grad(forward: Forward, w: Tensor, power: int,
         leaf, rest = leaf.detach(), affine.rest
     leaf.requires_grad_(True)
     with torch.enable_grad():
-        out_u, out_v = _halves(rest(leaf))
+        # chunk, not two slices: its backward is one concatenation, where each slice's
+        # would zero a full-size tensor, copy into it, and the two be added
+        out_u, out_v = rest(leaf).chunk(2, dim=1)
         num = flat_norm(out_u - out_v, 2)
     dist = flat_norm(diff, 2)
     d = dist.clamp_min(_TINY)

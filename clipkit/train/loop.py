@@ -115,7 +115,8 @@ def train_loop(
                 out, extra_out = forward(xin), None
             else:
                 both = forward(torch.cat([xin, extra], dim=1))
-                out, extra_out = both[:, : xin.shape[1]], both[:, xin.shape[1] :]
+                # one split, not two slices: its backward is one concatenation
+                out, extra_out = both.split([xin.shape[1], extra.shape[1]], dim=1)
             if run.step == 0:
                 _check_output(out, yb, task)
             sl = loss_fn(out, yb)

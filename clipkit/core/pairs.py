@@ -18,6 +18,7 @@ Every tensor carries a model axis K first: u, v are (K, P, *in); q and τ are (K
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -133,7 +134,7 @@ def _value_and_grad(forward: Forward, w: Tensor, power: int,
     dist = flat_norm(diff, 2)
     d = dist.clamp_min(_TINY)
     q = num.detach() / d
-    c = power * q ** (power - 1) / d
+    c = d.reciprocal() if power == 1 else power * q ** (power - 1) / d  # p = 1: one kernel
     coef = torch.where(dist > _TINY, c * q / d, 0.0)
     (grad,) = torch.autograd.grad(num, leaf, grad_outputs=c)
     if affine is None:
@@ -197,7 +198,7 @@ class PairState:
     (views), where :func:`ascend` made the state: the next ascent evaluates it as it is,
     without copying the pairs into one forward's input. A state built from separate u and v
     has none. ``g`` is ∇(q^power) in the same layout: ∇_u in the first P rows, ∇_v in the
-    last P. ``winner`` is for CLIP's descent step: (index (K,), u_w, v_w (K, 1, *in)).
+    last P. ``winner`` is for CLIP's descent step: (index (K,), cat[u_w, v_w] (K, 2, *in)).
     ``pending``: the proposal cat[u', v'] that :func:`ascend_late` decides on at its next
     call (None: nothing pending). ``lin``: the :class:`Linearization` that goes with ``g``
     where the ascent splits off the model's first layer (None: it does not).
@@ -208,7 +209,7 @@ class PairState:
     tau: Tensor
     q: Tensor | None = None
     g: Tensor | None = None
-    winner: tuple[Tensor, Tensor, Tensor] | None = None
+    winner: tuple[Tensor, Tensor] | None = None
     uv: Tensor | None = None
     pending: Tensor | None = None
     lin: Linearization | None = None
@@ -268,16 +269,18 @@ def accept(pairs: PairState, w_new: Tensor, q_new: Tensor, dist_new: Tensor,
     if rises is None:
         rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
         rises = q_new > pairs.q * (1 + rtol)
-    ok = rises & torch.isfinite(q_new)
+    # q >= 0 or NaN, so "< inf" is isfinite in one kernel (torch's isfinite is four)
+    ok = rises & (q_new < math.inf)
     if rule.min_distance > 0:
         ok &= dist_new >= rule.min_distance
-    a = broadcast_to(torch.cat([ok, ok], dim=1), w_new)
+    ok2 = torch.cat([ok, ok], dim=1)
+    a = broadcast_to(ok2, w_new)
     w = torch.where(a, w_new, joint(pairs), out=w_new)
     g = None if g_new is None else torch.where(a, g_new, pairs.g, out=g_new)
     tau = torch.where(ok, pairs.tau * rule.factor, pairs.tau / rule.factor)
     lin = None
     if g is not None and lin_new is not None and pairs.lin is not None:
-        a1 = torch.cat([ok, ok], dim=1)[..., None]
+        a1 = ok2[..., None]
         lin = Linearization(torch.where(a1, lin_new.z, pairs.lin.z),
                             torch.where(a1, lin_new.delta, pairs.lin.delta),
                             torch.where(ok, lin_new.coef, pairs.lin.coef))

@@ -90,15 +90,13 @@ def _winner(q: Tensor) -> Tensor:
     return near.to(torch.uint8).argmax(dim=1)
 
 
-def _take(t: Tensor, idx: Tensor) -> Tensor:
-    """t[k, idx[k]] per copy, keeping a pair axis of length 1: (K, P, ...) → (K, 1, ...)."""
-    return t[torch.arange(t.shape[0], device=t.device), idx].unsqueeze(1)
-
-
-def _winning_pair(pairs: PairState) -> tuple[Tensor, Tensor, Tensor]:
-    """(index (K,), u_w, v_w (K, 1, *in)): per copy, the pair ``_winner`` picks."""
+def _winning_pair(pairs: PairState) -> tuple[Tensor, Tensor]:
+    """(index (K,), cat[u_w, v_w] (K, 2, *in)): per copy, the pair ``_winner`` picks,
+    gathered from cat[u, v] in one indexing."""
     w = _winner(pairs.q)
-    return w, _take(pairs.u, w), _take(pairs.v, w)
+    uv = joint(pairs).detach()
+    rows = torch.stack([w, w + pairs.u.shape[1]], dim=1)  # (K, 2): u_w's and v_w's rows
+    return w, uv[torch.arange(uv.shape[0], device=uv.device)[:, None], rows]
 
 
 @dataclass
@@ -340,7 +338,7 @@ class CLIP(Method):
         if self.reduction == "mean":
             return joint(pairs)
         pairs.winner = _winning_pair(pairs)
-        return torch.cat(pairs.winner[1:], dim=1)
+        return pairs.winner[1]
 
     def penalty(self, run, step: Step):
         """R = Lip_X^p, Lip_X = max (or mean) over the pairs of the quotient at the current θ.
@@ -362,7 +360,8 @@ class CLIP(Method):
             q = quotients_from(step.extra_out, pairs.u, pairs.v)
             lip, top, fresh = q.mean(dim=1), q.detach().amax(dim=1), q.detach()
         else:
-            w, u_w, v_w = pairs.winner
+            w, uv_w = pairs.winner
+            u_w, v_w = uv_w.chunk(2, dim=1)
             lip = quotients_from(step.extra_out, u_w, v_w)[:, 0]
             top = lip.detach()
             fresh = stored.scatter(1, w[:, None], top[:, None]) if self.late_accept else None
@@ -381,13 +380,13 @@ class CLIP(Method):
             if self.reduction == "mean":
                 q = quotients_from(run.forward(joint(pairs)), pairs.u, pairs.v)
                 return q.mean(dim=1), q.amax(dim=1)
-            _, u_w, v_w = _winning_pair(pairs)
-            top = quotients_from(run.forward(torch.cat([u_w, v_w], dim=1)), u_w, v_w)[:, 0]
+            _, uv_w = _winning_pair(pairs)
+            top = quotients_from(run.forward(uv_w), *uv_w.chunk(2, dim=1))[:, 0]
             return top, top
 
     def _finish(self, lip: Tensor, top: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """λ·(lip^p) with ``skip_above`` applied, and the history's metrics."""
-        reg = lip**self.power
+        reg = lip if self.power == 1 else lip**self.power  # lip**1: 3 more kernels, same value
         metrics = {"lip": top}
         if self.skip_above is not None:
             skip = reg.detach() > self.skip_above

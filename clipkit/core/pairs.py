@@ -79,8 +79,8 @@ def value_and_grad(forward: Forward, u: Tensor, v: Tensor,
 
 def _halves(w: Tensor) -> tuple[Tensor, Tensor]:
     """The u and v halves (views) of cat[u, v] (K, 2P, ...)."""
-    p = w.shape[1] // 2
-    return w[:, :p], w[:, p:]
+    u, v = w.chunk(2, dim=1)  # one call where two slices are two (w has 2P rows)
+    return u, v
 
 
 def _value(forward: Forward, w: Tensor, affine: AffineFirst | None = None,

@@ -29,7 +29,8 @@ __all__ = [
 
 def flat_norm(t: Tensor, dims: int = 1) -> Tensor:
     """ℓ2 norm over all but the first ``dims`` dimensions: ‖t[i]‖ (or ‖t[k, i]‖ for dims=2)."""
-    return t.flatten(dims).norm(dim=dims)
+    # linalg.vector_norm directly: Tensor.norm goes through a Python wrapper to it
+    return torch.linalg.vector_norm(t.flatten(dims), dim=dims)
 
 
 def sqrt_nonneg(t: Tensor) -> Tensor:

@@ -50,7 +50,7 @@ _TINY = 1e-12  # a floor for ‖u − v‖, so that a pair that met gives q = 0,
 
 def quotients_from(out: Tensor, u: Tensor, v: Tensor) -> Tensor:
     """The quotients from the outputs ``out = f(cat[u, v])`` (K, 2P, *out) → (K, P)."""
-    out_u, out_v = out.chunk(2, dim=1)  # one concatenation in the backward (see below)
+    out_u, out_v = _halves(out)
     num = flat_norm(out_u - out_v, 2)
     return num / flat_norm(u - v, 2).clamp_min(_TINY)
 
@@ -78,8 +78,12 @@ def value_and_grad(forward: Forward, u: Tensor, v: Tensor,
 
 
 def _halves(w: Tensor) -> tuple[Tensor, Tensor]:
-    """The u and v halves (views) of cat[u, v] (K, 2P, ...)."""
-    u, v = w.chunk(2, dim=1)  # one call where two slices are two (w has 2P rows)
+    """The u and v halves (views) of cat[u, v] (K, 2P, ...).
+
+    One chunk, not two slices: one call, and in a backward one concatenation, where each
+    slice's backward zeroes a full-size tensor and copies into it, and the two are added.
+    """
+    u, v = w.chunk(2, dim=1)
     return u, v
 
 
@@ -127,9 +131,7 @@ def _value_and_grad(forward: Forward, w: Tensor, power: int,
         leaf, rest = leaf.detach(), affine.rest
     leaf.requires_grad_(True)
     with torch.enable_grad():
-        # chunk, not two slices: its backward is one concatenation, where each slice's
-        # would zero a full-size tensor, copy into it, and the two be added
-        out_u, out_v = rest(leaf).chunk(2, dim=1)
+        out_u, out_v = _halves(rest(leaf))
         num = flat_norm(out_u - out_v, 2)
     dist = flat_norm(diff, 2)
     d = dist.clamp_min(_TINY)

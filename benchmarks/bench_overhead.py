@@ -16,6 +16,7 @@ import argparse
 import time
 
 import torch
+from count_ops import rows as method_rows  # the script beside this one (sys.path[0])
 
 import clipkit as ck
 
@@ -30,15 +31,7 @@ def main() -> None:
     n = 128 * args.steps
     x = torch.rand(n, 16, generator=g)
     y = torch.randint(4, (n,), generator=g)
-    const = ck.Constant()
-    rows = {
-        "standard": (ck.Standard(), "relu"),
-        "weight decay": (ck.WeightDecay(1e-4), "relu"),
-        "CLIP defaults (64 pairs, 2 steps)": (ck.CLIP(lam=0.1, data_range=(0.0, 1.0)), "relu"),
-        "CLIP 64 pairs, 1 ascent step": (ck.CLIP(lam=0.1, ascent_steps=1,
-                                                 data_range=(0.0, 1.0)), "relu"),
-        "CLIP authors()": (ck.CLIP.authors(schedule=const), "sigmoid"),
-    }
+    rows = method_rows()  # count_ops.py's methods
     for method, activation in rows.values():  # warm-up: torch's lazy initialisations
         ck.fit(ck.models.mlp([16, 8, 8, 4], activation=activation, seed=0), (x[:640], y[:640]),
                method=method, epochs=1, optimizer="sgd", progress=False, device="cpu")

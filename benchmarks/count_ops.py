@@ -82,6 +82,19 @@ def kernels_per_step(method: ck.Method, activation: str, x: torch.Tensor, y: tor
     return sum(names.values()) / steps, names
 
 
+def rows() -> dict[str, tuple[ck.Method, str]]:
+    """The methods compared, each with its MLP's activation (also bench_overhead.py's)."""
+    clip = dict(lam=0.1, data_range=(0.0, 1.0))
+    return {
+        "standard": (ck.Standard(), "relu"),
+        "weight decay": (ck.WeightDecay(1e-4), "relu"),
+        "CLIP defaults (64 pairs, 2 steps)": (ck.CLIP(**clip), "relu"),
+        "CLIP 64 pairs, 1 ascent step": (ck.CLIP(ascent_steps=1, **clip), "relu"),
+        "CLIP 64 pairs, 0 ascent steps": (ck.CLIP(ascent_steps=0, **clip), "relu"),
+        "CLIP authors()": (ck.CLIP.authors(schedule=ck.Constant()), "sigmoid"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=12, help="training steps profiled")
@@ -90,18 +103,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.steps * batch, 784, generator=g)
     y = torch.randint(10, (len(x),), generator=g)
-    const = ck.Constant()
-    rows = {
-        "standard": (ck.Standard(), "relu"),
-        "weight decay": (ck.WeightDecay(1e-4), "relu"),
-        "CLIP defaults (64 pairs, 2 steps)": (ck.CLIP(lam=0.1, data_range=(0.0, 1.0)), "relu"),
-        "CLIP 64 pairs, 1 ascent step": (ck.CLIP(lam=0.1, ascent_steps=1,
-                                                 data_range=(0.0, 1.0)), "relu"),
-        "CLIP 64 pairs, 0 ascent steps": (ck.CLIP(lam=0.1, ascent_steps=0,
-                                                  data_range=(0.0, 1.0)), "relu"),
-        "CLIP authors()": (ck.CLIP.authors(schedule=const), "sigmoid"),
-    }
-    counts = {name: kernels_per_step(m, act, x, y, batch) for name, (m, act) in rows.items()}
+    counts = {name: kernels_per_step(m, act, x, y, batch) for name, (m, act) in rows().items()}
     base = counts["standard"][0]
     print(f"torch {torch.__version__}, MLP 784-200-80-10, batch {batch}, {args.steps} steps")
     print("| method | kernels per step | ÷ standard |\n|---|---|---|")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import clipkit as ck
-from clipkit.core.pairs import AscentRule, PairState, ascend, quotients
+from clipkit.core.pairs import AscentRule, PairState, accept, ascend, quotients
 
 
 def _linear_forward(w):
@@ -117,6 +117,23 @@ def test_a_proposal_closer_than_min_distance_is_rejected():
     near = ascend(forward, PairState(u, v, tau), 1, AscentRule())
     assert torch.equal(far.u, u) and far.tau.item() == pytest.approx(0.5 / 1.3)
     assert not torch.equal(near.u, u)
+
+
+def test_a_proposal_with_an_infinite_or_nan_quotient_is_rejected():
+    """accept keeps a proposal only where q rose to a finite value: +inf and NaN are refused
+    as a fall is, and the pair and its step size go back."""
+    u = torch.zeros(1, 4, 2, dtype=torch.float64)
+    v = torch.ones(1, 4, 2, dtype=torch.float64)
+    tau = torch.ones(1, 4, dtype=torch.float64)
+    q = torch.ones(1, 4, dtype=torch.float64)
+    pairs = PairState(u, v, tau, q)
+    w_new = torch.full((1, 8, 2), 5.0, dtype=torch.float64)
+    q_new = torch.tensor([[float("inf"), float("nan"), 2.0, 0.5]], dtype=torch.float64)
+    out = accept(pairs, w_new, q_new, torch.ones(1, 4, dtype=torch.float64), None, AscentRule())
+    took = torch.tensor([False, False, True, False])
+    assert torch.equal(out.u[0, :, 0] == 5.0, took) and torch.equal(out.v[0, :, 0] == 5.0, took)
+    assert out.q[0].tolist() == [1.0, 1.0, 2.0, 1.0]
+    assert out.tau[0].tolist() == pytest.approx([1 / 1.3, 1 / 1.3, 1.3, 1 / 1.3])
 
 
 @pytest.mark.parametrize("rtol, accepted", [(0.0, True), (1e-2, False)])

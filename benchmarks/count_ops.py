@@ -67,7 +67,7 @@ def _count(event, names: collections.Counter) -> int:
 
 def kernels_per_step(method: ck.Method, activation: str, x: torch.Tensor, y: torch.Tensor,
                      batch: int) -> tuple[float, collections.Counter]:
-    """Innermost non-view aten operators per training step of one ``ck.fit`` epoch."""
+    """Kernels per training step of one ``ck.fit`` epoch (``_count``), and their names."""
     model = ck.models.mlp([784, 200, 80, 10], activation=activation, seed=0)
     kwargs = dict(epochs=1, batch_size=batch, optimizer="sgd", lr=0.1, seed=0, progress=False,
                   device="cpu")

@@ -191,6 +191,8 @@ class CLIP(Method):
     late_accept: bool = False
     ascent_precision: str = "full"
 
+    eager_model = True  # ck.fit trains a compiled model's own module (setup.eager_module)
+
     def __post_init__(self):
         super().__post_init__()
         check_int(self.pairs, "CLIP: pairs", 1)

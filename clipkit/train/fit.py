@@ -15,7 +15,13 @@ from clipkit.train.history import history_dataset
 from clipkit.train.loop import train_loop
 from clipkit.train.protocol import Method
 from clipkit.train.selection import BestEpoch, EpochMeasure
-from clipkit.train.setup import NonFiniteLossError, place_data, plan_run, seeds_for
+from clipkit.train.setup import (
+    NonFiniteLossError,
+    eager_module,
+    place_data,
+    plan_run,
+    seeds_for,
+)
 
 
 def fit(
@@ -51,6 +57,10 @@ def fit(
     goes back to the device it came on when training ends (or fails), so a notebook's
     next cell can call it on its CPU data on any machine, as it can the models that
     ``fit_path`` returns.
+
+    A ``torch.compile``d model is trained as it is, except with CLIP, whose step runs
+    slower compiled (and fails under ``mode="reduce-overhead"``): then the module it
+    wraps is trained eagerly, with a warning (the two share their parameters).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -60,6 +70,7 @@ def fit(
         on_epoch=on_epoch, select=select,
     )
     method, task = setup.method, setup.task
+    model = eager_module(model, method)
     origin = device_dtype(model)[0]
     with seeded(seeds_for(seed)[1]):  # a method's own random set-up (spectral norm's u)
         model = method.prepare(model).to(setup.device)

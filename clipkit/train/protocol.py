@@ -71,6 +71,9 @@ class Method:
     input_grad = False
     #: whether the method can be trained as a vectorised λ-path
     vectorizable = True
+    #: whether ``ck.fit`` trains a ``torch.compile``d model through the module it wraps
+    #: (a method whose step calls the model on inputs of several sizes: CLIP)
+    eager_model = False
 
     def __post_init__(self):
         self.lam = check_lam(self.lam, f"{type(self).__name__}: lam")

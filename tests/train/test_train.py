@@ -62,6 +62,24 @@ def test_same_seed_same_result_for_every_method(method, regression):
     assert not all(torch.equal(p, q) for p, q in zip(_params(a), _params(c), strict=True))
 
 
+def test_clip_trains_a_compiled_model_through_the_module_it_wraps(regression):
+    """CLIP's step ran slower compiled and fails under CUDA graphs: fit trains the wrapped
+    module eagerly (the same weights as the plain model, bit for bit) and says so."""
+    a, ha = _fit(ck.CLIP(lam=0.1), regression, epochs=2, seed=4)
+    plain = ck.models.mlp([1, 16, 16, 1], activation="relu", seed=0)
+    compiled = torch.compile(plain)  # compiles on its first call only
+    with pytest.warns(UserWarning, match="torch.compile'd model through the module it wraps"):
+        hb = ck.fit(compiled, regression, method=ck.CLIP(lam=0.1), epochs=2, seed=4, lr=1e-2,
+                    batch_size=32, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(plain), strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(compiled), strict=True))
+    assert ha.loss.values.tolist() == hb.loss.values.tolist()
+    # methods that call the model on the batch only keep the compiled model
+    assert ck.train.setup.eager_module(compiled, ck.Standard()) is compiled
+    with pytest.warns(UserWarning, match="several sizes"):
+        assert ck.train.setup.eager_module(compiled, ck.CLIP()) is plain
+
+
 def _spread(model, x):
     with torch.no_grad():
         out = model(x)

@@ -17,9 +17,8 @@ the first layer, whose output at the proposals comes from the gradient,
 ``clipkit.core.affine_first``); then the descent step's forward and backward over
 the batch and the winning pair only, since the max's θ-gradient flows through that pair
 alone. With ``reduction="mean"`` the descent step runs over the batch and all pairs.
-With λ = 0 for every copy the descent step is standard training's. ``late_accept=True``
-(an approximation) saves the forward over the last step's proposals: they are decided on
-by the next step's ascent.
+With λ = 0 for every copy the descent step is standard training's. Approximations, off
+by default: ``late_accept``, ``ascent_precision="bfloat16"``, ``ascent_every``.
 
 All tensors carry the model axis K first: u, v are (K, P, *in), q and τ are (K, P).
 """
@@ -150,9 +149,7 @@ class CLIP(Method):
             ``reduction="mean"``). Measured harmful, so it warns (benchmarks/bench_approx.py,
             docs/method.md): on 60,000 Fashion-MNIST images, 40 epochs, 3 seeds, training
             collapsed (the defaults: every seed at 10 % test accuracy; the corrected model
-            with ``CLIP.authors()``: 32 % against 82 %); on 20,000 images, 20 epochs it had
-            looked harmless with the authors' preset. With the first layer split off
-            (``clipkit.core.affine_first``) the exact step costs about as much.
+            with ``CLIP.authors()``: 32 % against 82 %).
         ascent_precision: "full" (the model's dtype: the method as published) or
             "bfloat16", an approximation, off by default: the ascent's products with the
             first layer's weight (the largest part of its work with many pairs) in
@@ -163,19 +160,14 @@ class CLIP(Method):
             natively (GPUs, CPUs with AVX512-BF16 or AMX); elsewhere slower. Needs a model
             whose first layer is a narrowing ``nn.Linear`` (after ``nn.Flatten``), and
             cannot be combined with ``late_accept``. Measured (docs/method.md): with
-            ``CLIP.authors()`` on a CPU with AVX512-BF16 an epoch cost 5.7 standard
-            epochs against 7.8; on the corrected model (40 epochs, 3 seeds) test and PGD
-            accuracy were the same within the seeds' spread; on the published setting
-            (sigmoid on the logits) more seeds died when λ switched on (12 of 20 at
-            chance after 9 epochs, against 7 and 9 of 20 with the exact ascent rounded
-            two ways: the exact algorithm loses seeds there too).
-        ascent_every: an approximation, off by default (1: the method as published): the
-            pairs are moved on every this many-th training step only (and on a redraw); on
-            the steps in between the descent step uses them as the last ascent left them,
-            the winner chosen by quotients measured at an older θ (its quotient in the
-            penalty is measured at the current θ, by the descent step's own forward).
-            Saves (k − 1)/k of the ascent's cost. The history's ``lip`` is measured at the
-            current θ on every step, also at λ = 0.
+            ``CLIP.authors()`` on a CPU with AVX512-BF16 an epoch cost 5.7 standard epochs
+            against 7.8; the same accuracy on the corrected model; on the published
+            setting (sigmoid on the logits) more seeds died when λ switched on.
+        ascent_every: k, an approximation, off by default (1: as published): the pairs move
+            on every k-th training step only (and on a redraw); in between, the descent
+            step uses them as the last ascent left them, the winner chosen by quotients
+            from an older θ (its quotient, in the penalty and the history's ``lip``, is
+            measured at the current θ). Saves (k − 1)/k of the ascent's cost.
         schedule: the λ schedule (Constant, Warmup, Discrepancy).
     """
 
@@ -222,9 +214,10 @@ class CLIP(Method):
                              f"{self.accept_rtol!r}")
         if self.power not in (1, 2) or isinstance(self.power, bool):
             raise ValueError(f"CLIP: power must be 1 or 2, got {self.power!r}")
-        if not isinstance(self.late_accept, bool):
-            raise ValueError(f"CLIP: late_accept must be True or False, got "
-                             f"{self.late_accept!r}")
+        for flag in ("late_accept", "keep_step_sizes"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"CLIP: {flag} must be True or False, got "
+                                 f"{getattr(self, flag)!r}")
         if self.late_accept:
             warnings.warn(
                 "CLIP(late_accept=True) is an approximation that made training collapse on "
@@ -232,9 +225,6 @@ class CLIP(Method):
                 "at the defaults, 32 % against 82 % with CLIP.authors() on the corrected "
                 "model; benchmarks/bench_approx.py). The exact step (late_accept=False) is "
                 "the method as published.", UserWarning, stacklevel=3)
-        if not isinstance(self.keep_step_sizes, bool):
-            raise ValueError(f"CLIP: keep_step_sizes must be True or False, got "
-                             f"{self.keep_step_sizes!r}")
         if self.skip_above is not None:
             if isinstance(self.skip_above, bool) or not isinstance(self.skip_above, (int, float)) \
                     or not self.skip_above > 0:
@@ -244,10 +234,8 @@ class CLIP(Method):
         if self.init == "noise" and not self.noise > 0:
             raise ValueError(f"CLIP: noise must be > 0 with init='noise', got {self.noise!r}")
         if not self.step_size > 0 or not self.factor > 1:
-            raise ValueError(
-                f"CLIP: step_size must be > 0 and factor > 1, got {self.step_size!r}, "
-                f"{self.factor!r}"
-            )
+            raise ValueError(f"CLIP: step_size must be > 0 and factor > 1, got "
+                             f"{self.step_size!r}, {self.factor!r}")
         if self.data_range is not None:
             lo, hi = (float(v) for v in self.data_range)
             if not lo < hi:

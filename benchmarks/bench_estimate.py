@@ -33,8 +33,6 @@ def settings() -> dict[str, ck.CLIP]:
         "128 pairs, 1 ascent step": ck.CLIP(pairs=128, ascent_steps=1),
         "32 pairs, 2 ascent steps": ck.CLIP(pairs=32),
         "0.1.0 defaults (16 pairs, 1 step)": ck.CLIP(pairs=16, ascent_steps=1),
-        "defaults, ascent_every=2": ck.CLIP(ascent_every=2),
-        "defaults, ascent_every=4": ck.CLIP(ascent_every=4),
     }
 
 

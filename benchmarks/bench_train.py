@@ -14,8 +14,7 @@ Targets: CLIP.authors() ≤ 4× standard; clipkit's defaults (64 pairs) ≤ 1.5�
 split" evaluates the ascent's proposals with the full forward (clipkit.core.affine_first
 off). Rows marked
 "late_accept" run that approximation, rows marked "bfloat16 ascent" the approximation
-``ascent_precision="bfloat16"``, rows marked "ascent_every" the approximation that moves the
-pairs on every k-th step only (all off by default; their effect on results:
+``ascent_precision="bfloat16"`` (both off by default; their effect on results:
 benchmarks/bench_approx.py). The ratios are to standard training in float32; bfloat16 is
 faster only where the hardware multiplies it natively (the benchmark prints whether the
 CPU reports AVX512-BF16 or AMX).
@@ -92,11 +91,6 @@ def methods() -> dict[str, ck.Method]:
                                                            ascent_precision="bfloat16"),
         "CLIP defaults, bfloat16 ascent": ck.CLIP(lam=0.1, data_range=(0.0, 1.0),
                                                   ascent_precision="bfloat16"),
-        "CLIP defaults, ascent_every=2": ck.CLIP(lam=0.1, data_range=(0.0, 1.0),
-                                                 ascent_every=2),
-        "CLIP defaults, ascent_every=4": ck.CLIP(lam=0.1, data_range=(0.0, 1.0),
-                                                 ascent_every=4),
-        "CLIP authors(), ascent_every=2": ck.CLIP.authors(schedule=const, ascent_every=2),
         # an nn.Identity in front hides the first Linear from clipkit.core.affine_first
         "CLIP authors(), first layer not split": ck.CLIP.authors(schedule=const),
     }

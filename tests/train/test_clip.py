@@ -46,8 +46,6 @@ def test_authors_preset_is_their_code_s_configuration():
         (dict(keep_step_sizes=1), "keep_step_sizes must be True or False"),
         (dict(late_accept="yes"), "late_accept must be True or False, got 'yes'"),
         (dict(ascent_precision="half"), "ascent_precision must be one of 'full', 'bfloat16'"),
-        (dict(ascent_every=0), "ascent_every must be an int >= 1, got 0"),
-        (dict(ascent_every=True), "ascent_every must be an int >= 1, got True"),
         (dict(ascent_precision="bfloat16", late_accept=True),
          "late_accept=True cannot be combined with ascent_precision='bfloat16'"),
     ],
@@ -284,39 +282,3 @@ def test_bfloat16_ascent_on_a_model_without_a_linear_first_layer_is_a_clear_erro
     with pytest.raises(ValueError, match="ascent_precision='bfloat16' needs a model whose "
                                          "first layer is a narrowing nn.Linear"):
         _fit_images(ck.CLIP(ascent_precision="bfloat16"), cnn)
-
-
-# --- ascent_every: an approximation, opt-in
-
-def test_ascent_every_moves_the_pairs_on_every_kth_step_and_on_a_redraw(monkeypatch):
-    import clipkit.train.clip as clip_module
-
-    steps_moved = []
-    real = clip_module.ascend
-
-    def counting(forward, pairs, *args, **kwargs):
-        steps_moved.append(counting.run.step)
-        return real(forward, pairs, *args, **kwargs)
-
-    class Recording(ck.CLIP):
-        def before_step(self, run, lam):
-            counting.run = run
-            super().before_step(run, lam)
-
-    monkeypatch.setattr(clip_module, "ascend", counting)
-    data = ck.data.regression(n=64, noise=0.1, seed=0)  # 8 steps of 8 per epoch
-    model = ck.models.mlp([1, 8, 1], seed=0)
-    hist = ck.fit(model, data, Recording(lam=0.1, pairs=4, ascent_every=3, refresh=5),
-                  epochs=2, batch_size=8, progress=False)
-    assert steps_moved == [0, 3, 5, 6, 9, 10, 12, 15]  # every 3rd step, and redraws at 5, 10, 15
-    assert bool((hist.lip > 0).all())
-    assert ck.CLIP().ascent_every == 1 == ck.CLIP.authors().ascent_every
-
-
-def test_ascent_every_at_lambda_zero_is_still_standard_training():
-    data = ck.data.regression(n=64, noise=0.1, seed=0)
-    models = [ck.models.mlp([1, 8, 1], seed=0) for _ in range(2)]
-    for model, method in zip(models, [ck.Standard(), ck.CLIP(lam=0.0, ascent_every=2)],
-                             strict=True):
-        ck.fit(model, data, method, epochs=2, batch_size=8, seed=1, progress=False)
-    assert torch.equal(_weights(models[0]), _weights(models[1]))

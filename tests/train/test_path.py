@@ -41,7 +41,6 @@ def _rel(a, b):
         (ck.CLIP.authors(pairs=8, refresh=5, schedule=ck.Warmup(1), step_size=1.0,
                          late_accept=True, accept_rtol=None), [0.1]),
         (ck.CLIP(reduction="mean", late_accept=True), [0.5]),
-        (ck.CLIP(ascent_every=3, refresh=4, ascent_steps=2), [0.0, 0.5]),
         (ck.GradientPenalty(), [0.01, 0.1]),
         (ck.AdversarialTraining(eps=0.05, steps=2, data_range=None), [0.0]),
     ],

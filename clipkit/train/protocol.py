@@ -72,7 +72,7 @@ class Method:
     #: whether the method can be trained as a vectorised λ-path
     vectorizable = True
     #: whether ``ck.fit`` trains a ``torch.compile``d model through the module it wraps
-    #: (a method whose step calls the model on inputs of several sizes: CLIP)
+    #: (a method whose step calls the model several times, as CLIP's does)
     eager_model = False
 
     def __post_init__(self):

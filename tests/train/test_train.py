@@ -76,7 +76,7 @@ def test_clip_trains_a_compiled_model_through_the_module_it_wraps(regression):
     assert ha.loss.values.tolist() == hb.loss.values.tolist()
     # methods that call the model on the batch only keep the compiled model
     assert ck.train.setup.eager_module(compiled, ck.Standard()) is compiled
-    with pytest.warns(UserWarning, match="several sizes"):
+    with pytest.warns(UserWarning, match="calls the model several times"):
         assert ck.train.setup.eager_module(compiled, ck.CLIP()) is plain
 
 

@@ -172,10 +172,10 @@ def eager_module(model: nn.Module, method: Method) -> nn.Module:
         return model
     warnings.warn(
         f"ck.fit trains this torch.compile'd model through the module it wraps: "
-        f"{method.name}'s step calls the model several times, which compiled ran slower, "
-        f"and fails under mode='reduce-overhead'. The compiled model shares "
-        f"its parameters and is trained too; pass the uncompiled model to avoid this "
-        f"warning.", UserWarning, stacklevel=3)
+        f"{method.name}'s step calls the model several times, and compiled it ran slower "
+        f"and failed under mode='reduce-overhead'. The compiled model shares its "
+        f"parameters and is trained too; pass the uncompiled model to avoid this warning.",
+        UserWarning, stacklevel=3)
     return inner
 
 

@@ -1,9 +1,9 @@
 """What an option of CLIP costs in results: the same seeds with one setting changed.
 
-"off" is each setting's CLIP as it is; "on" the same with one field changed, by default
-the approximation ``late_accept=True`` (each ascent proposal decided at the next step, by
-the ascent's own forward, instead of at the θ it was made at; one forward over the 2P pair
-inputs less per step), or any other field (``--change ascent_steps=2``). The same seeds, on
+"off" is each setting's CLIP as it is; "on" the same with the one field ``--change`` names
+(a Python literal: ``--change "ascent_precision='bfloat16'"`` for that approximation,
+``--change ascent_steps=1``). The approximations measured with it and since removed are in
+docs/method.md, with the commits that hold their code. The same seeds, on
 Fashion-MNIST (CLIPKIT_DATA), MLP 784-200-80-10, SGD lr 0.1 momentum 0.9, batch 128:
 
 * published: sigmoid also on the logits (``last_activation=True``), ``CLIP.authors()``;
@@ -28,7 +28,7 @@ test images that ``ck.certify.certified_accuracy(bound="local")`` certifies at e
 (about 0.4 s per image for three radii on the MLP).
 
     python benchmarks/bench_approx.py [--epochs 20] [--n 60000] [--seeds 0,1,2] [--only published]
-                                      [--change late_accept=True] [--last 10]
+                                      --change NAME=VALUE [--last 10]
                                       [--radii 0.25,0.5,1,2] [--certify 200]
 """
 
@@ -82,8 +82,9 @@ def main() -> None:
     parser.add_argument("--certify", type=int, default=0,
                         help="with --radii: locally certified accuracy (ck.certify) on this many "
                              "test images at each radius")
-    parser.add_argument("--change", default="late_accept=True",
-                        help="the CLIP field to change and its value, NAME=VALUE")
+    parser.add_argument("--change", required=True,
+                        help="the CLIP field to change and its value, NAME=VALUE (VALUE a "
+                             "Python literal, e.g. \"ascent_precision='bfloat16'\")")
     args = parser.parse_args()
     field, text = (part.strip() for part in args.change.split("=", 1))
     change, changed = {field: ast.literal_eval(text)}, f"{field}={text}"

@@ -12,9 +12,8 @@ Rows marked "0.1.0 step" run the frozen copy of the CLIP step before its speed-u
 Targets: CLIP.authors() ≤ 4× standard; clipkit's defaults (64 pairs) ≤ 1.5×. "λ = 0
 (warm-up)" is an epoch of the authors' warm-up, pairs ascended, no penalty; "first layer not
 split" evaluates the ascent's proposals with the full forward (clipkit.core.affine_first
-off). Rows marked
-"late_accept" run that approximation, rows marked "bfloat16 ascent" the approximation
-``ascent_precision="bfloat16"`` (both off by default; their effect on results:
+off). Rows marked "bfloat16 ascent" run the approximation
+``ascent_precision="bfloat16"`` (off by default; its effect on results:
 benchmarks/bench_approx.py). The ratios are to standard training in float32; bfloat16 is
 faster only where the hardware multiplies it natively (the benchmark prints whether the
 CPU reports AVX512-BF16 or AMX).
@@ -85,8 +84,6 @@ def methods() -> dict[str, ck.Method]:
         "CLIP authors()": ck.CLIP.authors(schedule=const),
         "CLIP authors(pairs=125)": ck.CLIP.authors(schedule=const, pairs=125),
         "CLIP authors(), λ = 0 (warm-up)": ck.CLIP.authors(schedule=ck.Warmup(1)),
-        "CLIP defaults, late_accept": ck.CLIP(lam=0.1, data_range=(0.0, 1.0), late_accept=True),
-        "CLIP authors(), late_accept": ck.CLIP.authors(schedule=const, late_accept=True),
         "CLIP authors(), bfloat16 ascent": ck.CLIP.authors(schedule=const,
                                                            ascent_precision="bfloat16"),
         "CLIP defaults, bfloat16 ascent": ck.CLIP(lam=0.1, data_range=(0.0, 1.0),

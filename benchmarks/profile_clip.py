@@ -12,8 +12,8 @@ loss, the proposals and accepts, the quotients' arithmetic. A timed call inside 
 counts for the outer one only.
 MLP 784-200-80-10, batch 128, SGD, λ active every step.
 
-    python benchmarks/profile_clip.py [authors|authors-bf16|authors-late|defaults|defaults-late|
-                                       reference-authors|standard] [--n 5000]
+    python benchmarks/profile_clip.py [authors|authors-bf16|defaults|reference-authors|
+                                       standard] [--n 5000]
 """
 
 from __future__ import annotations
@@ -67,12 +67,8 @@ def method_for(which: str) -> tuple[ck.Method, str]:
         return ck.CLIP.authors(schedule=const), "sigmoid"
     if which == "authors-bf16":
         return ck.CLIP.authors(schedule=const, ascent_precision="bfloat16"), "sigmoid"
-    if which == "authors-late":
-        return ck.CLIP.authors(schedule=const, late_accept=True), "sigmoid"
     if which == "defaults":
         return ck.CLIP(lam=0.1, data_range=(0.0, 1.0)), "relu"
-    if which == "defaults-late":
-        return ck.CLIP(lam=0.1, data_range=(0.0, 1.0), late_accept=True), "relu"
     if which == "standard":
         return ck.Standard(), "relu"
     if which == "reference-authors":

@@ -33,7 +33,6 @@ __all__ = [
     "PairState",
     "accept",
     "ascend",
-    "ascend_late",
     "joint",
     "propose",
     "quotients",
@@ -201,9 +200,8 @@ class PairState:
     without copying the pairs into one forward's input. A state built from separate u and v
     has none. ``g`` is ∇(q^power) in the same layout: ∇_u in the first P rows, ∇_v in the
     last P. ``winner`` is for CLIP's descent step: (index (K,), cat[u_w, v_w] (K, 2, *in)).
-    ``pending``: the proposal cat[u', v'] that :func:`ascend_late` decides on at its next
-    call (None: nothing pending). ``lin``: the :class:`Linearization` that goes with ``g``
-    where the ascent splits off the model's first layer (None: it does not).
+    ``lin``: the :class:`Linearization` that goes with ``g`` where the ascent splits off the
+    model's first layer (None: it does not).
     """
 
     u: Tensor
@@ -213,7 +211,6 @@ class PairState:
     g: Tensor | None = None
     winner: tuple[Tensor, Tensor] | None = None
     uv: Tensor | None = None
-    pending: Tensor | None = None
     lin: Linearization | None = None
 
 
@@ -256,21 +253,19 @@ def propose(pairs: PairState, rule: AscentRule, s: Tensor | None = None,
 
 
 def accept(pairs: PairState, w_new: Tensor, q_new: Tensor, dist_new: Tensor,
-           g_new: Tensor | None, rule: AscentRule, rises: Tensor | None = None,
+           g_new: Tensor | None, rule: AscentRule,
            lin_new: Linearization | None = None) -> PairState:
     """Keep the proposal where q rose (τ ×= factor), else the old pair (τ ÷= factor).
 
     ``w_new``, ``q_new``, ``dist_new``, ``g_new``: the proposal cat[u', v'], its quotients,
     its distances ‖u' − v'‖ and gradients (None: no step follows; the result has none).
-    ``rises`` (K, P): where given, whether q rose, decided by the caller (instead of
-    comparing ``q_new`` with the pairs' quotients). The result is written into ``w_new``
-    and ``g_new`` (the caller's fresh proposal): only the rejected pairs' rows are copied
-    back, no new pair-sized tensor. ``lin_new``: the proposal's :class:`Linearization`,
-    kept with ``g`` (the result has one where both it and the state have one).
+    The result is written into ``w_new`` and ``g_new`` (the caller's fresh proposal): only the
+    rejected pairs' rows are copied back, no new pair-sized tensor. ``lin_new``: the
+    proposal's :class:`Linearization`, kept with ``g`` (the result has one where both it and
+    the state have one).
     """
-    if rises is None:
-        rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
-        rises = q_new > pairs.q * (1 + rtol)
+    rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
+    rises = q_new > pairs.q * (1 + rtol)
     # q >= 0 or NaN, so "< inf" is isfinite in one kernel (torch's isfinite is four)
     ok = rises & (q_new < math.inf)
     if rule.min_distance > 0:
@@ -346,49 +341,3 @@ def ascend(forward: Forward, pairs: PairState, steps: int,
     pairs.g = pairs.lin = None
     return pairs
 
-
-def ascend_late(forward: Forward, pairs: PairState, steps: int,
-                rule: AscentRule = AscentRule()) -> PairState:  # noqa: B008 (frozen)
-    """:func:`ascend` with the last step's decision taken at the next call: an approximation
-    that saves one forward over the pairs per call.
-
-    The call first evaluates the proposal w' left ``pending`` by the call before, with its
-    gradient, at the current f (the forward and backward that ``ascend`` spends on the
-    pairs anyway) and decides on it at the current f alone: accepted where the quotient
-    still rises along the step at the proposal,
-
-        ∇(q^p)(w') · (w' − w) > rtol · q(w')^p     (w = cat[u, v], w' = cat[u', v']),
-
-    per pair (``rule.rtol``, √eps by default: the left side estimates q(w')^p − q(w)^p to
-    first order, as the rise ``ascend`` asks for), which for a quotient concave along the
-    step means q(w') > q(w). The pair's own
-    quotient is not compared: it was measured under an older f, and as training lowers the
-    slopes a proposal would rarely beat it (measured: the step sizes shrank and the pairs
-    stalled). A rejected pair keeps its old quotient and gradient. Then ``steps − 1``
-    steps as in ``ascend`` (each a forward and a backward, decided by the quotients at the
-    current f), and the last step's proposal is left pending. Without a pending proposal
-    (the first call, or new pairs) the call evaluates the pairs instead.
-
-    Cost: ``steps`` forwards and backwards over the pairs (``ascend``: the same and one
-    forward more). The result holds the kept pairs' quotients, their gradients and the
-    pending proposal. ``pairs.pending`` is overwritten (it becomes the result's pairs).
-    """
-    if steps == 0:
-        return ascend(forward, pairs, 0, rule)
-    if pairs.pending is None or pairs.g is None or pairs.q is None:
-        w = joint(pairs)
-        q, g, _, _ = _value_and_grad(forward, w, rule.power)
-        pairs = _state(w, pairs.tau, q, g)
-    else:
-        w_new = pairs.pending
-        q_new, g_new, dist_new, _ = _value_and_grad(forward, w_new, rule.power)
-        slope_u, slope_v = _halves((g_new * (w_new - joint(pairs))).flatten(2).sum(2))
-        rtol = torch.finfo(q_new.dtype).eps ** 0.5 if rule.rtol is None else rule.rtol
-        rises = slope_u + slope_v > rtol * q_new**rule.power
-        pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule, rises)
-    for _ in range(steps - 1):
-        w_new = propose(pairs, rule)
-        q_new, g_new, dist_new, _ = _value_and_grad(forward, w_new, rule.power)
-        pairs = accept(pairs, w_new, q_new, dist_new, g_new, rule)
-    pairs.pending = propose(pairs, rule)
-    return pairs

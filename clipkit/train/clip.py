@@ -17,22 +17,19 @@ the first layer, whose output at the proposals comes from the gradient,
 ``clipkit.core.affine_first``); then the descent step's forward and backward over
 the batch and the winning pair only, since the max's θ-gradient flows through that pair
 alone. With ``reduction="mean"`` the descent step runs over the batch and all pairs.
-With λ = 0 for every copy the descent step is standard training's. ``late_accept=True``
-(an approximation) saves the forward over the last step's proposals: they are decided on
-by the next step's ascent.
+With λ = 0 for every copy the descent step is standard training's.
 
 All tensors carry the model axis K first: u, v are (K, P, *in), q and τ are (K, P).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from clipkit.core.pairs import AscentRule, PairState, ascend, ascend_late, joint, quotients_from
+from clipkit.core.pairs import AscentRule, PairState, ascend, joint, quotients_from
 from clipkit.core.utils import check_choice, check_int
 from clipkit.train.protocol import Method, Run, Step
 from clipkit.train.schedules import Warmup
@@ -142,17 +139,6 @@ class CLIP(Method):
             relative; None: √eps of the dtype (see ``clipkit.core.pairs.AscentRule``), which
             keeps ``fit_path`` equal to separate ``fit`` runs on ReLU networks (whose pairs
             can have equal quotients up to rounding). 0: any rise (the authors').
-        late_accept: an approximation, off by default: decide on each step's last ascent
-            proposal at the next training step, whose ascent evaluates it anyway, by whether
-            q^p still rises along the step there (``clipkit.core.pairs.ascend_late``). Saves
-            the forward over the 2P moved pairs (about a sixth of the authors' step). The
-            winner's quotient is refreshed by the descent step's forward (all pairs' with
-            ``reduction="mean"``). Measured harmful, so it warns (benchmarks/bench_approx.py,
-            docs/method.md): on 60,000 Fashion-MNIST images, 40 epochs, 3 seeds, training
-            collapsed (the defaults: every seed at 10 % test accuracy; the corrected model
-            with ``CLIP.authors()``: 32 % against 82 %); on 20,000 images, 20 epochs it had
-            looked harmless with the authors' preset. With the first layer split off
-            (``clipkit.core.affine_first``) the exact step costs about as much.
         ascent_precision: "full" (the model's dtype: the method as published) or
             "bfloat16", an approximation, off by default: the ascent's products with the
             first layer's weight (the largest part of its work with many pairs) in
@@ -161,8 +147,8 @@ class CLIP(Method):
             pairs themselves and the descent step (the winner's quotient, the penalty)
             stay in the model's dtype. Faster only where the hardware multiplies bfloat16
             natively (GPUs, CPUs with AVX512-BF16 or AMX); elsewhere slower. Needs a model
-            whose first layer is a narrowing ``nn.Linear`` (after ``nn.Flatten``), and
-            cannot be combined with ``late_accept``. Measured (docs/method.md): with
+            whose first layer is a narrowing ``nn.Linear`` (after ``nn.Flatten``).
+            Measured (docs/method.md): with
             ``CLIP.authors()`` on a CPU with AVX512-BF16 an epoch cost 5.7 standard
             epochs against 7.8; on the corrected model (40 epochs, 3 seeds) test and PGD
             accuracy were the same within the seeds' spread; on the published setting
@@ -188,7 +174,6 @@ class CLIP(Method):
     keep_step_sizes: bool = False
     skip_above: float | None = None
     accept_rtol: float | None = None
-    late_accept: bool = False
     ascent_precision: str = "full"
 
     eager_model = True  # ck.fit trains a compiled model's own module (setup.eager_module)
@@ -204,25 +189,12 @@ class CLIP(Method):
         check_choice(self.reduction, "CLIP: reduction", ("max", "mean"))
         check_choice(self.ascent_on, "CLIP: ascent_on", ("quotient", "penalty"))
         check_choice(self.ascent_precision, "CLIP: ascent_precision", tuple(_PRECISIONS))
-        if self.late_accept and self.ascent_precision != "full":
-            raise ValueError(f"CLIP: late_accept=True cannot be combined with "
-                             f"ascent_precision={self.ascent_precision!r} (only with 'full')")
         if self.accept_rtol is not None and not (
                 isinstance(self.accept_rtol, (int, float)) and self.accept_rtol >= 0):
             raise ValueError(f"CLIP: accept_rtol must be a number >= 0 or None, got "
                              f"{self.accept_rtol!r}")
         if self.power not in (1, 2) or isinstance(self.power, bool):
             raise ValueError(f"CLIP: power must be 1 or 2, got {self.power!r}")
-        if not isinstance(self.late_accept, bool):
-            raise ValueError(f"CLIP: late_accept must be True or False, got "
-                             f"{self.late_accept!r}")
-        if self.late_accept:
-            warnings.warn(
-                "CLIP(late_accept=True) is an approximation that made training collapse on "
-                "full-length runs (Fashion-MNIST, 60,000 images, 40 epochs: test accuracy 10 % "
-                "at the defaults, 32 % against 82 % with CLIP.authors() on the corrected "
-                "model; benchmarks/bench_approx.py). The exact step (late_accept=False) is "
-                "the method as published.", UserWarning, stacklevel=3)
         if not isinstance(self.keep_step_sizes, bool):
             raise ValueError(f"CLIP: keep_step_sizes must be True or False, got "
                              f"{self.keep_step_sizes!r}")
@@ -321,11 +293,8 @@ class CLIP(Method):
             if self.keep_step_sizes:
                 fresh.tau = state.tau
             state = fresh
-        if self.late_accept:
-            run.state = ascend_late(run.forward, state, self.ascent_steps, self.rule())
-        else:
-            run.state = ascend(run.forward, state, self.ascent_steps, self.rule(),
-                               run.affine_first, _PRECISIONS[self.ascent_precision])
+        run.state = ascend(run.forward, state, self.ascent_steps, self.rule(),
+                           run.affine_first, _PRECISIONS[self.ascent_precision])
 
     def extra_inputs(self, run):
         """The pairs the penalty differentiates through, in the batch's forward pass.
@@ -346,10 +315,7 @@ class CLIP(Method):
         """R = Lip_X^p, Lip_X = max (or mean) over the pairs of the quotient at the current θ.
 
         The history's ``lip`` is the largest quotient at the current θ. Where λ = 0 for
-        every copy nothing is differentiated: R is the value alone. With ``late_accept`` the
-        pairs' stored quotients are those the ascent last measured (some older than θ): a
-        copy whose λ ≠ 0 refreshes them with the descent's measurement, and a copy at λ = 0
-        reports and keeps the stored ones, as a separate run at λ = 0 does.
+        every copy nothing is differentiated: R is the value alone.
         """
         pairs: PairState = run.state
         stored = pairs.q
@@ -360,19 +326,12 @@ class CLIP(Method):
             return self._finish(lip, stored.amax(dim=1))
         if self.reduction == "mean":
             q = quotients_from(step.extra_out, pairs.u, pairs.v)
-            lip, top, fresh = q.mean(dim=1), q.detach().amax(dim=1), q.detach()
+            lip, top = q.mean(dim=1), q.detach().amax(dim=1)
         else:
-            w, uv_w = pairs.winner
+            _, uv_w = pairs.winner
             u_w, v_w = uv_w.chunk(2, dim=1)
             lip = quotients_from(step.extra_out, u_w, v_w)[:, 0]
             top = lip.detach()
-            fresh = stored.scatter(1, w[:, None], top[:, None]) if self.late_accept else None
-        if self.late_accept:
-            on = step.lam != 0
-            pairs.q = torch.where(on[:, None], fresh, stored)
-            at_zero = stored.amax(dim=1) if self.reduction == "max" else stored.mean(dim=1)
-            lip = torch.where(on, lip, at_zero)
-            top = torch.where(on, top, stored.amax(dim=1))
         return self._finish(lip, top)
 
     def _measured(self, run, pairs: PairState) -> tuple[Tensor, Tensor]:

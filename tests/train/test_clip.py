@@ -8,7 +8,7 @@ import torch
 import clipkit as ck
 from clipkit.core.affine_first import first_linear
 from clipkit.core.pairs import AscentRule, PairState, ascend, quotients
-from clipkit.train.protocol import Run, Step
+from clipkit.train.protocol import Run
 
 sys.path.insert(0, str(Path(__file__).parent))
 from clip_reference import ReferenceCLIP  # noqa: E402
@@ -44,10 +44,7 @@ def test_authors_preset_is_their_code_s_configuration():
         (dict(accept_rtol=-1.0), "accept_rtol must be a number >= 0 or None"),
         (dict(skip_above=0.0), "skip_above must be a number > 0 or None"),
         (dict(keep_step_sizes=1), "keep_step_sizes must be True or False"),
-        (dict(late_accept="yes"), "late_accept must be True or False, got 'yes'"),
         (dict(ascent_precision="half"), "ascent_precision must be one of 'full', 'bfloat16'"),
-        (dict(ascent_precision="bfloat16", late_accept=True),
-         "late_accept=True cannot be combined with ascent_precision='bfloat16'"),
     ],
 )
 def test_bad_clip_settings_are_named(kwargs, match):
@@ -202,44 +199,6 @@ def test_skip_above_drops_the_penalty_where_it_is_larger():
     assert torch.allclose(low, standard, rtol=1e-12, atol=1e-14)
     assert not torch.allclose(plain, standard, rtol=1e-3)
     assert "skipped" not in plain_hist
-
-
-# --- late_accept: an approximation, opt-in
-
-def test_late_accept_warns_that_it_was_measured_harmful():
-    with pytest.warns(UserWarning, match="late_accept=True.*collapse"):
-        ck.CLIP(late_accept=True)
-
-
-def test_late_accept_is_off_by_default_and_deterministic_with_a_seed():
-    assert ck.CLIP().late_accept is False and ck.CLIP.authors().late_accept is False
-    exact, _ = _fit64(ck.CLIP(lam=1.0, power=2))
-    runs = [_fit64(ck.CLIP(lam=1.0, power=2, late_accept=True)) for _ in range(2)]
-    assert torch.equal(runs[0][0], runs[1][0])
-    assert not torch.allclose(runs[0][0], exact, rtol=1e-6)  # it is another algorithm
-    assert bool(runs[0][1].lip.notnull().all())
-
-
-@pytest.mark.parametrize("reduction", ["max", "mean"])
-def test_late_accept_refreshes_the_quotients_the_descent_step_measured(reduction):
-    # the descent step's forward measures the winner (max) or every pair (mean) at the
-    # current θ: late_accept stores it as the kept quotient the next decision compares with
-    forward = _linear_forward(torch.tensor([[3.0, 0.5]], dtype=torch.float64))
-    method = ck.CLIP(pairs=5, power=2, reduction=reduction, late_accept=True)
-    run = _toy_run(forward)
-    run.state = method.start(run)
-    method.before_step(run, torch.ones(1))
-    extra = method.extra_inputs(run)
-    stale = run.state.q.clone()
-    halved = forward(extra) / 2  # θ moved: every quotient halves
-    method.penalty(run, Step(None, None, None, None, torch.ones(1), halved))
-    if reduction == "mean":
-        assert torch.allclose(run.state.q, stale / 2, rtol=1e-12)
-    else:
-        w = int(run.state.winner[0])
-        assert run.state.q[0, w] == pytest.approx(float(stale[0, w]) / 2, rel=1e-12)
-        others = [k for k in range(5) if k != w]
-        assert torch.equal(run.state.q[0, others], stale[0, others])
 
 
 # --- ascent_precision="bfloat16": an approximation, opt-in

@@ -46,7 +46,7 @@ from clipkit.analysis.lipschitz import (
     require_chain,
     solve,
 )
-from clipkit.core.utils import check_int, device_dtype, eval_mode
+from clipkit.core.utils import check_int, check_model_takes, device_dtype, eval_mode
 
 __all__ = ["certified_accuracy", "certified_radius", "margin_bounds"]
 
@@ -136,6 +136,7 @@ def certified_radius(model: nn.Module, data: tuple[Tensor, Tensor], lipschitz: T
     or a number L, a certified global bound of Lip(f) (then L[y, j] = sqrt(2) L).
     """
     x, y = _check_data(data)
+    check_model_takes(model, x, "data[0] (x)", place=True)
     chain = mlp_chain(model, tuple(x.shape[1:]))
     g = _margins(_logits(model, chain, x, batch_size), y.to("cpu", torch.long))
     C = g.shape[1]
@@ -177,6 +178,7 @@ def certified_accuracy(
     n, the bound used, seconds, and for "global" the bound of Lip(f).
     """
     x, y = _check_data(data)
+    check_model_takes(model, x, "data[0] (x)", place=True)
     eps_list = _check_eps(eps)
     check_int(batch_size, "batch_size", 1)
     t0 = time.perf_counter()

@@ -15,6 +15,7 @@ __all__ = [
     "broadcast_to",
     "check_choice",
     "check_int",
+    "check_model_takes",
     "check_number",
     "device_dtype",
     "eval_mode",
@@ -127,6 +128,24 @@ def check_int(value: Any, name: str, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return int(value)
+
+
+def check_model_takes(model: nn.Module, x: Tensor, name: str = "x", place: bool = False) -> None:
+    """A ValueError naming the inputs where ``model`` cannot take ``x`` (N, *input_shape):
+    one forward of x[:1] in eval mode, without a graph; with ``place``, x[:1] moved to the
+    model's device and dtype first (as the caller's own forwards do), else as it is.
+
+    Without it, inputs of the wrong shape fail deep inside training or a bound with torch's
+    own message about matrix shapes, which does not say which input was wrong.
+    """
+    sample = x[:1].to(*device_dtype(model)) if place else x[:1]
+    with eval_mode(model), torch.no_grad():
+        try:
+            model(sample)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{name}: the model does not take these inputs (shape {tuple(x.shape)}, "
+                f"{x.dtype}, i.e. samples of shape {tuple(x.shape[1:])}): {exc}") from exc
 
 
 def check_number(value: Any, name: str, low: float = 0.0) -> float:

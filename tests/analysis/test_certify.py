@@ -128,3 +128,8 @@ def test_given_bound_works_for_any_model_and_bad_inputs_are_named():
         certify.certified_accuracy(cnn, (x, y), [0.1], bound=math.inf)
     with pytest.raises(ValueError, match="data"):
         certify.certified_accuracy(cnn, (x, y[:5]), [0.1], bound=upper)
+    small = x[:, :, :4, :4]  # the CNN's Linear needs 6 x 6 images
+    with pytest.raises(ValueError, match=r"data\[0\] \(x\): the model does not take"):
+        certify.certified_accuracy(cnn, (small, y), [0.1], bound=upper)
+    with pytest.raises(ValueError, match=r"data\[0\] \(x\): the model does not take"):
+        certify.certified_radius(cnn, (small, y), upper)

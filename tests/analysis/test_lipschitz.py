@@ -435,6 +435,15 @@ def test_bad_arguments(kwargs, match):
 def test_bad_samples_and_intervals():
     with pytest.raises(ValueError, match="batch dimension"):
         lipschitz.bracket(tiny_mlp(0, "relu"), torch.randn(5))
+    with pytest.raises(ValueError, match=r"x: the model does not take these inputs .* "
+                                         r"samples of shape \(7,\)"):
+        lipschitz.bracket(tiny_mlp(0, "relu"), torch.randn(4, 7))
+    model = tiny_mlp(0, "relu")  # float32: float64 samples are taken in its dtype
+    x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    kw = dict(sdp=False, steps=3, ascent_steps=2, preactivation=False)
+    values = [[e.value for e in lipschitz.bracket(model, v, **kw).estimates]
+              for v in (x, x.float())]
+    assert values[0] == values[1]
     net = one_hidden_relu(0)
     for bad in [None, (1.0, 1.0), (0.0, math.inf), (2.0, 1.0)]:
         with pytest.raises(ValueError, match="interval"):

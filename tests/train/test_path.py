@@ -129,6 +129,9 @@ def test_path_errors_are_clear(data64):
         ck.fit_path(model_fn, data64, ck.CLIP(), lam=[0.1, -1.0], **KW)
     with pytest.raises(TypeError, match="model_fn must return a torch.nn.Module"):
         ck.fit_path(lambda: None, data64, ck.CLIP(), **KW)
+    x, y = data64
+    with pytest.raises(ValueError, match=r"data\[0\] \(x\): the model does not take"):
+        ck.fit_path(model_fn, (torch.cat([x, x], dim=1), y), ck.CLIP(), **KW)
 
 
 def test_images_train_with_clip_alone_and_as_a_path():

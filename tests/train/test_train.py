@@ -162,6 +162,12 @@ def test_bad_inputs_raise_clear_errors(regression):
         ck.fit(ck.models.mlp([1, 4, 2]), (x, torch.full((200,), 5)), progress=False)
     with pytest.raises(ValueError, match="unknown device"):
         ck.fit(model, (x, y), device="tpu:9", progress=False)
+    wide = x.repeat(1, 3)  # samples of shape (3,) for a model that takes (1,)
+    takes = r"the model does not take these inputs \(shape \(200, 3\)"
+    with pytest.raises(ValueError, match=r"data\[0\] \(x\): " + takes):
+        ck.fit(model, (wide, y), progress=False)
+    with pytest.raises(ValueError, match=r"test\[0\] \(x\): " + takes):
+        ck.fit(model, (x, y), test=(wide, y), progress=False)
 
 
 class _NaNAfter(nn.Module):
@@ -179,7 +185,9 @@ class _NaNAfter(nn.Module):
 
 def test_nan_loss_names_epoch_and_step_and_keeps_the_history():
     x, y = ck.data.regression(n=64, seed=0)
-    model = _NaNAfter(after=9)  # 4 steps per epoch: forward 10 is epoch 2, step 1
+    # forward 1 is fit's check that the model takes x; then 4 steps per epoch, so
+    # forward 11 is epoch 2, step 1
+    model = _NaNAfter(after=10)
     with pytest.raises(ck.NonFiniteLossError, match="at epoch 2, step 1") as err:
         ck.fit(model, (x, y), epochs=5, batch_size=16, progress=False)
     assert (err.value.epoch, err.value.step) == (2, 1)

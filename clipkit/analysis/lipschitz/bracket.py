@@ -28,7 +28,7 @@ from clipkit.analysis.lipschitz.structure import (
     seeded_generator,
 )
 from clipkit.analysis.lipschitz.upper import lipschitz_upper, merged_upper_bound
-from clipkit.core.utils import check_int, device_dtype, eval_mode
+from clipkit.core.utils import check_int, check_model_takes, device_dtype, eval_mode
 
 
 def bracket(
@@ -67,7 +67,7 @@ def bracket(
 
     Args:
         model: a (nested) nn.Sequential of supported layers (see ``layer_norms``).
-        x: sample inputs, shape (N, *input_shape), moved to the model's device.
+        x: sample inputs, shape (N, *input_shape), moved to the model's device and dtype.
         seed: seeds one torch.Generator used for every random choice.
         batch_size: chunk size for every batched evaluation (bounds the memory).
         pairs, steps, restarts, domain: for ``quotient_search``.
@@ -101,7 +101,8 @@ def bracket(
     preactivation_starts = check_int(preactivation_starts, "preactivation_starts", 1)
     preactivation_guided = check_int(preactivation_guided, "preactivation_guided", 0)
     device, dtype = device_dtype(model)
-    x = x.to(device)
+    x = x.to(device, dtype)  # as ck.fit and ck.certify take data: in the model's dtype
+    check_model_takes(model, x)
     gen = seeded_generator(seed, device)
     estimates: list[Estimate] = []
 

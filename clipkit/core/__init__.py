@@ -6,4 +6,4 @@ analysis: the pair-quotient ascent (``pairs``) and projected gradient ascent on 
 (``pgd``). It imports no other part of clipkit.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # as pyproject.toml (tests/test_version.py)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from clipkit.core.affine_first import split_module
 from clipkit.core.provenance import provenance
-from clipkit.core.utils import check_model_takes, device_dtype, seeded, stacked
+from clipkit.core.utils import device_dtype, seeded, stacked
 from clipkit.train.history import history_dataset
 from clipkit.train.loop import train_loop
 from clipkit.train.protocol import Method
@@ -76,10 +76,7 @@ def fit(
         model = method.prepare(model).to(setup.device)
     try:
         dtype = next(model.parameters()).dtype
-        x, y, test = place_data(setup, dtype, x, y, test)
-        check_model_takes(model, x, "data[0] (x)")
-        if test is not None:
-            check_model_takes(model, test[0], "test[0] (x)")
+        x, y, test = place_data(setup, model, x, y, test)
 
         forward = stacked(model)
 

@@ -21,7 +21,7 @@ from torch.func import functional_call, vmap
 
 from clipkit.core.affine_first import split_stacked
 from clipkit.core.provenance import provenance
-from clipkit.core.utils import check_int, check_model_takes, seeded
+from clipkit.core.utils import check_int, seeded
 from clipkit.train.history import history_dataset
 from clipkit.train.loop import train_loop
 from clipkit.train.protocol import Method
@@ -171,10 +171,7 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup):
     def modules() -> list[nn.Module]:
         return [CopyView(template, params, buffers, i) for i in range(len(copies))]
 
-    xd, yd, testd = place_data(setup, dtype, x, y, test)
-    check_model_takes(template, xd, "data[0] (x)")
-    if testd is not None:
-        check_model_takes(template, testd[0], "test[0] (x)")
+    xd, yd, testd = place_data(setup, template, x, y, test)
     lam = torch.tensor([c[0] for c in copies], dtype=dtype, device=device)
     try:
         hist = train_loop(

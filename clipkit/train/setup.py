@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import Tensor, nn
 
-from clipkit.core.utils import check_int, resolve_device
+from clipkit.core.utils import check_int, check_model_takes, resolve_device
 from clipkit.train.baselines import Standard
 from clipkit.train.protocol import Method
 from clipkit.train.selection import BestEpoch, EpochMeasure
@@ -180,13 +180,17 @@ def eager_module(model: nn.Module, method: Method) -> nn.Module:
 
 
 def place_data(
-    setup: TrainSetup, dtype: torch.dtype, x: Tensor, y: Tensor,
+    setup: TrainSetup, model: nn.Module, x: Tensor, y: Tensor,
     test: tuple[Tensor, Tensor] | None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
-    """x, y and test data on the device: inputs in the model's dtype, labels as the task needs."""
+    """x, y and test data on the device: inputs in the model's dtype, labels as the task
+    needs; a ValueError naming the inputs the model cannot take (``check_model_takes``)."""
+    dtype = next(model.parameters()).dtype
     x = x.to(setup.device, dtype)
     y = y.to(setup.device, dtype if setup.task == "regression" else torch.long)
+    check_model_takes(model, x, "data[0] (x)")
     if test is not None:
         tx, ty = check_data(test, "test")
         test = (tx.to(setup.device, dtype), ty.to(setup.device, y.dtype))
+        check_model_takes(model, test[0], "test[0] (x)")
     return x, y, test

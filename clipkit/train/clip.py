@@ -147,14 +147,13 @@ class CLIP(Method):
             pairs themselves and the descent step (the winner's quotient, the penalty)
             stay in the model's dtype. Faster only where the hardware multiplies bfloat16
             natively (GPUs, CPUs with AVX512-BF16 or AMX); elsewhere slower. Needs a model
-            whose first layer is a narrowing ``nn.Linear`` (after ``nn.Flatten``).
-            Measured (docs/method.md): with
-            ``CLIP.authors()`` on a CPU with AVX512-BF16 an epoch cost 5.7 standard
-            epochs against 7.8; on the corrected model (40 epochs, 3 seeds) test and PGD
-            accuracy were the same within the seeds' spread; on the published setting
-            (sigmoid on the logits) more seeds died when λ switched on (12 of 20 at
-            chance after 9 epochs, against 7 and 9 of 20 with the exact ascent rounded
-            two ways: the exact algorithm loses seeds there too).
+            whose first layer is a narrowing ``nn.Linear`` (after ``nn.Flatten``). Measured
+            (docs/method.md): with ``CLIP.authors()`` on a CPU with AVX512-BF16 an epoch cost
+            5.7 standard epochs against 7.8; on the corrected model (40 epochs, 3 seeds) test
+            and PGD accuracy were the same within the seeds' spread; on the published setting
+            (sigmoid on the logits) more seeds died when λ switched on (12 of 20 at chance
+            after 9 epochs, against 7 and 9 of 20 with the exact ascent rounded two ways: the
+            exact algorithm loses seeds there too).
         schedule: the λ schedule (Constant, Warmup, Discrepancy).
     """
 
@@ -318,12 +317,12 @@ class CLIP(Method):
         every copy nothing is differentiated: R is the value alone.
         """
         pairs: PairState = run.state
-        stored = pairs.q
         if step.extra_out is None:  # λ = 0: the ascent's values, for the history
             if self.ascent_precision != "full":  # measured again in the model's dtype, as
                 return self._finish(*self._measured(run, pairs))  # at λ ≠ 0 (below)
-            lip = stored.amax(dim=1) if self.reduction == "max" else stored.mean(dim=1)
-            return self._finish(lip, stored.amax(dim=1))
+            q = pairs.q
+            lip = q.amax(dim=1) if self.reduction == "max" else q.mean(dim=1)
+            return self._finish(lip, q.amax(dim=1))
         if self.reduction == "mean":
             q = quotients_from(step.extra_out, pairs.u, pairs.v)
             lip, top = q.mean(dim=1), q.detach().amax(dim=1)

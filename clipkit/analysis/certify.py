@@ -138,13 +138,18 @@ def certified_radius(model: nn.Module, data: tuple[Tensor, Tensor], lipschitz: T
     x, y = _check_data(data)
     check_model_takes(model, x, "data[0] (x)", place=True)
     chain = mlp_chain(model, tuple(x.shape[1:]))
-    g = _margins(_logits(model, chain, x, batch_size), y.to("cpu", torch.long))
+    y = y.to("cpu", torch.long)
+    return _radius(_margins(_logits(model, chain, x, batch_size), y), y, lipschitz)
+
+
+def _radius(g: Tensor, y: Tensor, lipschitz: Tensor | float) -> Tensor:
+    """``certified_radius`` from the margins g (N, C) and labels y (N,) on the CPU."""
     C = g.shape[1]
     if isinstance(lipschitz, Tensor):
         L = lipschitz.to("cpu", torch.float64)
         if L.shape != (C, C):
             raise ValueError(f"lipschitz: expected a ({C}, {C}) tensor, got {tuple(L.shape)}")
-        Ly = L[y.to("cpu", torch.long)]
+        Ly = L[y]
     else:
         if not (isinstance(lipschitz, int | float) and math.isfinite(lipschitz)
                 and lipschitz >= 0):
@@ -192,22 +197,24 @@ def certified_accuracy(
             raise ValueError(f"bound must be 'global', 'local' or a finite Lipschitz bound "
                              f">= 0, got {bound!r}")
         chain = mlp_chain(model, input_shape)
-        r = certified_radius(model, (x, y), float(bound), batch_size=batch_size)
+        lipschitz: Tensor | float | None = float(bound)
         attrs.update(bound="given", lipschitz=float(bound))
     elif bound == "global":
         chain = require_chain(model, input_shape, f"bound={bound!r}")
-        L = margin_bounds(model, input_shape, pairwise=pairwise)
-        r = certified_radius(model, (x, y), L, batch_size=batch_size)
-        attrs.update(bound="global LipSDP-neuron", lipschitz=float(L.max()) / math.sqrt(2))
+        lipschitz = margin_bounds(model, input_shape, pairwise=pairwise)
+        attrs.update(bound="global LipSDP-neuron",
+                     lipschitz=float(lipschitz.max()) / math.sqrt(2))
     elif bound == "local":
         chain = require_chain(model, input_shape, f"bound={bound!r}")
-        r = None
+        lipschitz = None
         attrs.update(bound="local LipSDP-neuron (slopes over each ball)")
     else:
         raise ValueError(f"bound must be 'global', 'local' or a number, got {bound!r}")
+    # One forward over the points serves the margins of every bound.
     logits = _logits(model, chain, x, batch_size)
     correct = logits.argmax(1) == y
     g = _margins(logits, y)
+    r = None if lipschitz is None else _radius(g, y, lipschitz)
     if r is not None:
         acc = [float(((r > e) | ((e == 0) & correct)).double().mean()) for e in eps_list]
     else:

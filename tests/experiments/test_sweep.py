@@ -6,6 +6,7 @@ sweeps here are small and the 2x2 sweep is shared by several tests.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -286,6 +287,56 @@ def test_an_unreadable_result_is_reported_moved_aside_and_recomputed(local_2x2, 
     assert log.count("UNREADABLE result") == 2 and "moved to lam=0.1_seed=1.nc.unreadable-" in log
     xr.testing.assert_identical(summary.dataset.drop_vars("wall_time"),
                                 first.dataset.drop_vars("wall_time"))
+
+
+def test_results_of_other_parameters_are_moved_aside_never_overwritten(local_2x2, tmp_path):
+    spec, first = local_2x2
+    out = tmp_path / "copy"
+    shutil.copytree(first.out, out)
+    points = out / "points"
+    before = (points / "lam=0.1_seed=0.nc").read_bytes()
+    changed = write_spec(tmp_path, name="changed", grid={"lam": [0.1, 1.0], "seed": [0]},
+                         fixed={"sleep": 0.01})
+    summary = sweep.run(changed, workers=2, out=out, progress=False)
+    assert sorted(summary.done) == ["lam=0.1_seed=0", "lam=1.0_seed=0"] and not summary.skipped
+    assert sorted(summary.superseded) == ["lam=0.1_seed=0", "lam=1.0_seed=0"]
+    assert "2 result(s) of other parameters moved aside" in summary.line()
+    moved = sorted(points.glob("lam=0.1_seed=0.nc.superseded-*"))
+    assert len(moved) == 1 and moved[0].read_bytes() == before  # the old result, untouched
+    log = (out / "sweep.log").read_text()
+    assert log.count("OTHER PARAMETERS") == 2 and "sleep: 0.0 -> 0.01" in log
+    configs = [json.loads(c) for c in summary.dataset["config"].values.ravel()]
+    assert [c["sleep"] for c in configs] == [0.01, 0.01]
+    # points/ now holds runs of both settings: open_sweep names the difference, not xarray
+    with pytest.raises(ValueError, match=r"different settings \(sleep=0\.0(1)? in .*, 0\.0(1)? in"):
+        results.open_sweep(out)
+
+
+def test_a_point_computed_by_another_notebook_is_not_taken_as_done(local_2x2, tmp_path):
+    spec, first = local_2x2
+    out = tmp_path / "copy"
+    shutil.copytree(first.out, out)
+    other = tmp_path / "other.ipynb"
+    shutil.copy(QUADRATIC, other)
+    changed = write_spec(tmp_path, notebook=other, name="other",
+                         grid={"lam": [0.1], "seed": [0]}, fixed={"sleep": 0.0})
+    summary = sweep.run(changed, workers=1, out=out, progress=False)
+    assert summary.done == ["lam=0.1_seed=0"] and not summary.skipped
+    assert "notebook: quadratic.ipynb -> other.ipynb" in summary.superseded["lam=0.1_seed=0"]
+    assert results.load(out / "points" / "lam=0.1_seed=0.nc").attrs["sweep_notebook"] == \
+        "other.ipynb"
+    again = sweep.run(changed, workers=1, out=out, progress=False)
+    assert again.skipped == ["lam=0.1_seed=0"] and not again.done
+
+
+def test_two_runs_of_one_point_are_named_when_combined(local_2x2):
+    _, first = local_2x2
+    run = results.load(first.out / "points" / "lam=0.1_seed=0.nc")
+    changed = run.assign(loss=run["loss"] + 1.0)
+    with pytest.raises(ValueError, match=r"a\.nc and b\.nc are runs of the same grid point "
+                                         r"\('lam'=0\.1, 'seed'=0\)|a\.nc and b\.nc are runs "
+                                         r"of the same grid point \(lam=0\.1, seed=0\)"):
+        results.combine([run, changed], ["a.nc", "b.nc"])
 
 
 def test_dask_local_cluster_gives_the_same_dataset(local_2x2, tmp_path):

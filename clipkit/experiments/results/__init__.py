@@ -34,7 +34,10 @@ from clipkit.experiments.results.records import failure, record_failure, stamp
 from clipkit.experiments.results.schema import (
     COMBINED_NAME,
     ENGINE,
+    NOTEBOOK_ATTR,
+    POINT_ATTR,
     STATUS_MISSING,
+    SUPERSEDED_SUFFIX,
     SWEPT_ATTR,
     UNREADABLE_SUFFIX,
 )
@@ -42,9 +45,12 @@ from clipkit.experiments.results.schema import (
 __all__ = [
     "COMBINED_NAME",
     "ENGINE",
+    "NOTEBOOK_ATTR",
+    "POINT_ATTR",
     "STATUS_DONE",
     "STATUS_FAILED",
     "STATUS_MISSING",
+    "SUPERSEDED_SUFFIX",
     "SWEPT_ATTR",
     "UNREADABLE_SUFFIX",
     "check_engine",

@@ -13,6 +13,8 @@ import xarray as xr
 from clipkit.experiments.results.files import load
 from clipkit.experiments.results.schema import (
     COMBINED_NAME,
+    NOTEBOOK_ATTR,
+    POINT_ATTR,
     STATUS_DONE,
     STATUS_MISSING,
     SWEPT_ATTR,
@@ -58,6 +60,55 @@ def _fill_strings(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def _one_setting(runs: list[xr.Dataset], names: list[str]) -> None:
+    """Raise a ValueError naming the files if the runs of a sweep were made with different
+    fixed parameters or notebooks (e.g. a folder reused after the spec changed)."""
+    first: tuple[str, dict, str] | None = None
+    for ds, name in zip(runs, names, strict=True):
+        raw = ds.attrs.get(POINT_ATTR)
+        if not isinstance(raw, str):
+            continue  # not written by a sweep: nothing to compare
+        try:
+            params = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(params, dict):
+            continue
+        per_point = set(_swept_names(ds)) | {str(d) for d in ds.dims}
+        fixed = {k: v for k, v in params.items() if k not in per_point}
+        notebook = str(ds.attrs.get(NOTEBOOK_ATTR, ""))
+        if first is None:
+            first = (name, fixed, notebook)
+            continue
+        name0, fixed0, notebook0 = first
+        what = ""
+        if notebook and notebook0 and notebook != notebook0:
+            what = f"notebook {notebook0} in {name0}, {notebook} in {name}"
+        else:
+            for key in sorted(set(fixed) | set(fixed0)):
+                if fixed0.get(key, "(unset)") != fixed.get(key, "(unset)"):
+                    what = (f"{key}={fixed0.get(key, '(unset)')!r} in {name0}, "
+                            f"{fixed.get(key, '(unset)')!r} in {name}")
+                    break
+        if what:
+            raise ValueError(
+                f"the runs were made with different settings ({what}), so they are not one "
+                f"grid; combine the runs of one setting (a sweep's combined.nc holds those "
+                f"of its last run)")
+
+
+def _same_point(runs: list[xr.Dataset], names: list[str]) -> str:
+    """Two runs of one grid point, named, or ""."""
+    seen: dict[tuple, str] = {}
+    for ds, name in zip(runs, names, strict=True):
+        point = tuple((n, ds.coords[n].item()) for n in sorted(_swept_names(ds)))
+        if point in seen:
+            where = ", ".join(f"{n}={v!r}" for n, v in point) or "no swept coordinates"
+            return f"{seen[point]} and {name} are runs of the same grid point ({where})"
+        seen[point] = name
+    return ""
+
+
 def _result_files(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.glob("*.nc")
@@ -77,10 +128,18 @@ def combine(runs: Iterable[xr.Dataset], sources: Iterable[str] | None = None) ->
     if not runs:
         raise ValueError("no runs to combine")
     sources = list(sources) if sources is not None else [""] * len(runs)
+    names = [src or f"run {i}" for i, src in enumerate(sources)]
+    _one_setting(runs, names)
     cells = [_as_grid_cell(ds, src) for ds, src in zip(runs, sources, strict=True)]
     # xr.merge with an outer join, rather than combine_by_coords: it also accepts a grid
     # with holes (failed or unfinished points), which combine_by_coords rejects.
-    merged = xr.merge(cells, compat="no_conflicts", join="outer", combine_attrs="drop_conflicts")
+    try:
+        merged = xr.merge(cells, compat="no_conflicts", join="outer",
+                          combine_attrs="drop_conflicts")
+    except xr.MergeError as exc:
+        why = _same_point(runs, names) or "the runs hold conflicting values"
+        raise ValueError(f"cannot combine the runs into one grid: {why} (xarray: {exc})"
+                         ) from None
     for key in ("config", "wall_time", "status", "error", SWEPT_ATTR):
         merged.attrs.pop(key, None)
     return _fill_strings(merged)

@@ -186,18 +186,19 @@ def read_error(path: str | os.PathLike[str]) -> str:
     return ""
 
 
-def move_aside(path: str | os.PathLike[str]) -> Path:
-    """Rename a bad result file to ``NAME.nc.unreadable-<date-time>`` beside it; return that.
+def move_aside(path: str | os.PathLike[str], reason: str = UNREADABLE_SUFFIX) -> Path:
+    """Rename a result file to ``NAME.nc.<reason>-<date-time>`` beside it; return that.
 
-    The new name does not end in ``.nc``, so no sweep combines or skips it, and nothing
-    is deleted: the file stays there for inspection.
+    ``reason``: ``"unreadable"`` (a bad file) or ``"superseded"`` (a finished result of
+    other parameters). The new name does not end in ``.nc``, so no sweep combines or skips
+    it, and nothing is deleted: the file stays there for inspection.
     """
     path = Path(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.{UNREADABLE_SUFFIX}-{stamp}")
+    target = path.with_name(f"{path.name}.{reason}-{stamp}")
     n = 1
     while target.exists():
         n += 1
-        target = path.with_name(f"{path.name}.{UNREADABLE_SUFFIX}-{stamp}-{n}")
+        target = path.with_name(f"{path.name}.{reason}-{stamp}-{n}")
     os.replace(path, target)
     return target

@@ -18,7 +18,8 @@ from clipkit.experiments import results
 from clipkit.experiments.sweep import kernels
 from clipkit.experiments.sweep.spec import Point
 
-POINT_ATTR = "sweep_point"  # JSON of the parameters a finished result file was computed with
+POINT_ATTR = results.POINT_ATTR  # JSON of the parameters a finished result was computed with
+NOTEBOOK_ATTR = results.NOTEBOOK_ATTR  # the file name of the notebook that computed it
 ENV_ATTR = "environment"  # JSON of the path environment variables the kernel got
 PATH_ENV = ("CLIPKIT_DATA", "CLIPKIT_RUNS")  # made absolute for the kernels
 
@@ -99,14 +100,48 @@ def kernel_environment() -> dict[str, str]:
             for k in PATH_ENV if os.environ.get(k)}
 
 
-def is_finished(result: str | os.PathLike[str], point: Point) -> bool:
-    """Whether ``result`` is a readable result file marked done for exactly ``point``."""
+def finished_as(result: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(parameters JSON, notebook file name) of a readable result file marked done, else None.
+
+    The notebook is "" for files written before it was recorded.
+    """
     try:
         with xr.open_dataset(result, engine=results.ENGINE) as ds:
             attrs = dict(ds.attrs)
     except (OSError, ValueError):
+        return None
+    if attrs.get("status") != results.STATUS_DONE:
+        return None
+    return str(attrs.get(POINT_ATTR, "")), str(attrs.get(NOTEBOOK_ATTR, ""))
+
+
+def is_finished(result: str | os.PathLike[str], point: Point, notebook: str = "") -> bool:
+    """Whether ``result`` is a readable result file marked done for exactly ``point``
+    (and, when both are known, by the notebook of that file name)."""
+    found = finished_as(result)
+    if found is None:
         return False
-    return attrs.get("status") == results.STATUS_DONE and attrs.get(POINT_ATTR) == point.key
+    key, by = found
+    return key == point.key and (not by or not notebook or by == Path(notebook).name)
+
+
+def differences(result_key: str, point: Point, by: str, notebook: str) -> str:
+    """What differs between a finished result and a point, e.g. ``epochs: 1 -> 3``."""
+    try:
+        old = json.loads(result_key)
+    except ValueError:
+        old = None
+    parts = []
+    if by and by != Path(notebook).name:
+        parts.append(f"notebook: {by} -> {Path(notebook).name}")
+    if isinstance(old, dict):
+        for k in sorted(set(old) | set(point.params)):
+            if old.get(k, "(unset)") != point.params.get(k, "(unset)"):
+                parts.append(f"{k}: {old.get(k, '(unset)')!r} -> "
+                             f"{point.params.get(k, '(unset)')!r}")
+    elif result_key != point.key:
+        parts.append("parameters not recorded")
+    return ", ".join(parts[:4]) + (f" and {len(parts) - 4} more" if len(parts) > 4 else "")
 
 
 error_text = kernels.error_text
@@ -164,6 +199,7 @@ def _finalize(ds: xr.Dataset, task: Task, wall: float) -> xr.Dataset:
     # the grid decides what is swept; a fixed value the notebook stamped stays a scalar coord
     stamped.attrs[results.SWEPT_ATTR] = json.dumps(list(task.point.swept))
     stamped.attrs[POINT_ATTR] = task.point.key
+    stamped.attrs[NOTEBOOK_ATTR] = Path(task.notebook).name
     return stamped
 
 

@@ -19,7 +19,14 @@ from clipkit.experiments import results
 from clipkit.experiments.sweep.executors import dask_futures, local_futures, visible_gpus
 from clipkit.experiments.sweep.kernels import error_text
 from clipkit.experiments.sweep.parameters import check, notebook_parameters
-from clipkit.experiments.sweep.point import Outcome, Task, is_finished, kernel_environment
+from clipkit.experiments.sweep.point import (
+    Outcome,
+    Task,
+    differences,
+    finished_as,
+    is_finished,
+    kernel_environment,
+)
 from clipkit.experiments.sweep.spec import Point, Spec, SweepError, format_value
 
 POINTS_DIR = "points"
@@ -50,6 +57,8 @@ class Summary:
     combined: Path | None = None
     retried: dict[str, list[str]] = field(default_factory=dict)  # transient kernel failures
     unreadable: dict[str, str] = field(default_factory=dict)  # name: where it went, why
+    #: finished results of other parameters or another notebook: name -> where it went, what
+    superseded: dict[str, str] = field(default_factory=dict)
 
     def line(self) -> str:
         """One line: counts and time."""
@@ -59,6 +68,8 @@ class Summary:
             extra += f", {n} kernel start(s) retried"
         if self.unreadable:
             extra += f", {len(self.unreadable)} unreadable result(s) moved aside"
+        if self.superseded:
+            extra += (f", {len(self.superseded)} result(s) of other parameters moved aside")
         return (
             f"{len(self.points)} points: {len(self.done)} done, {len(self.skipped)} skipped, "
             f"{len(self.failed)} failed{extra} in {self.wall_time:.1f} s"
@@ -94,15 +105,20 @@ def _remove_stale_temporaries(folder: Path) -> None:
 
 
 def _existing(task: Task) -> tuple[str, str]:
-    """The state of a point's result file: missing, done, redo (failed or other
-    parameters) or unreadable (with the reason)."""
+    """The state of a point's result file: missing, done, failed, superseded (finished for
+    other parameters or by another notebook; with what differs) or unreadable (with why)."""
     path = Path(task.result)
     if not path.exists():
         return "missing", ""
     error = results.read_error(path)
     if error:
         return "unreadable", error
-    return ("done" if is_finished(path, task.point) else "redo"), ""
+    if is_finished(path, task.point, task.notebook):
+        return "done", ""
+    found = finished_as(path)
+    if found is None:
+        return "failed", ""
+    return "superseded", differences(found[0], task.point, found[1], task.notebook)
 
 
 @contextlib.contextmanager
@@ -252,6 +268,12 @@ def _run_tasks(spec: Spec, tasks: Sequence[Task], summary: Summary, workers: int
             moved = results.move_aside(t.result)
             summary.unreadable[t.point.name] = f"moved to {moved.name}: {error}"
             log.warning("UNREADABLE result %s (%s): moved to %s; the point runs again",
+                        Path(t.result).name, error, moved.name)
+        elif state == "superseded":
+            # a finished result is never overwritten: it may be the only copy of hours of work
+            moved = results.move_aside(t.result, results.SUPERSEDED_SUFFIX)
+            summary.superseded[t.point.name] = f"moved to {moved.name}: {error}"
+            log.warning("OTHER PARAMETERS in %s (%s): moved to %s; the point runs again",
                         Path(t.result).name, error, moved.name)
         todo.append(t)
     n_workers = workers or max(1, len(visible_gpus()))

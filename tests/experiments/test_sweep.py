@@ -50,6 +50,8 @@ def expected_loss(ds: xr.Dataset) -> xr.DataArray:
     [
         ({"grid": {"lam": [0.1], "sed": [0, 1]}}, "unknown parameter 'sed'"),
         ({"grid": {"lam": [0.1, "big"]}}, "'lam'.*'big'.*float"),
+        ({"grid": {"lam": [[0.1], [1.0]]}}, r"grid.lam: \[0.1\] cannot be a grid value.*str, int"),
+        ({"grid": {"lam": [{"a": 1}]}}, r"grid.lam: \{'a': 1\} cannot be a grid value"),
         ({"grid": {"seed": [0, 1.5]}}, "'seed'.*1.5.*int"),
         ({"fixed": {"seed": True}}, "'seed'.*True.*int"),
         ({"fixed": {"fail": 1}}, "'fail'.*bool"),

@@ -16,6 +16,14 @@ A sweep is a small YAML file (read with ``yaml.safe_load``)::
       quick: {fixed: {epochs: 2}, grid: {seed: [0]}}
       full: {fixed: {epochs: 100}}
 
+More optional keys: ``out`` (the output folder, relative to this file, with the profile's
+name as a subfolder; ``--out`` replaces it), ``description`` (what the sweep or a profile
+computes, in words), ``kernel`` (default ``python3``), ``result_param`` (the notebook's
+parameter that receives the result path; default ``result_path``) and ``allow_nan``
+(default false: a result with NaN fails its point). Grid values are scalars (str, int, float, bool): each becomes a
+coordinate of the combined results. Every value is checked against the notebook's
+parameters before anything runs.
+
 Each point runs once through papermill into ``OUT/points/``: the executed notebook
 ``NAME.ipynb`` and the result file ``NAME.nc``, NAME made from the point's swept values.
 The notebook receives a path as its ``result_path`` parameter (``NAME.nc.part``) and
@@ -44,8 +52,11 @@ and what their result files record (``config``, ``environment`` attrs).
 :mod:`clipkit.experiments.sweep.kernels`); each retry is logged and recorded in the point's result
 (attrs ``attempts``, ``kernel_retries``). One sweep at a time may use an output folder
 (a lock file, ``OUT/.sweep.lock``). A result file that cannot be read is reported,
-renamed ``NAME.nc.unreadable-DATE`` (kept, not deleted) and its point recomputed. A
-result that cannot be written (disk full, no permission) fails its point with
+renamed ``NAME.nc.unreadable-DATE`` (kept, not deleted) and its point recomputed; so is a
+finished result of other parameters or of another notebook (the spec changed, the folder
+was reused), as ``NAME.nc.superseded-DATE``, with what differs in the log. A result that
+cannot be written (disk full, no permission) fails its point with an error naming the file,
+and the other points go on.
 
 Modules, one per stage: ``spec`` (read the YAML, apply a profile, expand the grid),
 ``parameters`` (the notebook's declared parameters; every value checked before anything

@@ -243,11 +243,14 @@ def run(
         with _logging_to(out_dir / LOG_NAME, verbose):
             _run_tasks(spec, tasks, summary, workers, scheduler, progress)
             finished = [Path(t.result) for t in tasks if Path(t.result).is_file()]
-            summary.dataset = results.combine([results.load(f) for f in finished],
-                                              [f.name for f in finished])
-            summary.combined = results.save(summary.dataset, out_dir / results.COMBINED_NAME)
+            if finished:
+                summary.dataset = results.combine([results.load(f) for f in finished],
+                                                  [f.name for f in finished])
+                summary.combined = results.save(summary.dataset,
+                                                out_dir / results.COMBINED_NAME)
             summary.wall_time = time.perf_counter() - start
-            log.info("sweep %s: %s; combined -> %s", spec.name, summary.line(), summary.combined)
+            log.info("sweep %s: %s; combined -> %s", spec.name, summary.line(),
+                     summary.combined or "nothing (no point left a result file)")
             for name, err in summary.failed.items():
                 log.info("  failed %s: %s", name, err)
     return summary

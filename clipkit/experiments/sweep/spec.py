@@ -108,6 +108,13 @@ def _grid(where: str, raw: Any) -> dict[str, list[Any]]:
                 "(a single value belongs under 'fixed')"
             )
         values = _value(f"{where}.{name}", values)
+        bad = [v for v in values if v is None or isinstance(v, (list, dict))]
+        if bad:
+            raise SweepError(
+                f"{where}.{name}: {bad[0]!r} cannot be a grid value; each value becomes a "
+                f"coordinate of the results, so it must be a str, int, float or bool (to "
+                f"compare lists or mappings, sweep a name that the notebook maps to them)"
+            )
         dupes = [v for i, v in enumerate(values) if v in values[:i]]
         if dupes:
             raise SweepError(f"{where}.{name} lists {dupes[0]!r} more than once")

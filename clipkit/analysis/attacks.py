@@ -15,20 +15,33 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import xarray as xr
 from torch import Tensor, nn
 
-from clipkit.core.pgd import pgd, uniform_ball
-from clipkit.core.utils import broadcast_to, check_int, device_dtype, eval_mode, flat_norm
+from clipkit.core.pgd import check_in_range, pgd, uniform_ball
+from clipkit.core.utils import (
+    broadcast_to,
+    check_class_labels,
+    check_int,
+    check_model_takes,
+    device_dtype,
+    eval_mode,
+    flat_norm,
+)
 
-__all__ = ["FGSM", "PGD", "Attack", "AuthorsPGD", "GaussianNoise", "robust_accuracy"]
+__all__ = ["FGSM", "PGD", "Attack", "AuthorsPGD", "GaussianNoise", "check_in_range",
+           "robust_accuracy"]
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
 
 def _check_eps(eps: object, name: str = "eps") -> float:
+    if isinstance(eps, np.integer | np.floating) or (isinstance(eps, Tensor) and eps.numel() == 1
+                                                     and not eps.dtype == torch.bool):
+        eps = eps.item()  # numpy and torch scalars, e.g. from np.linspace / torch.linspace
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) \
             or eps < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {eps!r}")
@@ -92,6 +105,7 @@ class Attack:
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y):
             raise ValueError("attack(model, x, y): x and y must be tensors of the same length")
+        check_in_range(x, self.clamp, "x", f"{type(self).__name__}(clamp=...)")
         with eval_mode(model):
             return self._perturb(model, x.detach(), y.detach()).detach()
 
@@ -252,7 +266,11 @@ def robust_accuracy(
         raise ValueError("eps must contain at least one value")
     check_int(batch_size, "batch_size", low=1)
     x, y = data
-    device, _ = device_dtype(model)
+    out = check_model_takes(model, x, "data[0] (x)", place=True)
+    y = check_class_labels(y, out.shape[-1], "data[1] (y)")
+    check_in_range(x, attack.clamp, "data[0] (x)", "the attack's clamp")
+    device, dtype = device_dtype(model)
+    x = x.to(dtype=dtype)
     with eval_mode(model):
         clean_ok = []
         with torch.no_grad():

@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor, nn
@@ -46,7 +47,13 @@ from clipkit.analysis.lipschitz import (
     require_chain,
     solve,
 )
-from clipkit.core.utils import check_int, check_model_takes, device_dtype, eval_mode
+from clipkit.core.utils import (
+    check_class_labels,
+    check_int,
+    check_model_takes,
+    device_dtype,
+    eval_mode,
+)
 
 __all__ = ["certified_accuracy", "certified_radius", "margin_bounds"]
 
@@ -60,7 +67,19 @@ def _check_data(data: object) -> tuple[Tensor, Tensor]:
     return data[0], data[1]
 
 
+def _check_inputs(model: nn.Module, data: object) -> tuple[Tensor, Tensor]:
+    """x and the labels y as class indices, checked against the model (its classes >= 2)."""
+    x, y = _check_data(data)
+    out = check_model_takes(model, x, "data[0] (x)", place=True)
+    if out.dim() != 2 or out.shape[1] < 2:
+        raise ValueError(f"certified robustness needs a classifier with logits of shape "
+                         f"(batch, classes >= 2), got {tuple(out.shape[1:])} per sample")
+    return x, check_class_labels(y, out.shape[1], "data[1] (y)")
+
+
 def _check_eps(eps: object) -> list[float]:
+    if isinstance(eps, np.ndarray):
+        eps = eps.tolist()
     if isinstance(eps, int | float) or not isinstance(eps, Sequence | Tensor):
         raise ValueError("eps must be a sequence of radii >= 0, e.g. eps=[0.0, 0.5, 1.0]")
     out = []
@@ -135,8 +154,7 @@ def certified_radius(model: nn.Module, data: tuple[Tensor, Tensor], lipschitz: T
     ``lipschitz``: a (C, C) tensor of certified bounds of Lip(f_y - f_j) (``margin_bounds``),
     or a number L, a certified global bound of Lip(f) (then L[y, j] = sqrt(2) L).
     """
-    x, y = _check_data(data)
-    check_model_takes(model, x, "data[0] (x)", place=True)
+    x, y = _check_inputs(model, data)
     chain = mlp_chain(model, tuple(x.shape[1:]))
     y = y.to("cpu", torch.long)
     return _radius(_margins(_logits(model, chain, x, batch_size), y), y, lipschitz)
@@ -149,6 +167,9 @@ def _radius(g: Tensor, y: Tensor, lipschitz: Tensor | float) -> Tensor:
         L = lipschitz.to("cpu", torch.float64)
         if L.shape != (C, C):
             raise ValueError(f"lipschitz: expected a ({C}, {C}) tensor, got {tuple(L.shape)}")
+        off = ~torch.eye(C, dtype=torch.bool)
+        if not bool((L[off] >= 0).all()) or not bool(torch.isfinite(L[off]).all()):
+            raise ValueError("lipschitz: the pairwise bounds must be finite and >= 0")
         Ly = L[y]
     else:
         if not (isinstance(lipschitz, int | float) and math.isfinite(lipschitz)
@@ -182,8 +203,7 @@ def certified_accuracy(
     attrs: clean accuracy,
     n, the bound used, seconds, and for "global" the bound of Lip(f).
     """
-    x, y = _check_data(data)
-    check_model_takes(model, x, "data[0] (x)", place=True)
+    x, y = _check_inputs(model, data)
     eps_list = _check_eps(eps)
     check_int(batch_size, "batch_size", 1)
     t0 = time.perf_counter()

@@ -69,7 +69,12 @@ def regression(
         raise ValueError(f"regression: n must be an int >= 2, got {n!r}")
     if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
         raise ValueError(f"regression: noise must be a finite number >= 0, got {noise!r}")
-    gen = torch.Generator().manual_seed(seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"regression: seed must be an int >= 0, got {seed!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"regression: dtype must be a torch floating dtype such as "
+                         f"torch.float32, got {dtype!r}")
+    gen = torch.Generator().manual_seed(int(seed))
     x = torch.rand(n, 1, generator=gen, dtype=torch.float64) * 2 - 1
     x, _ = torch.sort(x, dim=0)
     y = regression_target(x) + noise * torch.randn(n, 1, generator=gen, dtype=torch.float64)
@@ -152,6 +157,9 @@ def load(
     replacement when a ``seed`` is given.
     """
     key = _check_name(name)
+    if not isinstance(train, (bool, np.bool_)):
+        raise ValueError(f"load: train must be True (the training split) or False (the test "
+                         f"split), got {train!r}")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ValueError(f"load: n must be a positive int or None, got {n!r}")
     base = data_root(root)
@@ -269,6 +277,8 @@ def hold_out(
     in permuted order, into the training part. Returns ``(train, held_out)``.
     """
     x, y = data
+    if len(x) != len(y):
+        raise ValueError(f"hold_out: x and y have different lengths ({len(x)} and {len(y)})")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
             or not 0 < fraction < 1:
         raise ValueError(f"hold_out: fraction must be in (0, 1), got {fraction!r}")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from clipkit.core.utils import seeded
+from clipkit.core.utils import check_int, seeded
 
 __all__ = ["ACTIVATIONS", "activation_module", "classifier", "cnn", "mlp"]
 
@@ -74,7 +74,10 @@ def cnn(
     """
     act = activation_module
     act(activation)
-    if image_size % 4:
+    check_int(in_channels, "cnn: in_channels", 1)
+    check_int(num_classes, "cnn: num_classes", 1)
+    check_int(width, "cnn: width", 1)
+    if check_int(image_size, "cnn: image_size", 4) % 4:
         raise ValueError(f"cnn: image_size must be a multiple of 4, got {image_size}")
     side = image_size // 4
     with seeded(seed):
@@ -103,6 +106,12 @@ def classifier(
     """An image classifier taking (N, *image_shape): ``"mlp"`` (Flatten, then
     :func:`mlp` with the ``hidden`` widths; the authors' 200-80 with sigmoid by default) or
     ``"cnn"`` (:func:`cnn`; ``last_activation`` is an MLP option only)."""
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        raise ValueError(f"classifier: hidden must be a list of layer widths, e.g. [{hidden}], "
+                         f"got {hidden!r}")
+    if isinstance(image_shape, int) or len(image_shape) != 3:
+        raise ValueError(f"classifier: image_shape must be (channels, height, width), got "
+                         f"{image_shape!r}")
     if kind == "mlp":
         n_in = math.prod(image_shape)
         net = mlp([n_in, *hidden, num_classes], activation, last_activation=last_activation,

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from clipkit.core.utils import broadcast_to, flat_norm
 
-__all__ = ["pgd", "project_ball", "uniform_ball"]
+__all__ = ["check_in_range", "pgd", "project_ball", "uniform_ball"]
 
 #: loss gradient at x, and optionally the mask (batch shape) of the samples to move
 GradFn = Callable[[Tensor], tuple[Tensor, Tensor | None]]
@@ -108,3 +108,21 @@ def pgd(
             new = x0 + delta * broadcast_to(eps / n, delta)
         x = new if move is None else torch.where(broadcast_to(move, new), new, x)
     return in_range(x).detach()
+
+
+def check_in_range(x: Tensor, clamp: tuple[float, float] | None, name: str, setting: str
+                   ) -> None:
+    """A ValueError when inputs lie outside the data range that an attack clamps to.
+
+    Clamping such inputs would move them far more than ε (standardized data, say, into
+    [0, 1]), and the accuracy measured would be that of other inputs.
+    """
+    if clamp is None or x.numel() == 0:
+        return
+    lo, hi = float(x.min()), float(x.max())
+    slack = 1e-6 * max(1.0, abs(clamp[0]), abs(clamp[1]))
+    if lo < clamp[0] - slack or hi > clamp[1] + slack:
+        raise ValueError(
+            f"{name} lies in [{lo:.4g}, {hi:.4g}], outside the data range {tuple(clamp)} that "
+            f"{setting} keeps inputs in; pass the data's range, or None for unbounded "
+            f"(e.g. standardized) inputs")

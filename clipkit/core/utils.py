@@ -14,9 +14,12 @@ from torch import Tensor, nn
 __all__ = [
     "broadcast_to",
     "check_choice",
+    "check_class_labels",
     "check_int",
     "check_model_takes",
     "check_number",
+    "check_positive",
+    "check_range",
     "device_dtype",
     "eval_mode",
     "flat_norm",
@@ -130,22 +133,45 @@ def check_int(value: Any, name: str, low: int = 0) -> int:
     return int(value)
 
 
-def check_model_takes(model: nn.Module, x: Tensor, name: str = "x", place: bool = False) -> None:
+def check_model_takes(model: nn.Module, x: Tensor, name: str = "x", place: bool = False
+                      ) -> Tensor:
     """A ValueError naming the inputs where ``model`` cannot take ``x`` (N, *input_shape):
     one forward of x[:1] in eval mode, without a graph; with ``place``, x[:1] moved to the
     model's device and dtype first (as the caller's own forwards do), else as it is.
 
     Without it, inputs of the wrong shape fail deep inside training or a bound with torch's
-    own message about matrix shapes, which does not say which input was wrong.
+    own message about matrix shapes, which does not say which input was wrong. Returns
+    the model's output on x[:1].
     """
+    if len(x) == 0:
+        raise ValueError(f"{name}: no samples (shape {tuple(x.shape)})")
     sample = x[:1].to(*device_dtype(model)) if place else x[:1]
     with eval_mode(model), torch.no_grad():
         try:
-            model(sample)
+            return model(sample)
         except RuntimeError as exc:
             raise ValueError(
                 f"{name}: the model does not take these inputs (shape {tuple(x.shape)}, "
                 f"{x.dtype}, i.e. samples of shape {tuple(x.shape[1:])}): {exc}") from exc
+
+
+def check_class_labels(y: Tensor, classes: int, name: str = "y") -> Tensor:
+    """``y`` as class indices (N,) long, or a ValueError naming it: a 1-D tensor of integer
+    values in [0, classes) (a model with ``classes`` outputs)."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a tensor of class indices, got {type(y).__name__}")
+    if y.dim() != 1:
+        hint = " (one-hot labels: pass y.argmax(1))" if y.dim() == 2 and y.shape[1] > 1 else ""
+        raise ValueError(f"{name}: class labels must be a 1-D tensor (N,) of class indices, "
+                         f"got shape {tuple(y.shape)}{hint}")
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise ValueError(f"{name}: class labels must be whole numbers, got values such as "
+                         f"{float(y[y != y.round()][0])!r}")
+    if len(y) and (bool((y < 0).any()) or bool((y >= classes).any())):
+        bad = y[(y < 0) | (y >= classes)][0]
+        raise ValueError(f"{name}: class labels must lie in [0, {classes}) for a model with "
+                         f"{classes} outputs, got {bad.item()!r}")
+    return y.long()
 
 
 def check_number(value: Any, name: str, low: float = 0.0) -> float:
@@ -161,6 +187,28 @@ def check_number(value: Any, name: str, low: float = 0.0) -> float:
     if not math.isfinite(value) or value < low:
         raise ValueError(f"{name} must be a finite number >= {low:g}, got {value!r}")
     return float(value)
+
+
+def check_positive(value: Any, name: str) -> float:
+    """``value`` as a float if it is a finite number > 0, else an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a finite number > 0, got {value!r} "
+                        f"({type(value).__name__})")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_range(value: Any, name: str) -> tuple[float, float]:
+    """``value`` as (low, high), two finite numbers with low < high, else a ValueError."""
+    try:
+        lo, hi = (check_number(v, name, -math.inf) for v in value)  # any finite numbers
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not lo < hi:
+        raise ValueError(f"{name} must be (low, high), two finite numbers with low < high, "
+                         f"got {value!r}")
+    return lo, hi
 
 
 def check_choice(value: Any, name: str, accepted: Iterable[Any]) -> Any:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from clipkit.analysis import attacks as atk
+from clipkit.core.utils import check_int
 from clipkit.experiments.evaluate import make_attack
 from clipkit.train.selection import BestEpoch, EpochMeasure
 
@@ -83,6 +84,13 @@ def epoch_measure(
         raise ValueError("epoch_measure: give validation data (val) or curve data (curve)")
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"epoch_measure: every must be an int >= 1, got {every!r}")
+    check_int(epochs, "epoch_measure: epochs", 1)
+    if isinstance(curve_attacks, str):
+        raise TypeError(f"epoch_measure: curve_attacks must be a list of attack names, got "
+                        f"the string {curve_attacks!r} (write [{curve_attacks!r}])")
+    curve_attacks = list(curve_attacks)
+    for name in curve_attacks:  # now, not when the first curve epoch comes
+        make_attack(name, seed=seed, steps=curve_steps).with_eps(eps)
 
     def measure(models: Sequence[nn.Module], epoch: int) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {}

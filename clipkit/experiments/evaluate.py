@@ -39,7 +39,7 @@ grid's interval, for 1-D ReLU networks), ``loss`` (method, epoch), ``lam``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,10 +49,17 @@ from torch import Tensor, nn
 from clipkit.analysis import attacks as atk
 from clipkit.analysis import certify, lipschitz
 from clipkit.core.provenance import to_json
-from clipkit.core.utils import check_choice, device_dtype
+from clipkit.core.utils import (
+    check_choice,
+    check_class_labels,
+    check_int,
+    check_model_takes,
+    device_dtype,
+)
 from clipkit.train.fit import fit
 from clipkit.train.path import fit_path, model_at
 from clipkit.train.protocol import Method
+from clipkit.train.schedules import check_lam
 
 __all__ = [
     "ATTACKS",
@@ -110,7 +117,13 @@ def train_lambda_grid(
     A vectorisable method trains the grid as one ``fit_path`` run; the others one ``fit``
     each (from ``model_fn()`` after ``torch.manual_seed(seed)``, as the path's copies are).
     """
-    lams = [float(v) for v in lams]
+    if not isinstance(method, Method):
+        raise TypeError(f"train_lambda_grid: method must be a clipkit method (e.g. ck.CLIP()), "
+                        f"got {method!r}")
+    if isinstance(lams, (str, bytes)) or not isinstance(lams, Iterable):
+        raise TypeError(f"train_lambda_grid: lams must be a list of λ values, got {lams!r}")
+    lams = [check_lam(v, "train_lambda_grid: lams") for v in lams]
+    seed = check_int(seed, "train_lambda_grid: seed")
     if method.vectorizable:
         path = fit_path(model_fn, data, method, lam=lams, seed=[seed], **fit_kwargs)
         models = [model_at(path, model_fn, lam=lv, seed=seed) for lv in lams]
@@ -160,6 +173,17 @@ def evaluate_classifier(
     network, 7 % on a CLIP-trained one, where 300 take 7-30 s; benchmarks/bench_lipschitz.py).
     """
     check_choice(certified, "certified", CERTIFY)
+    if not isinstance(attacks, Mapping) or not all(
+            isinstance(g, Iterable) and not isinstance(g, (str, bytes)) for g in attacks.values()):
+        raise TypeError(f"evaluate_classifier: attacks must map attack names to lists of ε, "
+                        f"e.g. {{'pgd_l2': [0.5, 1.0]}}, got {attacks!r}")
+    for name in attacks:
+        check_choice(name, "evaluate_classifier: attack", ATTACKS)
+    for name, (x, y) in (("test", test), ("eval_data", eval_data)):
+        out = check_model_takes(model, x, f"{name}[0] (x)", place=True)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"evaluate_classifier: {name}[0] (x) holds NaN or inf")
+        check_class_labels(y, out.shape[-1], f"{name}[1] (y)")
     from tqdm.auto import tqdm
 
     all_eps = sorted({float(e) for grid in attacks.values() for e in grid})
@@ -248,7 +272,15 @@ def evaluate_regression(model: nn.Module, train: tuple[Tensor, Tensor],
                         test: tuple[Tensor, Tensor], x_grid: Tensor,
                         target: Callable[[Tensor], Tensor], *, seed: int = 0) -> xr.Dataset:
     """A 1-D regression network: its values on ``x_grid``, errors, Lipschitz bracket and
-    exact constant on the grid's interval."""
+    exact constant on the grid's interval. ``x_grid``: (G, 1); ``train``, ``test``: (x, y)
+    with x and y of shape (N, 1)."""
+    for name, (x, y) in (("train", train), ("test", test)):
+        if x.dim() != 2 or x.shape[1] != 1 or tuple(y.shape) != tuple(x.shape):
+            raise ValueError(f"evaluate_regression: {name} must be (x, y) of shape (N, 1) each, "
+                             f"got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x_grid.dim() != 2 or x_grid.shape[1] != 1:
+        raise ValueError(f"evaluate_regression: x_grid must have shape (G, 1), got "
+                         f"{tuple(x_grid.shape)} (e.g. torch.linspace(-1, 1, G)[:, None])")
     model.eval()
     dev = device_dtype(model)[0]
 
@@ -269,8 +301,11 @@ def evaluate_regression(model: nn.Module, train: tuple[Tensor, Tensor],
         "test_mse": ((), test_mse, {"description": "MSE on fresh noisy test labels"}),
         "test_mse_target": ((), target_mse,
                             {"description": "MSE against the noise-free target"}),
-        "lip_lower": ((), br.lower, {"description": "ck.lipschitz.bracket lower bound"}),
-        "lip_upper": ((), br.upper, {"description": "ck.lipschitz.bracket upper bound"}),
+        "lip_lower": ((), br.lower, {"description": "ck.lipschitz.bracket lower bound of the "
+                                                   "global constant (on ℝ; it may exceed "
+                                                   "lip_exact, which is on the grid's interval)"}),
+        "lip_upper": ((), br.upper, {"description": "ck.lipschitz.bracket upper bound of the "
+                                                   "global constant (on ℝ)"}),
         "lip_exact": ((), lipschitz.exact(model, interval).value,
                       {"description": "exact Lip on the grid's interval (piecewise linear)"}),
     }, coords={"x_grid": x_grid[:, 0].double().numpy()})

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from clipkit.core.pgd import pgd, uniform_ball
+from clipkit.core.pgd import check_in_range, pgd, uniform_ball
+from clipkit.core.utils import check_int, check_positive, check_range
 from clipkit.train.protocol import Method, Run
 from clipkit.train.schedules import check_lam
 
@@ -17,10 +18,7 @@ from clipkit.train.schedules import check_lam
 class Standard(Method):
     """Plain training: no penalty."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.lam != 0:
-            raise ValueError(f"Standard: lam must be 0 (it has no penalty), got {self.lam}")
+    takes_lambda = False
 
 
 @dataclass
@@ -59,12 +57,12 @@ class SpectralNorm(Method):
     """
 
     n_power_iterations: int = 1
+    takes_lambda = False
     vectorizable = False
 
     def __post_init__(self):
         super().__post_init__()
-        if self.lam != 0:
-            raise ValueError(f"SpectralNorm: lam is not used and must be 0, got {self.lam}")
+        check_int(self.n_power_iterations, "SpectralNorm: n_power_iterations", 1)
 
     def prepare(self, model):
         from torch.nn.utils.parametrizations import spectral_norm
@@ -114,18 +112,22 @@ class AdversarialTraining(Method):
     step_size: float | None = None
     data_range: tuple[float, float] | None = (0.0, 1.0)
 
+    takes_lambda = False
+
     def __post_init__(self):
         super().__post_init__()
-        if self.lam != 0:
-            raise ValueError(f"AdversarialTraining: lam is not used and must be 0, got {self.lam}")
         self.eps = check_lam(self.eps, "AdversarialTraining: eps")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"AdversarialTraining: steps must be an int >= 1, got {self.steps!r}")
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"AdversarialTraining: norm must be 'linf' or 'l2', got {self.norm!r}")
+        if self.step_size is not None:
+            self.step_size = check_positive(self.step_size, "AdversarialTraining: step_size")
         if self.data_range is not None:
-            self.data_range = tuple(float(v) for v in self.data_range)
+            self.data_range = check_range(self.data_range, "AdversarialTraining: data_range")
 
     def inputs(self, run, x, y):
+        check_in_range(x, self.data_range, "the training inputs",
+                       "AdversarialTraining(data_range=...)")
         size = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
         return pgd_on_copies(run, x, y, self.eps, self.steps, size, self.norm, self.data_range)

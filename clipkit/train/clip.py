@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from clipkit.core.pairs import AscentRule, PairState, ascend, joint, quotients_from
-from clipkit.core.utils import check_choice, check_int
+from clipkit.core.utils import check_choice, check_int, check_number, check_positive, check_range
 from clipkit.train.protocol import Method, Run, Step
 from clipkit.train.schedules import Warmup
 
@@ -203,18 +203,15 @@ class CLIP(Method):
                 raise ValueError(f"CLIP: skip_above must be a number > 0 or None, got "
                                  f"{self.skip_above!r}")
             self.skip_above = float(self.skip_above)
+        self.noise = check_number(self.noise, "CLIP: noise")
         if self.init == "noise" and not self.noise > 0:
             raise ValueError(f"CLIP: noise must be > 0 with init='noise', got {self.noise!r}")
-        if not self.step_size > 0 or not self.factor > 1:
-            raise ValueError(
-                f"CLIP: step_size must be > 0 and factor > 1, got {self.step_size!r}, "
-                f"{self.factor!r}"
-            )
+        self.step_size = check_positive(self.step_size, "CLIP: step_size")
+        self.factor = check_number(self.factor, "CLIP: factor")
+        if not self.factor > 1:
+            raise ValueError(f"CLIP: factor must be > 1, got {self.factor!r}")
         if self.data_range is not None:
-            lo, hi = (float(v) for v in self.data_range)
-            if not lo < hi:
-                raise ValueError(f"CLIP: data_range must be (low, high), got {self.data_range!r}")
-            self.data_range = (lo, hi)
+            self.data_range = check_range(self.data_range, "CLIP: data_range")
 
     @classmethod
     def authors(cls, **overrides) -> CLIP:

@@ -17,6 +17,7 @@ from clipkit.train.protocol import Method
 from clipkit.train.selection import BestEpoch, EpochMeasure
 from clipkit.train.setup import (
     NonFiniteLossError,
+    check_trainable,
     eager_module,
     place_data,
     plan_run,
@@ -75,6 +76,7 @@ def fit(
     with seeded(seeds_for(seed)[1]):  # a method's own random set-up (spectral norm's u)
         model = method.prepare(model).to(setup.device)
     try:
+        check_trainable(model)
         dtype = next(model.parameters()).dtype
         x, y, test = place_data(setup, model, x, y, test)
 
@@ -86,7 +88,8 @@ def fit(
         lam = torch.tensor([method.lam], dtype=dtype, device=setup.device)
         config = {
             **method.config(), "epochs": setup.epochs, "batch_size": setup.batch_size,
-            "optimizer": optimizer, "lr": lr, "momentum": momentum, "seed": seed, "task": task,
+            "optimizer": optimizer, "lr": setup.lr, "momentum": setup.momentum, "seed": seed,
+            "task": task,
             "n_train": int(x.shape[0]),
             **({"select": select.config()} if select is not None else {}),
         }

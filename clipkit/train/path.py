@@ -30,6 +30,7 @@ from clipkit.train.selection import BestEpoch, EpochMeasure
 from clipkit.train.setup import (
     NonFiniteLossError,
     TrainSetup,
+    check_trainable,
     place_data,
     plan_run,
     seeds_for,
@@ -52,7 +53,7 @@ def init_copy(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:
 
 
 def _as_list(value, name: str) -> list:
-    if isinstance(value, (list, tuple, np.ndarray)):
+    if isinstance(value, (list, tuple, range, np.ndarray)):
         values = list(value)
     else:
         values = [value]
@@ -95,6 +96,11 @@ def fit_path(
     ``on_epoch`` and ``select`` as in ``ck.fit``: the measure gets the chunk's copies as
     modules, and with a selection the stored parameters are each copy's kept epoch's.
     """
+    if isinstance(model_fn, nn.Module) or not callable(model_fn):
+        raise TypeError(
+            f"fit_path: model_fn must be a function that builds a fresh model, e.g. "
+            f"lambda: ck.models.mlp([1, 64, 1]) (one copy is built per seed), got "
+            f"{type(model_fn).__name__}")
     setup, x, y = plan_run(
         method, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         momentum=momentum, device=device, task=task, progress=progress, desc="fit_path",
@@ -108,9 +114,19 @@ def fit_path(
         )
     lams = [check_lam(v, "fit_path: lam") for v in _as_list(method.lam if lam is None else lam,
                                                              "lam")]
-    seeds = [int(s) for s in _as_list(seed, "seed")]
-    for s in seeds:
-        seeds_for(s)
+    if not method.takes_lambda and any(v != 0 for v in lams):
+        raise ValueError(
+            f"fit_path: lam={lams}, but {method.name} has no penalty weight, so every copy "
+            f"would train alike; leave lam out, or choose a method with one (e.g. ck.CLIP, "
+            f"ck.WeightDecay)")
+    raw_seeds = _as_list(seed, "seed")
+    for s in raw_seeds:
+        try:
+            seeds_for(s)
+        except ValueError:
+            raise ValueError(f"fit_path: seed must be an int >= 0 or a list of them, got "
+                             f"{seed!r}") from None
+    seeds = [int(s) for s in raw_seeds]
     if max_models is not None:
         max_models = check_int(max_models, "max_models", 1)
     copies = list(itertools.product(lams, seeds))
@@ -134,8 +150,8 @@ def fit_path(
         ds[_param_name(name)] = xr.Variable(dims, value, attrs={"parameter": name})
     config = {
         **method.config(), "lam": lams, "seed": seeds, "epochs": setup.epochs,
-        "batch_size": setup.batch_size, "optimizer": optimizer, "lr": lr,
-        "momentum": momentum, "task": task, "n_train": int(x.shape[0]),
+        "batch_size": setup.batch_size, "optimizer": optimizer, "lr": setup.lr,
+        "momentum": setup.momentum, "task": task, "n_train": int(x.shape[0]),
         "max_models": max_models,
         **({"select": select.config()} if select is not None else {}),
     }
@@ -149,6 +165,7 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup):
     device = setup.device
     models = [init_copy(model_fn, s).to(device) for _, s in copies]
     template = models[0]
+    check_trainable(template)
     dtype = next(template.parameters()).dtype
     names = [n for n, _ in template.named_parameters()]
     params = {
@@ -210,14 +227,19 @@ class CopyView(nn.Module):
 
 
 def model_at(ds: xr.Dataset, model_fn: Callable[[], nn.Module], **where) -> nn.Module:
-    """A model built by ``model_fn`` with the parameters a path trained at, e.g. lam=0.1, seed=0."""
+    """A model built by ``model_fn`` with the parameters a path trained at, e.g. lam=0.1, seed=0.
+
+    A copy axis of length one (``lam`` or ``seed``) needs no value: its only copy is taken.
+    """
     model = model_fn()
     state = {}
+    single = {d: ds[d].values[0] for d in ("lam", "seed")
+              if d not in where and d in ds.dims and ds.sizes[d] == 1}
     for name, p in model.named_parameters():
         var = _param_name(name)
         if var not in ds:
             raise KeyError(f"no parameter {name!r} ({var}) in the dataset; made by fit_path?")
-        value = ds[var].sel(**where).values
+        value = ds[var].sel(**where, **single).values
         if value.shape != tuple(p.shape):
             raise ValueError(
                 f"select one copy: {name} has shape {value.shape} after sel({where}), "

@@ -69,6 +69,8 @@ class Method:
 
     #: whether the step's inputs must require grad (penalties on input gradients)
     input_grad = False
+    #: whether the method has a penalty weight λ (else lam must be 0)
+    takes_lambda = True
     #: whether the method can be trained as a vectorised λ-path
     vectorizable = True
     #: whether ``ck.fit`` trains a ``torch.compile``d model through the module it wraps
@@ -77,6 +79,12 @@ class Method:
 
     def __post_init__(self):
         self.lam = check_lam(self.lam, f"{type(self).__name__}: lam")
+        if not self.takes_lambda and self.lam != 0:
+            own = [f.name for f in dataclasses.fields(self) if f.name not in ("lam", "schedule")]
+            hint = (f"; its own settings go by keyword, e.g. {type(self).__name__}({own[0]}=...)"
+                    if own else "")
+            raise ValueError(f"{type(self).__name__} has no penalty weight: lam must be 0, "
+                             f"got {self.lam!r}{hint}")
         if not isinstance(self.schedule, Schedule):
             raise TypeError(
                 f"{type(self).__name__}: schedule must be a clipkit schedule "

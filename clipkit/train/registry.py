@@ -57,8 +57,7 @@ def make_schedule(kind: str = "constant", *, warmup: int = 0, goal_acc: float = 
 def has_lambda(name: str) -> bool:
     """Whether the method ``name`` has a penalty weight λ (the others take none)."""
     _known(name, METHODS, "method")
-    cls = METHODS[name]
-    return cls not in (Standard, SpectralNorm, AdversarialTraining)
+    return METHODS[name].takes_lambda
 
 
 def make_method(name: str, lam: float | None = None, *, schedule: Schedule | None = None,

@@ -80,11 +80,14 @@ class Discrepancy(Schedule):
     needs_accuracy = True
 
     def __post_init__(self):
-        if not 0 < self.goal_acc <= 1:
+        if isinstance(self.goal_acc, bool) or not isinstance(self.goal_acc, (int, float)) \
+                or not 0 < self.goal_acc <= 1:
             raise ValueError(f"Discrepancy: goal_acc must be in (0, 1], got {self.goal_acc!r}")
         check_lam(self.delta, "Discrepancy: delta")
         if not isinstance(self.every, int) or self.every < 1:
             raise ValueError(f"Discrepancy: every must be an int >= 1, got {self.every!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"Discrepancy: warmup must be an int >= 0, got {self.warmup!r}")
 
     def __call__(self, epoch, base, prev, train_acc):
         if epoch < self.warmup:

@@ -38,7 +38,9 @@ class BestEpoch:
 
     score_e = h_e + 1[acc_e > goal_acc], with h the history variable ``metric`` (e.g. the
     validation accuracy under an attack, recorded by an ``on_epoch`` measure) and acc the
-    training accuracy of epoch e; no indicator when ``goal_acc`` is None. Ties go to the
+    training accuracy of epoch e; no indicator when ``goal_acc`` is None. With
+    ``mode="min"`` (for a loss) h_e is replaced by −h_e, so the lowest value wins; a metric
+    named ``*loss`` needs it (the highest loss would keep the worst epoch). Ties go to the
     later epoch; an epoch whose score is NaN is never chosen (a copy without any finite
     score keeps its last epoch).
 
@@ -50,11 +52,17 @@ class BestEpoch:
 
     metric: str
     goal_acc: float | None = None
+    mode: str = "max"
 
     def __post_init__(self):
         if not isinstance(self.metric, str) or not self.metric:
             raise ValueError(f"BestEpoch: metric must be a history variable's name, got "
                              f"{self.metric!r}")
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"BestEpoch: mode must be 'max' or 'min', got {self.mode!r}")
+        if self.mode == "max" and self.metric.endswith("loss"):
+            raise ValueError(f"BestEpoch: {self.metric!r} is a loss, and keeping its highest "
+                             f"value keeps the worst epoch; pass mode='min'")
         if self.goal_acc is not None and (
                 isinstance(self.goal_acc, bool) or not isinstance(self.goal_acc, (int, float))
                 or not 0 <= self.goal_acc <= 1):
@@ -71,12 +79,15 @@ class BestEpoch:
             raise KeyError(f"BestEpoch: the history has no {self.metric!r} (it has "
                            f"{', '.join(sorted(epoch))}); record it with an on_epoch measure")
         value = np.asarray(epoch[self.metric], dtype=float)
+        if self.mode == "min":
+            value = -value
         if self.goal_acc is not None:
             value = value + (np.asarray(epoch["acc"], dtype=float) > self.goal_acc)
         return value
 
     def config(self) -> dict[str, Any]:
-        return {"select": "BestEpoch", "metric": self.metric, "goal_acc": self.goal_acc}
+        return {"select": "BestEpoch", "metric": self.metric, "goal_acc": self.goal_acc,
+                "mode": self.mode}
 
 
 def measured(values: Mapping[str, Any], k: int) -> dict[str, Tensor]:

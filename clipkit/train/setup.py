@@ -13,7 +13,14 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import Tensor, nn
 
-from clipkit.core.utils import check_int, check_model_takes, resolve_device
+from clipkit.core.utils import (
+    check_class_labels,
+    check_int,
+    check_model_takes,
+    check_number,
+    check_positive,
+    resolve_device,
+)
 from clipkit.train.baselines import Standard
 from clipkit.train.protocol import Method
 from clipkit.train.selection import BestEpoch, EpochMeasure
@@ -146,8 +153,8 @@ def plan_run(
         epochs=check_int(epochs, "epochs", 1),
         batch_size=check_int(batch_size, "batch_size", 1),
         optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
+        lr=check_positive(lr, "lr"),
+        momentum=check_number(momentum, "momentum"),
         task=task,
         device=resolve_device(device),
         progress=bool(progress),
@@ -179,18 +186,45 @@ def eager_module(model: nn.Module, method: Method) -> nn.Module:
     return inner
 
 
+def check_trainable(model: nn.Module) -> None:
+    """A ValueError when ``model`` has nothing to train: no parameters, or all frozen."""
+    params = list(model.parameters())
+    if not params:
+        raise ValueError(f"the model has no parameters to train ({type(model).__name__})")
+    if not any(p.requires_grad for p in params):
+        raise ValueError("every parameter of the model is frozen (requires_grad=False); "
+                         "there is nothing to train")
+
+
 def place_data(
     setup: TrainSetup, model: nn.Module, x: Tensor, y: Tensor,
     test: tuple[Tensor, Tensor] | None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
     """x, y and test data on the device: inputs in the model's dtype, labels as the task
-    needs; a ValueError naming the inputs the model cannot take (``check_model_takes``)."""
+    needs; a ValueError naming the inputs the model cannot take (``check_model_takes``) or
+    labels that do not fit its outputs (regression: the same shape per sample;
+    classification: class indices below the number of outputs)."""
     dtype = next(model.parameters()).dtype
     x = x.to(setup.device, dtype)
-    y = y.to(setup.device, dtype if setup.task == "regression" else torch.long)
-    check_model_takes(model, x, "data[0] (x)")
+    out = check_model_takes(model, x, "data[0] (x)")
+    y = _labels(y, out, setup.task, "data[1] (y)").to(setup.device)
     if test is not None:
         tx, ty = check_data(test, "test")
-        test = (tx.to(setup.device, dtype), ty.to(setup.device, y.dtype))
-        check_model_takes(model, test[0], "test[0] (x)")
+        tx = tx.to(setup.device, dtype)
+        check_model_takes(model, tx, "test[0] (x)")
+        test = (tx, _labels(ty, out, setup.task, "test[1] (y)").to(setup.device, y.dtype))
     return x, y, test
+
+
+def _labels(y: Tensor, out: Tensor, task: str, name: str) -> Tensor:
+    """Labels checked against the model's output ``out`` on one sample (module docstring)."""
+    if task == "regression":
+        if tuple(y.shape[1:]) != tuple(out.shape[1:]):
+            raise ValueError(
+                f"{name}: regression targets of shape {tuple(y.shape)} do not match the model's "
+                f"output {tuple(out.shape[1:])} per sample (e.g. y.reshape(-1, 1) for one output)")
+        return y.to(out.dtype)
+    if out.dim() != 2:
+        raise ValueError(f"classification needs logits of shape (batch, classes), got "
+                         f"{tuple(out.shape[1:])} per sample")
+    return check_class_labels(y, out.shape[1], name)

@@ -2,11 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import xarray as xr
 from torch import nn
 
+import clipkit as ck
 from clipkit import attacks
 
 
@@ -181,3 +183,38 @@ def test_bad_robust_accuracy_arguments():
     for bad in (0, True, 2.0):
         with pytest.raises(ValueError, match=f"batch_size must be an int >= 1, got {bad!r}"):
             attacks.robust_accuracy(model, (x, y), att, eps=[0.1], batch_size=bad)
+    with pytest.raises(ValueError, match=r"data\[0\] \(x\): the model does not take"):
+        attacks.robust_accuracy(model, (x[:, :5], y), att, eps=[0.1])
+    with pytest.raises(ValueError, match=r"data\[0\] \(x\): no samples"):
+        attacks.robust_accuracy(model, (x[:0], y[:0]), att, eps=[0.1])
+    with pytest.raises(ValueError, match=r"data\[1\] \(y\): class labels must lie in \[0, 3\)"):
+        attacks.robust_accuracy(model, (x, y + 3), att, eps=[0.1])
+
+
+def test_inputs_outside_the_clamp_range_are_refused_not_clamped():
+    """Standardized data clamped into [0, 1] would be moved far beyond ε."""
+    model = small_classifier()
+    x, y = data()
+    z = (x - 0.5) * 4  # well outside [0, 1]
+    for att in (attacks.PGD(eps=0.01), attacks.GaussianNoise(eps=0.0), attacks.FGSM(eps=0.01)):
+        with pytest.raises(ValueError, match=r"outside the data range \(0.0, 1.0\).*None for "
+                                             r"unbounded"):
+            attacks.robust_accuracy(model, (z, y), att, eps=[0.0, 0.01])
+        with pytest.raises(ValueError, match=r"x lies in .* outside the data range"):
+            att(model, z, y)
+    free = attacks.robust_accuracy(model, (z, y), attacks.PGD(eps=0.0, clamp=None), eps=[0.0])
+    assert float(free[0]) == free.attrs["clean_accuracy"]
+    with pytest.raises(ValueError, match=r"AdversarialTraining\(data_range=\.\.\.\)"):
+        ck.fit(small_classifier(), (z, y), ck.AdversarialTraining(eps=0.1), epochs=1,
+               progress=False)
+
+
+def test_eps_grids_from_numpy_and_torch_are_taken():
+    model = small_classifier()
+    x, y = data()
+    a = attacks.robust_accuracy(model, (x, y), attacks.FGSM(eps=0.1), eps=np.linspace(0, 0.2, 3))
+    b = attacks.robust_accuracy(model, (x, y), attacks.FGSM(eps=0.1),
+                                eps=torch.linspace(0, 0.2, 3, dtype=torch.float64))
+    c = attacks.robust_accuracy(model, (x, y), attacks.FGSM(eps=0.1), eps=[0.0, 0.1, 0.2])
+    np.testing.assert_array_equal(a.values, c.values)
+    np.testing.assert_array_equal(b.values, c.values)

@@ -3,6 +3,7 @@ PGD <= clean accuracy on small trained networks."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -133,3 +134,15 @@ def test_given_bound_works_for_any_model_and_bad_inputs_are_named():
         certify.certified_accuracy(cnn, (small, y), [0.1], bound=upper)
     with pytest.raises(ValueError, match=r"data\[0\] \(x\): the model does not take"):
         certify.certified_radius(cnn, (small, y), upper)
+    with pytest.raises(ValueError, match=r"data\[1\] \(y\): class labels must lie in \[0, 3\)"):
+        certify.certified_accuracy(cnn, (x, y + 3), [0.1], bound=upper)
+    with pytest.raises(ValueError, match=r"data\[1\] \(y\): class labels must be whole"):
+        certify.certified_radius(cnn, (x, y + 0.5), upper)
+    one = nn.Sequential(nn.Flatten(), nn.Linear(36, 1))  # no margin to certify
+    with pytest.raises(ValueError, match=r"classifier with logits .* got \(1,\)"):
+        certify.certified_accuracy(one, (x, torch.zeros(20, dtype=torch.long)), [100.0],
+                                   bound=1.0)
+    with pytest.raises(ValueError, match="pairwise bounds must be finite and >= 0"):
+        certify.certified_radius(cnn, (x, y), -torch.ones(3, 3))
+    same = certify.certified_accuracy(cnn, (x, y), np.array([0.0, 0.01]), bound=upper)
+    np.testing.assert_array_equal(same.values, acc.values)

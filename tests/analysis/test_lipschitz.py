@@ -426,10 +426,23 @@ def test_batchnorm_without_running_stats_is_an_error():
     (dict(batch_size=True), "batch_size"),  # a bool is not a count
     (dict(ascent_steps=True), "ascent_steps"),
     (dict(ascent_starts=2.0), "ascent_starts"),
+    (dict(directions=0), "directions must be an int >= 1"),
+    (dict(lanczos_iters=0), "lanczos_iters must be an int >= 1"),
+    (dict(jacobian_iters=-5), "jacobian_iters must be an int >= 1"),
+    (dict(domain=0.5), r"domain must be \(low, high\)"),
+    (dict(domain=(1.0, 0.0)), r"domain must be \(low, high\)"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         lipschitz.bracket(tiny_mlp(0, "relu"), torch.randn(4, 5), **kwargs)
+
+
+def test_a_model_with_nan_weights_is_named_not_bounded():
+    model = tiny_mlp(0, "relu")
+    with torch.no_grad():
+        model[0].weight[0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"parameters are not finite \(0.weight hold NaN"):
+        lipschitz.bracket(model, torch.randn(4, 5))
 
 
 def test_bad_samples_and_intervals():

@@ -19,7 +19,8 @@ def test_regression_is_seeded_sorted_and_noisy_around_the_target():
     assert not torch.equal(y, ck.data.regression(n=300, noise=0.1, seed=4)[1])
 
 
-@pytest.mark.parametrize("bad", [dict(n=1), dict(n=2.5), dict(noise=-0.1)])
+@pytest.mark.parametrize("bad", [dict(n=1), dict(n=2.5), dict(noise=-0.1), dict(seed=1.5),
+                                 dict(dtype="float64"), dict(dtype=torch.int64)])
 def test_regression_rejects_bad_arguments(bad):
     with pytest.raises(ValueError, match="regression"):
         ck.data.regression(**bad)
@@ -79,6 +80,16 @@ def test_missing_files_name_the_files_and_the_folder(tmp_path):
 def test_unknown_dataset_is_named():
     with pytest.raises(ValueError, match="cifar.*accepted: mnist, fashion-mnist"):
         ck.data.load("cifar")
+
+
+def test_a_split_named_by_a_string_is_refused_not_read_as_true():
+    with pytest.raises(ValueError, match=r"train must be True .* or False .*got 'test'"):
+        ck.data.load("mnist", train="test", download=False)
+
+
+def test_hold_out_needs_x_and_y_of_one_length():
+    with pytest.raises(ValueError, match=r"different lengths \(10 and 9\)"):
+        ck.data.hold_out((torch.zeros(10, 2), torch.zeros(9)), 0.2)
 
 
 @pytest.mark.realdata

@@ -48,3 +48,19 @@ def test_mlp_rejects_bad_sizes():
     for bad in ([4], [4, 0, 1], [4, 2.0, 1], [4, True, 1]):  # True would be a width of 1
         with pytest.raises(ValueError, match=r"mlp: sizes must be >= 2 positive ints, got"):
             ck.models.mlp(bad)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: ck.models.cnn(num_classes=0), "cnn: num_classes must be an int >= 1, got 0"),
+        (lambda: ck.models.cnn(width=-1), "cnn: width must be an int >= 1, got -1"),
+        (lambda: ck.models.cnn(image_size="28"), "cnn: image_size must be an int >= 4"),
+        (lambda: ck.models.cnn(image_size=30), "cnn: image_size must be a multiple of 4"),
+        (lambda: ck.models.classifier(hidden=100), r"hidden must be a list .* \[100\]"),
+        (lambda: ck.models.classifier(image_shape=(28, 28)), "image_shape must be \\(channels"),
+    ],
+)
+def test_bad_model_settings_are_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -52,3 +52,11 @@ def test_the_notebooks_selection_is_the_authors_rule():
     assert rule == ck.BestEpoch(curves.VALIDATION, goal_acc=0.97)
     with pytest.raises(ValueError, match="give validation data"):
         curves.epoch_measure(epochs=3)
+
+
+def test_attack_names_are_checked_when_the_measure_is_built_not_when_first_due():
+    data = (torch.rand(4, 1, 2, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="unknown attack 'pgd_l3'"):
+        curves.epoch_measure(epochs=8, curve=data, every=4, curve_attacks=["pgd_l3"])
+    with pytest.raises(TypeError, match=r"curve_attacks must be a list .* \['pgd_l2'\]"):
+        curves.epoch_measure(epochs=8, curve=data, curve_attacks="pgd_l2")

@@ -1,5 +1,7 @@
 """clipkit.experiments.evaluate: the result schema on tiny models, and the λ-grid training."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -38,6 +40,28 @@ def test_a_lambda_grid_gives_one_model_per_lambda_and_histories_over_lam_and_epo
                                                  epochs=2, batch_size=20, progress=False)
     assert len(models) == len(lams) and hist.loss.dims == ("lam", "epoch")
     assert list(hist.lam.values) == lams and not any(v.startswith("param_") for v in hist)
+
+
+def test_bad_arguments_are_named_before_any_training(images):
+    with pytest.raises(TypeError, match="lams must be a list of λ values, got 0.1"):
+        ck.evaluate.train_lambda_grid(model_fn, images, ck.WeightDecay(), 0.1)
+    with pytest.raises(TypeError, match="method must be a clipkit method"):
+        ck.evaluate.train_lambda_grid(model_fn, images, None, [0.1])
+    with pytest.raises(ValueError, match="train_lambda_grid: seed must be an int >= 0"):
+        ck.evaluate.train_lambda_grid(model_fn, images, ck.WeightDecay(), [0.1], seed=[0, 1])
+    with pytest.raises(ValueError, match="Standard has no penalty weight"):
+        ck.evaluate.train_lambda_grid(model_fn, images, ck.Standard(), [0.1, 1.0])
+    model = model_fn()
+    for attacks in ({"fgsm": 0.1}, ["fgsm"]):
+        with pytest.raises(TypeError, match="attacks must map attack names to lists of ε"):
+            ck.evaluate.evaluate_classifier(model, images, eval_data=images, attacks=attacks)
+    with pytest.raises(ValueError, match="attack must be one of .*got 'cw'"):
+        ck.evaluate.evaluate_classifier(model, images, eval_data=images, attacks={"cw": [0.1]})
+    x, y = images
+    with pytest.raises(ValueError, match=r"test\[1\] \(y\): class labels must lie in \[0, 2\)"):
+        ck.evaluate.evaluate_classifier(model, (x, y + 5), eval_data=images, attacks={})
+    with pytest.raises(ValueError, match=r"eval_data\[0\] \(x\) holds NaN"):
+        ck.evaluate.evaluate_classifier(model, images, eval_data=(x * math.nan, y), attacks={})
 
 
 def test_a_classification_result_has_the_documented_variables(images):
@@ -126,6 +150,13 @@ def test_a_regression_result_concatenates_methods_and_keeps_the_data():
     np.testing.assert_allclose(ds.target, ck.data.regression_target(grid.double())[:, 0])
     assert bool((ds.lip_exact <= ds.lip_upper * (1 + 1e-6)).all())
     assert isinstance(ds, xr.Dataset) and float(ds.label_mean) == pytest.approx(float(y.mean()))
+    with pytest.raises(ValueError, match=r"test must be \(x, y\) of shape \(N, 1\) each, got "
+                                         r"\(30, 1\) and \(30,\)"):
+        ck.evaluate.evaluate_regression(model, (x, y), (xt, yt[:, 0]), grid,
+                                        ck.data.regression_target)
+    with pytest.raises(ValueError, match=r"x_grid must have shape \(G, 1\), got \(11,\)"):
+        ck.evaluate.evaluate_regression(model, (x, y), (xt, yt), grid[:, 0],
+                                        ck.data.regression_target)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

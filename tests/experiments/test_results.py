@@ -110,6 +110,10 @@ def test_an_unreadable_result_is_named_and_moved_aside_not_deleted(tmp_path):
     bad = tmp_path / "bad.nc"
     bad.write_bytes(good.read_bytes()[:2000])  # truncated
     assert results.read_error(bad).startswith("OSError")
+    with pytest.raises(ValueError, match=r"bad.nc' is not a readable result file .*OSError"):
+        results.load(bad)
+    with pytest.raises(FileNotFoundError, match="no result file .*nowhere.nc"):
+        results.load(tmp_path / "nowhere.nc")
     moved = results.move_aside(bad)
     assert moved.parent == tmp_path and moved.name.startswith("bad.nc.unreadable-")
     assert moved.read_bytes() == good.read_bytes()[:2000] and not bad.exists()

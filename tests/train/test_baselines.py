@@ -84,15 +84,37 @@ def test_adversarial_training_inputs_stay_in_the_ball_and_range_and_raise_the_lo
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: ck.Standard(lam=0.1), "Standard: lam must be 0"),
-        (lambda: ck.SpectralNorm(lam=0.1), "lam is not used"),
+        (lambda: ck.Standard(lam=0.1), "Standard has no penalty weight: lam must be 0, got 0.1$"),
+        (lambda: ck.SpectralNorm(lam=0.1), "SpectralNorm has no penalty weight: lam must be 0"),
+        (lambda: ck.SpectralNorm(n_power_iterations="1"), "n_power_iterations must be an int"),
+        # positional arguments land in lam and schedule: the error says to use keywords
+        (lambda: ck.AdversarialTraining(0.1), r"lam must be 0, got 0.1; .* by keyword, e\.g\. "
+                                              r"AdversarialTraining\(eps=\.\.\.\)"),
         (lambda: ck.AdversarialTraining(steps=0), "steps must be an int >= 1"),
+        (lambda: ck.AdversarialTraining(step_size=-0.1), "step_size must be a finite number > 0"),
+        (lambda: ck.AdversarialTraining(data_range=(1, 0)), r"data_range must be \(low, high\)"),
+        (lambda: ck.CLIP(data_range=(0,)), r"CLIP: data_range must be \(low, high\).*\(0,\)"),
+        (lambda: ck.CLIP(noise=float("inf")), "CLIP: noise must be a finite number"),
+        (lambda: ck.Discrepancy(warmup=-3), "warmup must be an int >= 0"),
         (lambda: ck.AdversarialTraining(norm="l1"), "norm must be 'linf' or 'l2'"),
         (lambda: ck.WeightDecay(lam=-1.0), "lam must be a finite number >= 0"),
     ],
 )
 def test_bad_baseline_settings_are_named(make, match):
     with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ck.CLIP(noise="0.1"), r"CLIP: noise must be a finite number >= 0, got '0.1'"),
+        (lambda: ck.CLIP(step_size="1"), r"CLIP: step_size must be a finite number > 0, got '1'"),
+        (lambda: ck.Discrepancy(goal_acc="0.9"), r"goal_acc must be in \(0, 1\]"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_named(make, match):
+    with pytest.raises((TypeError, ValueError), match=match):
         make()
 
 

@@ -132,6 +132,23 @@ def test_path_errors_are_clear(data64):
     x, y = data64
     with pytest.raises(ValueError, match=r"data\[0\] \(x\): the model does not take"):
         ck.fit_path(model_fn, (torch.cat([x, x], dim=1), y), ck.CLIP(), **KW)
+    # a λ grid for a method without λ would train identical copies labelled by λ
+    with pytest.raises(ValueError, match=r"lam=\[0.01, 0.1\], but Standard has no penalty"):
+        ck.fit_path(model_fn, data64, lam=[0.01, 0.1], **KW)
+    ds = ck.fit_path(model_fn, data64, lam=[0.0], seed=range(2), **KW)  # λ = 0 is fine
+    assert list(ds.seed.values) == [0, 1]
+    # a copy axis of length one needs no value; a longer one does
+    one = model_at(ds, model_fn, seed=1)
+    same = model_at(ds, model_fn, lam=0.0, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(one.parameters(), same.parameters(),
+                                                 strict=True))
+    with pytest.raises(ValueError, match="select one copy"):
+        model_at(ds, model_fn)
+    for bad in (1.7, [1, 1.2], -1):
+        with pytest.raises(ValueError, match="seed must be an int >= 0 or a list of them"):
+            ck.fit_path(model_fn, data64, ck.CLIP(), seed=bad, **KW)
+    with pytest.raises(TypeError, match="model_fn must be a function that builds a fresh model"):
+        ck.fit_path(model_fn(), data64, ck.CLIP(), **KW)
 
 
 def test_images_train_with_clip_alone_and_as_a_path():

@@ -62,6 +62,19 @@ def test_the_best_epoch_is_kept_and_ties_go_to_the_later_epoch(blobs):
     assert '"select": "BestEpoch"' in hist.attrs["config"]
 
 
+def test_a_loss_keeps_its_lowest_epoch_and_needs_mode_min(blobs):
+    with pytest.raises(ValueError, match="'test_loss' is a loss.*pass mode='min'"):
+        ck.BestEpoch("test_loss")
+    with pytest.raises(ValueError, match="mode must be 'max' or 'min', got 'lowest'"):
+        ck.BestEpoch("v", mode="lowest")
+    rec = Recorder([[0.9], [0.3], [0.5], [0.3], [0.4]])
+    model, hist = _fit(blobs, on_epoch=rec.__call__, select=ck.BestEpoch("v", mode="min"))
+    np.testing.assert_array_equal(hist.selected.values, [0, 0, 0, 1, 0])  # ties: later
+    kept = [p.detach() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(kept, rec.weights[3][0], strict=True))
+    assert '"mode": "min"' in hist.attrs["config"]
+
+
 def test_without_selection_the_last_epoch_is_kept_and_measures_are_recorded(blobs):
     rec = Recorder([[0.9], [0.1], [0.2], [0.3], [0.0]])
     model, hist = _fit(blobs, on_epoch=rec.__call__)
@@ -123,4 +136,4 @@ def test_bad_hooks_and_rules_raise_clear_errors(blobs):
     with pytest.raises(ValueError, match="needs a classification task"):
         x, y = ck.data.regression(n=20)
         ck.fit(ck.models.mlp([1, 4, 1]), (x, y), epochs=1, progress=False,
-               select=ck.BestEpoch("test_loss", goal_acc=0.5))
+               select=ck.BestEpoch("test_loss", goal_acc=0.5, mode="min"))

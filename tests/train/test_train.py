@@ -1,5 +1,7 @@
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -139,6 +141,13 @@ def test_warmup_schedule_keeps_lambda_zero_first(regression):
     assert hist.lam_epoch.values.tolist() == [0.0, 0.0, pytest.approx(0.3), pytest.approx(0.3)]
 
 
+def test_numpy_scalars_are_taken_as_the_numbers_they_hold(regression):
+    hist = ck.fit(ck.models.mlp([1, 8, 1]), regression, lr=np.float32(0.01),
+                  momentum=np.float64(0.5), epochs=1, progress=False)
+    config = json.loads(hist.attrs["config"])
+    assert config["lr"] == pytest.approx(0.01) and config["momentum"] == 0.5
+
+
 def test_bad_inputs_raise_clear_errors(regression):
     x, y = regression
     model = ck.models.mlp([1, 8, 1])
@@ -146,8 +155,12 @@ def test_bad_inputs_raise_clear_errors(regression):
         ck.WeightDecay(lam=-0.5)
     with pytest.raises(ValueError, match="different lengths"):
         ck.fit(model, (x, y[:-1]), progress=False)
-    with pytest.raises(ValueError, match=r"output shape \(2,\) does not match .* \(1,\)"):
+    with pytest.raises(ValueError, match=r"data\[1\] \(y\): regression targets of shape "
+                                         r"\(200, 1\) do not match the model's output \(2,\)"):
         ck.fit(ck.models.mlp([1, 8, 2]), (x, y), progress=False)
+    # test labels are held to the same rules as the training labels (not broadcast)
+    with pytest.raises(ValueError, match=r"test\[1\] \(y\): regression targets of shape \(10,\)"):
+        ck.fit(model, (x, y), test=(x[:10], y[:10, 0]), progress=False)
     with pytest.raises(TypeError, match="method must be a clipkit method"):
         ck.fit(model, (x, y), method="clip", progress=False)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
@@ -156,10 +169,32 @@ def test_bad_inputs_raise_clear_errors(regression):
         ck.fit(model, (x, y), optimizer="lbfgs", progress=False)
     with pytest.raises(ValueError, match="epochs must be an int >= 1"):
         ck.fit(model, (x, y), epochs=0, progress=False)
+    for bad in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match=f"lr must be a finite number > 0, got {bad!r}"):
+            ck.fit(model, (x, y), lr=bad, progress=False)
+    with pytest.raises(TypeError, match="lr must be a finite number > 0, got '0.1'"):
+        ck.fit(model, (x, y), lr="0.1", progress=False)
+    with pytest.raises(ValueError, match="momentum must be a finite number >= 0"):
+        ck.fit(model, (x, y), momentum=-0.5, progress=False)
+    with pytest.raises(ValueError, match=r"the model has no parameters to train \(Sequential\)"):
+        ck.fit(nn.Sequential(nn.ReLU()), (x, y), progress=False)
+    frozen = ck.models.mlp([1, 8, 1]).requires_grad_(False)
+    with pytest.raises(ValueError, match="every parameter of the model is frozen"):
+        ck.fit(frozen, (x, y), progress=False)
+    with pytest.raises(ValueError, match="the model has no parameters to train"):
+        ck.fit_path(lambda: nn.Sequential(nn.ReLU()), (x, y), progress=False)
     with pytest.raises(ValueError, match="Discrepancy needs a classification task"):
         ck.fit(model, (x, y), method=ck.CLIP(schedule=ck.Discrepancy()), progress=False)
     with pytest.raises(ValueError, match=r"class labels must lie in \[0, 2\)"):
         ck.fit(ck.models.mlp([1, 4, 2]), (x, torch.full((200,), 5)), progress=False)
+    labels = torch.arange(200) % 2
+    with pytest.raises(ValueError, match=r"test\[1\] \(y\): class labels must lie in \[0, 2\)"
+                                         r".* got 7"):
+        ck.fit(ck.models.mlp([1, 4, 2]), (x, labels), test=(x, labels + 7), progress=False)
+    with pytest.raises(ValueError, match=r"data\[1\] \(y\): class labels must be a 1-D tensor.*"
+                                         r"one-hot labels: pass y.argmax\(1\)"):
+        ck.fit(ck.models.mlp([1, 4, 2]), (x, torch.nn.functional.one_hot(labels)),
+               task="classification", progress=False)
     with pytest.raises(ValueError, match="unknown device"):
         ck.fit(model, (x, y), device="tpu:9", progress=False)
     wide = x.repeat(1, 3)  # samples of shape (3,) for a model that takes (1,)

@@ -28,7 +28,13 @@ from clipkit.analysis.lipschitz.structure import (
     seeded_generator,
 )
 from clipkit.analysis.lipschitz.upper import lipschitz_upper, merged_upper_bound
-from clipkit.core.utils import check_int, check_model_takes, device_dtype, eval_mode
+from clipkit.core.utils import (
+    check_int,
+    check_model_takes,
+    check_range,
+    device_dtype,
+    eval_mode,
+)
 
 
 def bracket(
@@ -100,6 +106,15 @@ def bracket(
     ascent_starts = check_int(ascent_starts, "ascent_starts", 1)
     preactivation_starts = check_int(preactivation_starts, "preactivation_starts", 1)
     preactivation_guided = check_int(preactivation_guided, "preactivation_guided", 0)
+    directions = check_int(directions, "directions", 1)
+    jacobian_iters = check_int(jacobian_iters, "jacobian_iters", 1)
+    lanczos_iters = check_int(lanczos_iters, "lanczos_iters", 1)
+    if domain is not None:
+        domain = check_range(domain, "domain")
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ValueError(f"the model's parameters are not finite ({', '.join(bad[:3])} hold "
+                         f"NaN or inf; e.g. from training that diverged): no bound applies")
     device, dtype = device_dtype(model)
     x = x.to(device, dtype)  # as ck.fit and ck.certify take data: in the model's dtype
     check_model_takes(model, x)

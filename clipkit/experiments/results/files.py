@@ -155,8 +155,19 @@ def _remove(tmp: Path | None) -> None:
 
 
 def load(path: str | os.PathLike[str]) -> xr.Dataset:
-    """Read a result file fully into memory (the file is closed again) and decode its attrs."""
-    ds = xr.load_dataset(path, engine=ENGINE)
+    """Read a result file fully into memory (the file is closed again) and decode its attrs.
+
+    A file that is missing raises FileNotFoundError; one that is not a readable result file
+    (another format, truncated) a ValueError naming it.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no result file {str(path)!r}")
+    try:
+        ds = xr.load_dataset(path, engine=ENGINE)
+    except Exception as exc:  # h5py, h5netcdf and xarray raise several kinds for bad files
+        text = str(exc).strip().splitlines()
+        raise ValueError(f"{str(path)!r} is not a readable result file (netCDF4 via "
+                         f"{ENGINE}): {type(exc).__name__}: {text[0] if text else ''}") from exc
     ds.attrs = _decode_attrs(ds.attrs)
     for name in list(ds.variables):
         ds[name].attrs = _decode_attrs(ds[name].attrs)
@@ -181,6 +192,7 @@ def read_error(path: str | os.PathLike[str]) -> str:
     try:
         load(path)
     except Exception as exc:  # h5py, h5netcdf and xarray raise several kinds for bad files
+        exc = exc.__cause__ or exc  # what the reader said, without load's wrapping
         text = str(exc).strip().splitlines()
         return f"{type(exc).__name__}: {text[0] if text else ''}"
     return ""

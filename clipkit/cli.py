@@ -37,6 +37,10 @@ def positive_int(text: str) -> int:
 
 
 def _sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("The spec's format (notebook, grid, fixed, batch, profiles, ...) is documented "
+                "in the docstring of clipkit.experiments.sweep (python -m pydoc "
+                "clipkit.experiments.sweep) and in docs/extending.md; README.md shows a "
+                "minimal spec.")
     p.add_argument("spec", help="the sweep's YAML file (notebook, grid, fixed, profiles)")
     p.add_argument("--profile", help="a profile of the spec, e.g. quick or full")
     p.add_argument("--workers", type=positive_int, default=None,
@@ -59,7 +63,8 @@ def _sweep(args: argparse.Namespace) -> int:
     except sweep.SweepError as exc:
         print(f"clipkit sweep: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # e.g. the disk filled up while writing combined.nc
+    except (OSError, ValueError) as exc:  # e.g. the disk filled up while writing combined.nc,
+        # or OUT/combined.nc is a folder: the message names it, a traceback would bury it
         print(f"clipkit sweep: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -41,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from clipkit.cli import positive_int
 
     p.add_argument("--profile", default="quick",
-                   help="the sweeps' profile: quick (CPU, about 20 min), paper (CPU, hours) "
-                        "or full (GPU)")
+                   help="the sweeps' profile: quick (CPU, about 10 min on 2 quiet cores, up "
+                        "to 20 on a busy machine), paper (CPU, hours) or full (GPU)")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="local worker processes (default: 2, or one per GPU)")
     p.add_argument("--paper", default=str(ROOT / "paper"),

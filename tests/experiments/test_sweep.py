@@ -331,6 +331,18 @@ def test_a_point_computed_by_another_notebook_is_not_taken_as_done(local_2x2, tm
     assert again.skipped == ["lam=0.1_seed=0"] and not again.done
 
 
+def test_the_cli_names_a_combined_file_it_cannot_write(local_2x2, tmp_path, capsys):
+    spec, first = local_2x2
+    out = tmp_path / "copy"
+    shutil.copytree(first.out, out)
+    (out / "combined.nc").unlink()
+    (out / "combined.nc").mkdir()  # every point is done: only the combined file fails
+    code = cli.main(["sweep", str(spec), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "clipkit sweep: error: result path" in err and "must name a file" in err
+    assert "Traceback" not in err
+
+
 def test_two_runs_of_one_point_are_named_when_combined(local_2x2):
     _, first = local_2x2
     run = results.load(first.out / "points" / "lam=0.1_seed=0.nc")

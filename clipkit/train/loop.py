@@ -117,8 +117,6 @@ def train_loop(
                 both = forward(torch.cat([xin, extra], dim=1))
                 # one split, not two slices: its backward is one concatenation
                 out, extra_out = both.split([xin.shape[1], extra.shape[1]], dim=1)
-            if run.step == 0:
-                _check_output(out, yb, task)
             sl = loss_fn(out, yb)
             data_loss = sl.mean(1)
             reg, metrics = method.penalty(run, Step(xin, yb, out, sl, lam_e, extra_out))
@@ -171,19 +169,3 @@ def train_loop(
         out.update(keeper.restore(param_dict()))
     return out
 
-
-def _check_output(out: Tensor, y: Tensor, task: str) -> None:
-    if task == "regression":
-        if out.shape != y.shape:
-            raise ValueError(
-                f"model output shape {tuple(out.shape[2:])} does not match the labels' shape "
-                f"{tuple(y.shape[2:])} (per sample); for regression they must be equal"
-            )
-    else:
-        if out.dim() != 3:
-            raise ValueError(
-                f"classification needs logits of shape (batch, classes), got {tuple(out.shape[1:])}"
-            )
-        c = out.shape[-1]
-        if bool((y < 0).any()) or bool((y >= c).any()):
-            raise ValueError(f"class labels must lie in [0, {c}) for a model with {c} outputs")

@@ -217,7 +217,9 @@ def place_data(
 
 
 def _labels(y: Tensor, out: Tensor, task: str, name: str) -> Tensor:
-    """Labels checked against the model's output ``out`` on one sample (module docstring)."""
+    """Labels checked against the model's output ``out`` on one sample (see ``place_data``).
+
+    All labels are checked here, once, so the training loop needs no check of its own."""
     if task == "regression":
         if tuple(y.shape[1:]) != tuple(out.shape[1:]):
             raise ValueError(

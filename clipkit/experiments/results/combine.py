@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -60,6 +61,16 @@ def _fill_strings(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+UNSET = "(unset)"
+
+
+def changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every key whose value differs, sorted by key;
+    :data:`UNSET` stands for a key that one side lacks."""
+    return [(k, old.get(k, UNSET), new.get(k, UNSET)) for k in sorted(set(old) | set(new))
+            if old.get(k, UNSET) != new.get(k, UNSET)]
+
+
 def _one_setting(runs: list[xr.Dataset], names: list[str]) -> None:
     """Raise a ValueError naming the files if the runs of a sweep were made with different
     fixed parameters or notebooks (e.g. a folder reused after the spec changed)."""
@@ -84,12 +95,9 @@ def _one_setting(runs: list[xr.Dataset], names: list[str]) -> None:
         what = ""
         if notebook and notebook0 and notebook != notebook0:
             what = f"notebook {notebook0} in {name0}, {notebook} in {name}"
-        else:
-            for key in sorted(set(fixed) | set(fixed0)):
-                if fixed0.get(key, "(unset)") != fixed.get(key, "(unset)"):
-                    what = (f"{key}={fixed0.get(key, '(unset)')!r} in {name0}, "
-                            f"{fixed.get(key, '(unset)')!r} in {name}")
-                    break
+        elif diff := changed(fixed0, fixed):
+            key, a, b = diff[0]
+            what = f"{key}={a!r} in {name0}, {b!r} in {name}"
         if what:
             raise ValueError(
                 f"the runs were made with different settings ({what}), so they are not one "

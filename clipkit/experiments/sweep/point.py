@@ -15,6 +15,7 @@ from typing import Any
 import xarray as xr
 
 from clipkit.experiments import results
+from clipkit.experiments.results.combine import changed
 from clipkit.experiments.sweep import kernels
 from clipkit.experiments.sweep.spec import Point
 
@@ -135,10 +136,7 @@ def differences(result_key: str, point: Point, by: str, notebook: str) -> str:
     if by and by != Path(notebook).name:
         parts.append(f"notebook: {by} -> {Path(notebook).name}")
     if isinstance(old, dict):
-        for k in sorted(set(old) | set(point.params)):
-            if old.get(k, "(unset)") != point.params.get(k, "(unset)"):
-                parts.append(f"{k}: {old.get(k, '(unset)')!r} -> "
-                             f"{point.params.get(k, '(unset)')!r}")
+        parts += [f"{k}: {a!r} -> {b!r}" for k, a, b in changed(old, point.params)]
     elif result_key != point.key:
         parts.append("parameters not recorded")
     return ", ".join(parts[:4]) + (f" and {len(parts) - 4} more" if len(parts) > 4 else "")

@@ -47,6 +47,8 @@ from clipkit.analysis.lipschitz import (
     require_chain,
     solve,
 )
+from clipkit.analysis.lipschitz.structure import float64_copy
+from clipkit.analysis.lipschitz.upper import matrix_norm
 from clipkit.core.utils import (
     check_class_labels,
     check_int,
@@ -93,24 +95,68 @@ def _check_eps(eps: object) -> list[float]:
     return out
 
 
-def _logits(model: nn.Module, chain: MLPChain | None, x: Tensor, batch_size: int) -> Tensor:
-    """Logits in float64: exactly weighted through the chain for MLPs, else the model's own."""
-    out = []
+def _logits(model: nn.Module, chain: MLPChain | None, x: Tensor, batch_size: int
+            ) -> tuple[Tensor, Tensor]:
+    """Logits in float64 and a bound-like scale of their rounding error per point (N,).
+
+    MLPs go through the chain in float64; the error of layer k's pre-activations is at most
+    about n_k·u·(|W_k||h_k| + |b_k|) (u the unit roundoff, n_k the fan-in; Higham 2002,
+    §3.1), and a later layer amplifies it by at most the product of its norms and top slopes.
+    That catches large terms that cancel (a bias of 1e12 removed by the next layer), which
+    the logits' own size would not show. Other models run as a float64 copy, where the
+    scale is left at 0 (the relative margin of :func:`_margins` remains).
+    """
+    out, err = [], []
+    other = None
+    if chain is None:
+        try:
+            other = float64_copy(model)
+        except RuntimeError:  # e.g. hook-based weight_norm cannot be deep-copied
+            other = model
+    amplify = _amplification(chain) if chain is not None else None
     with eval_mode(model), torch.no_grad():
         for xb in x.split(batch_size):
             if chain is not None:
-                out.append(chain.forward(xb.reshape(len(xb), -1).to("cpu", torch.float64))[-1])
+                h = xb.reshape(len(xb), -1).to("cpu", torch.float64)
+                e = torch.zeros(len(xb), dtype=torch.float64)
+                for k, (w, b) in enumerate(zip(chain.weights, chain.biases, strict=True)):
+                    size = h.abs() @ w.abs().T + b.abs()
+                    e = e + 4 * (w.shape[1] + 1) * _U * size.amax(1) * amplify[k]
+                    z = h @ w.T + b
+                    h = chain.acts[k](z) if k < len(chain.acts) else z
+                out.append(h)
+                err.append(e)
             else:
-                dev, dt = device_dtype(model)
-                out.append(model(xb.to(dev, dt)).to("cpu", torch.float64))
-    return torch.cat(out)
+                dev, dt = device_dtype(other)
+                out.append(other(xb.to(dev, dt)).to("cpu", torch.float64))
+                err.append(torch.zeros(len(xb), dtype=torch.float64))
+    return torch.cat(out), torch.cat(err)
 
 
-def _margins(logits: Tensor, y: Tensor) -> Tensor:
-    """g_j = f_y - f_j for all j (N, C), lowered by a rounding margin; +inf at j = y."""
+_U = 2.0**-53  # float64 unit roundoff
+
+
+def _amplification(chain: MLPChain) -> list[float]:
+    """For each layer k, a bound on how much an error in its output z_k can grow by the
+    logits: the product of the later layers' norms and largest |slopes|."""
+    gains = [1.0] * len(chain.weights)
+    acc = 1.0
+    for k in range(len(chain.weights) - 1, -1, -1):
+        gains[k] = acc
+        if k > 0:
+            lo, hi = chain.slopes[k - 1]
+            acc *= matrix_norm(chain.weights[k]) * max(abs(lo), abs(hi))
+    return gains
+
+
+def _margins(logits: Tensor, y: Tensor, err: Tensor | None = None) -> Tensor:
+    """g_j = f_y - f_j for all j (N, C), lowered by a rounding margin (a relative 1e-9, and
+    twice the per-point error scale ``err`` of :func:`_logits`); +inf at j = y."""
     fy = logits.gather(1, y.view(-1, 1))
     g = fy - logits
     g = g - 1e-9 * (1 + fy.abs() + logits.abs())
+    if err is not None:
+        g = g - 2 * err.view(-1, 1)
     return g.scatter(1, y.view(-1, 1), math.inf)
 
 
@@ -157,7 +203,8 @@ def certified_radius(model: nn.Module, data: tuple[Tensor, Tensor], lipschitz: T
     x, y = _check_inputs(model, data)
     chain = mlp_chain(model, tuple(x.shape[1:]))
     y = y.to("cpu", torch.long)
-    return _radius(_margins(_logits(model, chain, x, batch_size), y), y, lipschitz)
+    logits, err = _logits(model, chain, x, batch_size)
+    return _radius(_margins(logits, y, err), y, lipschitz)
 
 
 def _radius(g: Tensor, y: Tensor, lipschitz: Tensor | float) -> Tensor:
@@ -231,9 +278,9 @@ def certified_accuracy(
     else:
         raise ValueError(f"bound must be 'global', 'local' or a number, got {bound!r}")
     # One forward over the points serves the margins of every bound.
-    logits = _logits(model, chain, x, batch_size)
+    logits, err = _logits(model, chain, x, batch_size)
     correct = logits.argmax(1) == y
-    g = _margins(logits, y)
+    g = _margins(logits, y, err)
     r = None if lipschitz is None else _radius(g, y, lipschitz)
     if r is not None:
         acc = [float(((r > e) | ((e == 0) & correct)).double().mean()) for e in eps_list]

@@ -146,3 +146,21 @@ def test_given_bound_works_for_any_model_and_bad_inputs_are_named():
         certify.certified_radius(cnn, (x, y), -torch.ones(3, 3))
     same = certify.certified_accuracy(cnn, (x, y), np.array([0.0, 0.01]), bound=upper)
     np.testing.assert_array_equal(same.values, acc.values)
+
+
+def test_large_terms_that_cancel_are_not_taken_for_a_margin():
+    """A bias of 2^40 removed by the next layer: float64 cannot resolve the margin (exactly
+    -7e-5 here, so x is misclassified), and a relative margin of the logits' size alone
+    certified it. Exact value: h = x + 2^40 (ReLU active), f_0 - f_1 = x - 2e-4."""
+    big = 2.0**40
+    model = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 2)).double().eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].bias.fill_(big)
+        model[2].weight.copy_(torch.tensor([[1.0], [0.0]]))
+        model[2].bias.copy_(torch.tensor([-big, 2e-4], dtype=torch.float64))
+    x = torch.tensor([[1.3e-4]], dtype=torch.float64)
+    y = torch.tensor([0])
+    assert float(certify.certified_radius(model, (x, y), certify.margin_bounds(model, (1,)))) == 0
+    for bound in ("global", "local"):
+        assert float(certify.certified_accuracy(model, (x, y), [1e-5], bound=bound)[0]) == 0

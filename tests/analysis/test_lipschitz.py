@@ -437,6 +437,58 @@ def test_bad_arguments(kwargs, match):
         lipschitz.bracket(tiny_mlp(0, "relu"), torch.randn(4, 5), **kwargs)
 
 
+@pytest.mark.parametrize("scale", [1e-170, 1e-3, 1e170])
+def test_layer_norms_are_exact_at_extreme_scales(scale):
+    """The Gram matrix of W would underflow to 0 (overflow to inf) beyond ~1e±154."""
+    from clipkit.analysis.lipschitz.upper import matrix_norm
+
+    W = torch.randn(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = float(torch.linalg.matrix_norm(W, 2))
+    assert matrix_norm(W * scale) == pytest.approx(exact * scale, rel=1e-12)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)).double()
+    with torch.no_grad():
+        model[0].weight.mul_(scale)
+        model[2].weight.div_(scale)  # the same function class: ReLU is homogeneous
+    x = torch.randn(64, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    br = lipschitz.bracket(model, x, sdp=False, steps=5, ascent_steps=5, preactivation=False)
+    assert 0 < br.lower <= br.upper * (1 + 1e-9) and math.isfinite(br.upper)
+
+
+@pytest.mark.parametrize("wrap", ["spectral_norm", "weight_norm"])
+def test_hook_based_weight_normalisation_is_bounded_with_its_current_weight(wrap):
+    """torch.nn.utils.spectral_norm / weight_norm set .weight in a forward pre-hook: after an
+    optimiser step without a forward it is stale, and bounding it certified the old weights."""
+    import torch.nn.utils as U
+
+    torch.manual_seed(0)
+    model = nn.Sequential(getattr(U, wrap)(nn.Linear(4, 8)), nn.Tanh(), nn.Linear(8, 2)).double()
+    x = torch.randn(32, 4, dtype=torch.float64)
+    model(x)  # the hook sets .weight
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(5.0)  # an optimiser step, no forward since
+    model.eval()
+    bounds = (lipschitz.lipsdp_upper_bound(model, (4,)).value,  # before any forward
+              lipschitz.merged_upper_bound(model, (4,)).value,
+              lipschitz.lipschitz_upper(model, (4,))[0].value)
+    J = torch.func.vmap(torch.func.jacrev(lambda v: model(v[None])[0]))(x).detach()
+    attained = float(torch.linalg.matrix_norm(J, 2).max())
+    for bound in bounds:
+        assert bound >= attained * (1 - 1e-9)
+
+
+def test_a_softplus_that_jumps_has_no_bound():
+    """torch's Softplus is the identity beyond threshold/beta: with threshold 1 it jumps by
+    0.31 there, and a bound of 1 was certified for a function with no Lipschitz constant."""
+    model = nn.Sequential(nn.Linear(2, 3), nn.Softplus(threshold=1.0), nn.Linear(3, 1))
+    with pytest.raises(lipschitz.UnsupportedModuleError, match=r"jump of 0.313"):
+        lipschitz.bracket(model, torch.randn(4, 2))
+    with pytest.raises(lipschitz.UnsupportedModuleError, match="Softplus"):
+        lipschitz.lipsdp_upper_bound(model, (2,))
+    ok = nn.Sequential(nn.Linear(2, 3), nn.Softplus(), nn.Linear(3, 1))  # jump 2.1e-9
+    assert lipschitz.bracket(ok, torch.randn(4, 2), sdp=False, steps=3).upper > 0
+
+
 def test_a_model_with_nan_weights_is_named_not_bounded():
     model = tiny_mlp(0, "relu")
     with torch.no_grad():
@@ -473,3 +525,21 @@ def test_auto_switches_to_power_iteration_for_large_jacobians():
                                      generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(power, dense, rtol=1e-7, atol=0)
     assert (power <= dense * (1 + 1e-12)).all()  # power iteration approaches from below
+
+
+def test_a_quotient_made_of_rounding_is_not_reported_as_a_lower_bound():
+    """f = w·x + 1e8 with ||w|| = 5e-9: float64 differences of f are multiples of its ulp
+    (1.5e-8), mostly rounding; the reported quotient must stay <= ||w||."""
+    from clipkit.analysis.lipschitz.lower import _verify64
+
+    model = nn.Linear(2, 1).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3e-9, -4e-9]], dtype=torch.float64))
+        model.bias.fill_(1e8)
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(256, 2, dtype=torch.float64, generator=g)
+    v = u + torch.randn(256, 2, dtype=torch.float64, generator=g)
+    with torch.no_grad():
+        raw = (model(u) - model(v)).abs()[:, 0] / (u - v).norm(dim=1)
+    assert float(raw.max()) > 5e-9 * 1.5  # the rounding the check is about does occur
+    assert float(_verify64(model, u, v, 64).max()) <= 5e-9 * (1 + 1e-9)

@@ -332,3 +332,20 @@ def test_bad_arguments_are_named():
         ls.solve(chain, slopes=[])
     with pytest.raises(ValueError, match="start"):
         ls.solve(chain, start=[torch.ones(2)])
+
+
+def test_a_tiny_negative_slope_stays_inside_its_widened_interval():
+    """LeakyReLU(-1e-31) on a ball where every pre-activation is negative: the point slope
+    interval [-1e-31, -1e-31] was 'widened' to [0, -1e-31], excluding the true slope."""
+    model = nn.Sequential(nn.Linear(1, 1), nn.LeakyReLU(-1e-31), nn.Linear(1, 1)).double().eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1e20)
+        model[0].bias.zero_()
+        model[2].weight.fill_(1e20)
+        model[2].bias.zero_()
+    local = lipschitz.local_upper_bound(model, torch.tensor([-1.0], dtype=torch.float64), 0.5)
+    a = torch.tensor([[-1.2]], dtype=torch.float64)
+    b = torch.tensor([[-0.8]], dtype=torch.float64)
+    with torch.no_grad():
+        attained = float((model(a) - model(b)).abs() / 0.4)  # 1e9, exactly the slope there
+    assert local.value >= attained * (1 - 1e-9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -127,7 +128,7 @@ def bracket(
     estimates.append(upper)
     t0 = time.perf_counter()
     merged = merged_upper_bound(model, tuple(x.shape[1:]))
-    if merged is not None:
+    if merged is not None and math.isfinite(merged.value):  # NaN/inf certifies nothing
         estimates.append(_timed(merged, t0))
     if sdp:
         sdp_est = sdp_estimate(model, tuple(x.shape[1:]), iters=sdp_iters)

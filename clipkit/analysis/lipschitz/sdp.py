@@ -150,10 +150,13 @@ def _solve(chain: MLPChain, method: str, solver: str, output: Tensor | None,
     if not chain.acts:  # a linear map: the constant is ||W||_2, computed exactly
         v = matrix_norm(W) * (1 + ROUNDING_SLACK)
         return Certificate(v, v * v, (), 0.0), "exact (linear map)", 0
-    # slopes below 1e-30 (saturated sigmoids) are widened to [0, 1e-30]: sound (a wider
-    # interval), and it keeps the products formed later far from the subnormal range
-    alpha = [torch.where(a.abs() < 1e-30, 0.0, a) for a in alpha]
-    beta = [torch.where((b > 0) & (b < 1e-30), 1e-30, b) for b in beta]
+    # slope ends below 1e-30 in size (saturated sigmoids) are widened outwards, to 0 or
+    # ±1e-30 (a lower end only down, an upper end only up): sound (a wider interval), and it
+    # keeps the products formed later far from the subnormal range
+    tiny = 1e-30
+    alpha = [torch.where(a.abs() < tiny, torch.where(a >= 0, 0.0, -tiny), a) for a in alpha]
+    beta = [torch.where((b.abs() < tiny) & (b != 0), torch.where(b > 0, tiny, 0.0), b)
+            for b in beta]
     full = drop_dead(problem_of(chain, alpha, beta, W))
     wide = [widen(a, b, widen_by) for a, b in zip(full.alpha, full.beta, strict=True)]
     full = replace(full, alpha=[a for a, _ in wide], beta=[b for _, b in wide])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor, nn
@@ -121,6 +122,8 @@ def model_layers(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Modul
         return out
     if parametrize.is_parametrized(model):
         return [(prefix or "<model>", _materialized(model))]
+    if _weight_hooks(model):
+        return [(prefix or "<model>", _hook_materialized(model))]
     if next(iter(model.children()), None) is not None:
         raise UnsupportedModuleError(
             f"module {prefix or '<model>'} ({type(model).__name__}) has submodules and a custom "
@@ -151,6 +154,51 @@ def _materialized(module: nn.Module) -> nn.Module:
     return plain.eval()
 
 
+def _weight_hooks(module: nn.Module) -> list:
+    """The hook-based weight normalisations on ``module`` (``torch.nn.utils.spectral_norm``,
+    ``weight_norm``): its ``.weight`` is what their hook computed at the last forward, stale
+    after an optimiser step, so the bounds must compute it themselves."""
+    from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
+    from torch.nn.utils.weight_norm import WeightNorm as WeightNormHook
+
+    return [h for h in module._forward_pre_hooks.values()
+            if isinstance(h, (SpectralNormHook, WeightNormHook))]
+
+
+def _hook_materialized(module: nn.Module) -> nn.Module:
+    """A plain copy of a layer with hook-based weight normalisation, holding the weight that
+    its eval-mode forward would compute now (spectral norm: no power-iteration step)."""
+    from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
+
+    with torch.no_grad():
+        values = {}
+        for hook in _weight_hooks(module):
+            weight = (hook.compute_weight(module, do_power_iteration=False)
+                      if isinstance(hook, SpectralNormHook) else hook.compute_weight(module))
+            values[hook.name] = weight.detach().clone()
+    # the hook's last weight is a non-leaf tensor, which deepcopy refuses: set it aside
+    stale = {name: module.__dict__.pop(name) for name in values if name in module.__dict__}
+    try:
+        plain = copy.deepcopy(module)
+    finally:
+        module.__dict__.update(stale)
+    plain._forward_pre_hooks.clear()
+    for name, value in values.items():
+        plain._parameters[name] = nn.Parameter(value, requires_grad=False)
+    return plain.eval()
+
+
+#: the largest jump of torch's Softplus (where it switches to the identity) that the bounds
+#: neglect: 2.1e-9 at the default threshold 20 (beta 1), far below float32 resolution of f
+SOFTPLUS_MAX_JUMP = 1e-8
+
+
+def softplus_jump(m: nn.Softplus) -> float:
+    """|f(t+) - f(t-)| of torch's Softplus at its switch t = threshold/beta:
+    log1p(exp(-threshold)) / beta."""
+    return math.log1p(math.exp(-m.threshold)) / m.beta
+
+
 def check_supported(name: str, m: nn.Module) -> None:
     ok = isinstance(m, (nn.Linear, *ISOMETRIES, *CONVS, *AVGPOOLS, *MAXPOOLS, *BATCHNORMS))
     if not ok and activation_slopes(m) is None:
@@ -163,5 +211,11 @@ def check_supported(name: str, m: nn.Module) -> None:
             f"module {name} ({type(m).__name__}) has track_running_stats=False: in eval mode it "
             "still normalises by batch statistics, which is not a fixed affine map"
         )
+    if isinstance(m, nn.Softplus) and softplus_jump(m) > SOFTPLUS_MAX_JUMP:
+        raise UnsupportedModuleError(
+            f"module {name} (Softplus(beta={m.beta}, threshold={m.threshold})): torch switches "
+            f"to the identity where beta*x > threshold, a jump of {softplus_jump(m):.3g} in the "
+            f"function, so it has no Lipschitz constant; jumps up to {SOFTPLUS_MAX_JUMP:g} are "
+            f"neglected (2.1e-9 at the default threshold 20 with beta 1): raise threshold")
     if isinstance(m, MAXPOOLS) and getattr(m, "return_indices", False):
         raise UnsupportedModuleError(f"module {name} (MaxPool with return_indices=True)")

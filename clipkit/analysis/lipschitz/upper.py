@@ -226,8 +226,14 @@ def matrix_norm(W: Tensor) -> float:
     if W.numel() == 0:
         return 0.0
     W = W.to(torch.float64)
+    # scaled by its largest entry first: squaring an entry below ~1e-154 (or above 1e154)
+    # would underflow to 0 (overflow to inf) in the Gram matrix, and the norm with it
+    scale = float(W.abs().max())
+    if scale == 0.0 or not math.isfinite(scale):
+        return scale
+    W = W / scale
     G = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
-    return math.sqrt(max(float(torch.linalg.eigvalsh(G)[-1]), 0.0))
+    return scale * math.sqrt(max(float(torch.linalg.eigvalsh(G)[-1]), 0.0))
 
 
 # The product bound loses nothing to rounding in practice (float64 throughout); this relative

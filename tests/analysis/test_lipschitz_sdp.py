@@ -349,3 +349,18 @@ def test_a_tiny_negative_slope_stays_inside_its_widened_interval():
     with torch.no_grad():
         attained = float((model(a) - model(b)).abs() / 0.4)  # 1e9, exactly the slope there
     assert local.value >= attained * (1 - 1e-9)
+
+
+def test_linear_algebra_that_fails_is_a_skipped_estimate_not_an_error():
+    """Weights of 1e200: eigh does not converge inside the solver; the bracket goes on."""
+    from clipkit.analysis.lipschitz.sdp import sdp_estimate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    with torch.no_grad():
+        model[0].weight.mul_(1e200)
+    est = sdp_estimate(model, (3,))
+    assert est.kind == "skipped" and math.isnan(est.value) and "linear algebra" in est.note
+    br = lipschitz.bracket(model, torch.randn(8, 3, dtype=torch.float64), steps=3,
+                           ascent_steps=3)
+    assert 0 < br.lower <= br.upper < math.inf

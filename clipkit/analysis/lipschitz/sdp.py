@@ -243,3 +243,7 @@ def sdp_estimate(model: nn.Module, input_shape: Sequence[int], **kwargs) -> Esti
     except CertificateError as exc:
         return Estimate(math.nan, "skipped", METHOD, 0, None, time.perf_counter() - t0,
                         f"no certificate: {exc} (status {exc.status})")
+    except torch.linalg.LinAlgError as exc:  # e.g. weights of 1e200: eigh does not converge
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return Estimate(math.nan, "skipped", METHOD, 0, None, time.perf_counter() - t0,
+                        f"no certificate: linear algebra failed ({first})")

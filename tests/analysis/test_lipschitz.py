@@ -454,6 +454,7 @@ def test_layer_norms_are_exact_at_extreme_scales(scale):
     assert 0 < br.lower <= br.upper * (1 + 1e-9) and math.isfinite(br.upper)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
 @pytest.mark.parametrize("wrap", ["spectral_norm", "weight_norm"])
 def test_hook_based_weight_normalisation_is_bounded_with_its_current_weight(wrap):
     """torch.nn.utils.spectral_norm / weight_norm set .weight in a forward pre-hook: after an

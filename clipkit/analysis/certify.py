@@ -117,14 +117,15 @@ def _logits(model: nn.Module, chain: MLPChain | None, x: Tensor, batch_size: int
     with eval_mode(model), torch.no_grad():
         for xb in x.split(batch_size):
             if chain is not None:
-                h = xb.reshape(len(xb), -1).to("cpu", torch.float64)
+                x0 = xb.reshape(len(xb), -1).to("cpu", torch.float64)
+                zs = chain.forward(x0)
+                inputs = [x0, *(act(z) for act, z in zip(chain.acts, zs, strict=False))]
                 e = torch.zeros(len(xb), dtype=torch.float64)
-                for k, (w, b) in enumerate(zip(chain.weights, chain.biases, strict=True)):
+                for k, (w, b, h) in enumerate(zip(chain.weights, chain.biases, inputs,
+                                                  strict=True)):
                     size = h.abs() @ w.abs().T + b.abs()
                     e = e + 4 * (w.shape[1] + 1) * _U * size.amax(1) * amplify[k]
-                    z = h @ w.T + b
-                    h = chain.acts[k](z) if k < len(chain.acts) else z
-                out.append(h)
+                out.append(zs[-1])
                 err.append(e)
             else:
                 dev, dt = device_dtype(other)

@@ -14,7 +14,7 @@ from clipkit.analysis.lipschitz.structure import (
     check_search,
     float64_copy,
 )
-from clipkit.core.pairs import AscentRule, PairState, ascend, stacked, value
+from clipkit.core.pairs import AscentRule, PairState, ascend, quotients_from, stacked, value
 from clipkit.core.utils import check_int, device_dtype, eval_mode, flat_norm, sqrt_nonneg
 
 MAX_DENSE = 2**22  # entries of one chunk's dense Jacobian above which power iteration is used
@@ -168,13 +168,16 @@ def _verify64(model64: nn.Module, u: Tensor, v: Tensor, batch_size: int) -> Tens
     upper bound (a net with weights 1e-3: 9.6e-13 against 9.4e-13)."""
     dev = next(iter(model64.parameters()), torch.empty(0)).device
     u, v = u.to(dev, torch.float64), v.to(dev, torch.float64)
-    q = _quotients(model64, u, v, batch_size)
+    forward = stacked(model64)
+    out = []
     with torch.no_grad():
-        size = torch.cat([flat_norm(model64(ub)) + flat_norm(model64(vb))
-                          for ub, vb in zip(u.split(batch_size), v.split(batch_size),
-                                            strict=True)])
-    dist = flat_norm(u - v).clamp_min(1e-300)
-    return (q - ROUNDING_ALLOWANCE * size / dist).clamp_min(0.0)
+        for ub, vb in zip(u.split(batch_size), v.split(batch_size), strict=True):
+            f = forward(torch.cat([ub[None], vb[None]], dim=1))  # one forward per chunk
+            q = quotients_from(f, ub[None], vb[None])[0]
+            size = flat_norm(f[0, :len(ub)]) + flat_norm(f[0, len(ub):])
+            dist = flat_norm(ub - vb).clamp_min(1e-300)
+            out.append((q - ROUNDING_ALLOWANCE * size / dist).clamp_min(0.0))
+    return torch.cat(out)
 
 
 def quotient_search(

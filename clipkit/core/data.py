@@ -122,8 +122,12 @@ def _read_idx(path: Path) -> np.ndarray:
     own paths; the format is a 4-byte magic (dtype code, ndim), then big-endian sizes.
     """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (gzip.BadGzipFile, EOFError) as exc:  # gzip's message does not name the file
+        raise ValueError(f"{path} is not a readable gzip file ({exc}); replace it with the "
+                         f"original .gz, or its unpacked IDX file without .gz") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
@@ -230,6 +234,15 @@ def train_test(
     ``n_train`` / ``n_test`` keep seeded random subsets of the two parts.
     """
     key = _check_name(name)
+    # checked before loading: with the official split present, ``split`` is not used,
+    # but a wrong value is a mistake either way
+    if (isinstance(split, bool) or not isinstance(split, (int, float, np.floating))
+            or not 0 < split < 1):
+        raise ValueError(f"train_test: split must be a number in (0, 1), the training "
+                         f"fraction of a lone test split, got {split!r}")
+    for n in (n_train, n_test):
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ValueError(f"train_test: sizes must be positive ints or None, got {n!r}")
     try:
         train = load(key, True, root=root, download=download)
         test = load(key, False, root=root, download=download)
@@ -239,8 +252,6 @@ def train_test(
             x, y = load(key, False, root=root, download=False)
         except DataNotFoundError:
             raise exc from None
-        if not 0 < split < 1:
-            raise ValueError(f"train_test: split must be in (0, 1), got {split!r}") from None
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
         cut = int(round(split * len(y)))
         train, test = (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
@@ -251,11 +262,7 @@ def train_test(
         )
 
     def subset(part, n, offset):
-        if n is None:
-            return part
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"train_test: sizes must be positive ints or None, got {n!r}")
-        if n >= len(part[1]):
+        if n is None or n >= len(part[1]):
             return part
         idx = torch.randperm(len(part[1]), generator=torch.Generator().manual_seed(seed + offset))
         return part[0][idx[:n]], part[1][idx[:n]]

@@ -203,6 +203,60 @@ def test_exact_deep_piecewise_linear_agrees_with_fine_differences():
     assert ex.value == pytest.approx(float(fd), rel=1e-6)  # and the steepest piece is seen
 
 
+def rational_lipschitz(net: nn.Sequential, a: float, b: float) -> float:
+    """Independent oracle in exact rational arithmetic: the affine pieces of a 1-D input
+    Linear/ReLU/LeakyReLU chain on [a, b], split where a unit's pre-activation changes sign,
+    and the largest slope norm. No rounding except the final square root."""
+    from fractions import Fraction
+
+    pieces = [(Fraction(a), Fraction(b), [Fraction(1)], [Fraction(0)])]  # t-range, h = A t + c
+    for m in net:
+        new = []
+        if isinstance(m, nn.Linear):
+            W = [[Fraction(float(w)) for w in row] for row in m.weight.detach().double()]
+            bias = [Fraction(float(v)) for v in m.bias.detach().double()]
+            for t0, t1, A, c in pieces:
+                new.append((t0, t1, [sum(w * v for w, v in zip(row, A, strict=True))
+                                     for row in W],
+                            [sum(w * v for w, v in zip(row, c, strict=True)) + bi
+                             for row, bi in zip(W, bias, strict=True)]))
+        else:
+            slope = Fraction(float(getattr(m, "negative_slope", 0.0)))
+            for t0, t1, A, c in pieces:
+                cuts = sorted({t0, t1, *(-ci / ai for ai, ci in zip(A, c, strict=True)
+                                         if ai != 0 and t0 < -ci / ai < t1)})
+                for u0, u1 in zip(cuts[:-1], cuts[1:], strict=False):
+                    mid = (u0 + u1) / 2
+                    k = [Fraction(1) if ai * mid + ci > 0 else slope
+                         for ai, ci in zip(A, c, strict=True)]
+                    new.append((u0, u1, [ki * ai for ki, ai in zip(k, A, strict=True)],
+                                [ki * ci for ki, ci in zip(k, c, strict=True)]))
+        pieces = new
+    return max(math.sqrt(float(sum(ai * ai for ai in A))) for _, _, A, _ in pieces)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_matches_rational_arithmetic_at_extreme_scales(seed):
+    """Two hidden layers, weights of 1e-3 or 1e3 and biases up to 1e4, so that the
+    breakpoints lie near ±1e7 and the slopes are 1e-10 or 1e9: ``exact`` over [-1e9, 1e9]
+    equals the rational oracle to rounding (an audit once suspected these nets)."""
+    g = torch.Generator().manual_seed(seed)
+    act = [nn.ReLU(), nn.LeakyReLU(0.1), nn.LeakyReLU(-0.5), nn.LeakyReLU(2.0)][seed % 4]
+    scale, bias = [(1e-3, 1e4), (1e3, 1e4), (1e-3, 100.0)][seed % 3]
+    dims = [1, 6, 4, 2]
+    layers: list[nn.Module] = []
+    for k in range(3):
+        lin = nn.Linear(dims[k], dims[k + 1]).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(dims[k + 1], dims[k], generator=g,
+                                         dtype=torch.float64) * scale)
+            lin.bias.copy_(torch.randn(dims[k + 1], generator=g, dtype=torch.float64) * bias)
+        layers += [lin, act] if k < 2 else [lin]
+    net = nn.Sequential(*layers)
+    oracle = rational_lipschitz(net, -1e9, 1e9)
+    assert lipschitz.exact(net, (-1e9, 1e9)).value == pytest.approx(oracle, rel=1e-12)
+
+
 def test_exact_smooth_1d_is_a_grid_value():
     torch.manual_seed(4)
     net = nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1))

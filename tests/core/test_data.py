@@ -151,3 +151,28 @@ def test_train_test_splits_a_lone_test_split_and_checks_its_sizes(tmp_path):
     for bad in ("5", True, 0, 2.5):
         with pytest.raises(ValueError, match=f"sizes must be positive ints or None, got {bad!r}"):
             ck.data.train_test("mnist", root=tmp_path, download=False, n_train=bad)
+
+
+def test_train_test_refuses_a_bad_split_even_where_the_official_split_is_used(tmp_path):
+    """``split`` only divides a lone test split, but a wrong value is named either way
+    (it used to be ignored silently when the training images were there)."""
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for stem, n in (("train", 6), ("t10k", 4)):
+        _write_idx(folder / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), False)
+        _write_idx(folder / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10, False)
+    (_, ytr), (_, yte), source = ck.data.train_test("mnist", root=tmp_path, download=False)
+    assert (len(ytr), len(yte)) == (6, 4) and "official" in source
+    for bad in (1.5, 0, "0.8", True, float("nan")):
+        with pytest.raises(ValueError, match=r"split must be a number in \(0, 1\)"):
+            ck.data.train_test("mnist", root=tmp_path, download=False, split=bad)
+
+
+def test_a_gz_file_that_is_not_gzip_is_named(tmp_path):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    _write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((2, 28, 28), int), False)
+    _write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(2, int), False)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz is not a readable gzip"):
+        ck.data.load("mnist", train=False, root=tmp_path, download=False)

@@ -53,6 +53,7 @@ def train_loop(
     describe: Callable[[int], str],
     copies: Callable[[], list[nn.Module]] | None = None,
     affine_first: AffineFirst | None = None,
+    on_nonfinite: str = "raise",
 ) -> dict[str, np.ndarray]:
     """Train K copies; return per-epoch history arrays of shape (K, epochs).
 
@@ -61,7 +62,10 @@ def train_loop(
     ``setup.on_epoch(copies(), epoch)`` and ``setup.select`` (``clipkit.train.selection``;
     with a selection the kept epoch's weights are written back into the parameters at the
     end). Raises NonFiniteLossError (with the finished epochs' history) when a copy's
-    objective is NaN or infinite.
+    objective is NaN or infinite; with ``on_nonfinite="record"`` that copy is frozen
+    instead (at the last parameters whose objective was finite, its history NaN from that
+    epoch on) while the others train on, and ``diverged`` (K,) in the result gives the
+    epoch (1-based) where each copy's objective stopped being finite, 0 for none.
     """
     from tqdm.auto import tqdm
 
@@ -92,6 +96,14 @@ def train_loop(
     def history() -> dict[str, np.ndarray]:
         return {key: np.stack(v, axis=1) for key, v in hist.items()}
 
+    if on_nonfinite not in ("raise", "record"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'record', got {on_nonfinite!r}")
+    diverged = np.zeros(k, dtype=np.int64)  # 1-based epoch of divergence, 0: none
+    # record: the parameters at the previous step's start (the last ones whose objective was
+    # finite when a copy diverges now), and the diverged copies' frozen parameters
+    previous = ({name: p.detach().clone() for name, p in param_dict().items()}
+                if on_nonfinite == "record" else {})
+    frozen: dict[str, Tensor] = {}
     keeper = Keeper(setup.select, param_dict()) if setup.select is not None else None
     if setup.on_epoch is not None and copies is None:
         raise ValueError("train_loop: on_epoch needs the copies as modules (copies=...)")
@@ -123,16 +135,35 @@ def train_loop(
             objective = data_loss if reg is None else data_loss + lam_e * reg
             finite = torch.isfinite(objective)
             if not bool(finite.all()):
-                bad = int((~finite).nonzero()[0, 0])
-                raise NonFiniteLossError(
-                    f"non-finite objective {objective[bad].item()} at epoch {epoch}, step {s} "
-                    f"({describe(bad)}); lower the learning rate or λ. The history of the "
-                    "finished epochs is in .history",
-                    epoch, s, history() if hist else None,
-                )
+                new_bad = (~finite).cpu().numpy() & (diverged == 0)
+                if on_nonfinite == "raise":
+                    bad = int(new_bad.nonzero()[0][0])
+                    raise NonFiniteLossError(
+                        f"non-finite objective {objective[bad].item()} at epoch {epoch}, step "
+                        f"{s} ({describe(bad)}); lower the learning rate or λ. The history of "
+                        "the finished epochs is in .history",
+                        epoch, s, history() if hist else None,
+                    )
+                if new_bad.any():
+                    diverged[new_bad] = epoch + 1
+                    for name, p in param_dict().items():
+                        mask = torch.as_tensor(new_bad, device=p.device)
+                        frozen.setdefault(name, torch.zeros_like(p.detach()))[mask] = (
+                            previous[name][mask])
+                # the diverged copies add nothing to the gradient; the others are untouched
+                # (each copy's gradient comes from its own objective alone)
+                objective = torch.where(finite, objective, torch.zeros_like(objective))
+            if previous:
+                for name, p in param_dict().items():
+                    previous[name].copy_(p.detach())
             opt.zero_grad(set_to_none=True)
             objective.sum().backward()
             opt.step()
+            if frozen:  # undo the optimizer's move (momentum, NaN gradients) of diverged copies
+                with torch.no_grad():
+                    for name, p in param_dict().items():
+                        failed = torch.as_tensor(diverged > 0, device=p.device)
+                        p[failed] = frozen[name][failed]
             run.step += 1
             w = idx.shape[1] / n
             sums["loss"] = sums["loss"] + data_loss.detach() * w
@@ -167,5 +198,13 @@ def train_loop(
     out = history()
     if keeper is not None:
         out.update(keeper.restore(param_dict()))
+    if on_nonfinite == "record":
+        for c in np.nonzero(diverged)[0]:  # nothing measured from the divergence on counts
+            for key, arr in out.items():
+                if key not in ("time", "lam_epoch"):
+                    arr[c, diverged[c] - 1:] = np.nan
+            if "selected" in out:
+                out["selected"][c] = 0.0
+        out["diverged"] = diverged
     return out
 

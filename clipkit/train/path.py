@@ -21,7 +21,7 @@ from torch.func import functional_call, vmap
 
 from clipkit.core.affine_first import split_stacked
 from clipkit.core.provenance import provenance
-from clipkit.core.utils import check_int, seeded
+from clipkit.core.utils import check_choice, check_int, seeded
 from clipkit.train.history import history_dataset
 from clipkit.train.loop import train_loop
 from clipkit.train.protocol import Method
@@ -87,6 +87,7 @@ def fit_path(
     progress: bool = True,
     on_epoch: EpochMeasure | None = None,
     select: BestEpoch | None = None,
+    on_nonfinite: str = "raise",
 ) -> xr.Dataset:
     """Train one copy of ``model_fn()`` per (λ, seed), vectorised; return one Dataset.
 
@@ -95,6 +96,14 @@ def fit_path(
     ``max_models`` splits the K copies into chunks trained one after another (memory).
     ``on_epoch`` and ``select`` as in ``ck.fit``: the measure gets the chunk's copies as
     modules, and with a selection the stored parameters are each copy's kept epoch's.
+
+    ``on_nonfinite``: when a copy's objective becomes NaN or infinite (a λ too large for
+    the learning rate, say), ``"raise"`` stops the whole path with a NonFiniteLossError;
+    ``"record"`` freezes that copy (at the last parameters whose objective was finite, which
+    ``on_epoch`` measures go on seeing) and trains the others on, exactly as without it.
+    The result has the copy's history NaN from the epoch of divergence and its parameters
+    NaN; ``diverged`` (lam, seed) holds that epoch (0: trained to the end), the attr
+    ``diverged_copies`` lists them, and :func:`model_at` refuses them by name.
     """
     if isinstance(model_fn, nn.Module) or not callable(model_fn):
         raise TypeError(
@@ -129,6 +138,7 @@ def fit_path(
     seeds = [int(s) for s in raw_seeds]
     if max_models is not None:
         max_models = check_int(max_models, "max_models", 1)
+    check_choice(on_nonfinite, "fit_path: on_nonfinite", ("raise", "record"))
     copies = list(itertools.product(lams, seeds))
     chunk = max_models or len(copies)
     t0 = time.perf_counter()
@@ -136,13 +146,20 @@ def fit_path(
     params: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(copies), chunk):
         part = copies[start : start + chunk]
-        hist, trained = _train_chunk(model_fn, part, x, y, test, setup)
+        hist, trained = _train_chunk(model_fn, part, x, y, test, setup, on_nonfinite)
         for key, value in hist.items():
             arrays.setdefault(key, []).append(value)
         for key, value in trained.items():
             params.setdefault(key, []).append(value)
     merged = {key: np.concatenate(v, axis=0) for key, v in arrays.items()}
+    diverged = merged.pop("diverged", None)
     ds = history_dataset(merged, {"lam": lams, "seed": seeds})
+    if diverged is not None:
+        ds["diverged"] = xr.Variable(
+            ("lam", "seed"), diverged.reshape(len(lams), len(seeds)),
+            attrs={"description": "epoch (from 1) in which the copy's objective became NaN "
+                                  "or infinite, after which it was frozen; 0: trained to "
+                                  "the end"})
     for name, parts in params.items():
         value = np.concatenate(parts, axis=0)
         value = value.reshape(len(lams), len(seeds), *value.shape[1:])
@@ -152,16 +169,20 @@ def fit_path(
         **method.config(), "lam": lams, "seed": seeds, "epochs": setup.epochs,
         "batch_size": setup.batch_size, "optimizer": optimizer, "lr": setup.lr,
         "momentum": setup.momentum, "task": task, "n_train": int(x.shape[0]),
-        "max_models": max_models,
+        "max_models": max_models, "on_nonfinite": on_nonfinite,
         **({"select": select.config()} if select is not None else {}),
     }
     ds.attrs.update(provenance(config, device=str(setup.device),
                                wall_time=time.perf_counter() - t0, status="done"))
+    if diverged is not None and (diverged > 0).any():
+        ds.attrs["diverged_copies"] = "; ".join(
+            f"lam={lv:g}, seed={sv}: epoch {e}"
+            for (lv, sv), e in zip(copies, diverged.tolist(), strict=True) if e > 0)
     ds.attrs["method"] = method.name
     return ds
 
 
-def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup):
+def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup, on_nonfinite: str):
     device = setup.device
     models = [init_copy(model_fn, s).to(device) for _, s in copies]
     template = models[0]
@@ -197,12 +218,18 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup):
             seeds=[c[1] for c in copies], setup=setup,
             describe=lambda k: f"{setup.method.name}, lam={copies[k][0]}, seed={copies[k][1]}",
             copies=modules, affine_first=split_stacked(template, params, buffers),
+            on_nonfinite=on_nonfinite,
         )
     except NonFiniteLossError as exc:
         exc.history = None  # a path has no single history; the message names the copy
+        exc.args = (f"{exc.args[0]}. fit_path(..., on_nonfinite='record') trains the other "
+                    "copies on and records this one as diverged",)
         raise
     template.eval()
     trained = {n: p.detach().cpu().numpy() for n, p in params.items()}
+    if "diverged" in hist:
+        for arr in trained.values():
+            arr[hist["diverged"] > 0] = np.nan  # no trained parameters to report
     return hist, trained
 
 
@@ -235,6 +262,12 @@ def model_at(ds: xr.Dataset, model_fn: Callable[[], nn.Module], **where) -> nn.M
     state = {}
     single = {d: ds[d].values[0] for d in ("lam", "seed")
               if d not in where and d in ds.dims and ds.sizes[d] == 1}
+    if "diverged" in ds:
+        epoch = ds["diverged"].sel(**where, **single)
+        if epoch.ndim == 0 and int(epoch) > 0:
+            raise ValueError(f"the copy at {dict(where, **single)} diverged in epoch "
+                             f"{int(epoch)} (its objective became NaN or infinite), so it has "
+                             f"no trained parameters")
     for name, p in model.named_parameters():
         var = _param_name(name)
         if var not in ds:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -162,3 +163,65 @@ def test_images_train_with_clip_alone_and_as_a_path():
     ds = ck.fit_path(lambda: ck.models.cnn(width=4), (x, y), method, lam=[0.1, 1.0], seed=0, **kw)
     assert float(hist.lip[0]) > 0
     assert float(ds.loss.sel(lam=0.1, seed=0)[0]) == pytest.approx(float(hist.loss[0]), rel=1e-4)
+
+
+def test_a_diverging_copy_is_recorded_and_the_others_train_on(data64):
+    """With on_nonfinite="record", a λ too large for the learning rate freezes its copies
+    alone: the other copies equal a path without it, the diverged ones are NaN from their
+    epoch of divergence on and model_at refuses them."""
+    kw = dict(KW, optimizer="sgd", epochs=4)
+    good, huge = 1e-3, 1e10  # huge: θ grows ~1e8-fold per SGD step, inf in the 2nd epoch
+    with pytest.raises(ck.NonFiniteLossError, match=r"on_nonfinite='record'\) trains the other"):
+        ck.fit_path(model_fn, data64, ck.WeightDecay(), lam=[good, huge], seed=0, **kw)
+    ds = ck.fit_path(model_fn, data64, ck.WeightDecay(), lam=[good, huge], seed=[0, 1],
+                     on_nonfinite="record", **kw)
+    assert ds.diverged.sel(lam=good).values.tolist() == [0, 0]
+    epoch = ds.diverged.sel(lam=huge).values
+    assert (epoch > 1).all() and (epoch <= 4).all()
+    assert ds.attrs["diverged_copies"] == "; ".join(
+        f"lam=1e+10, seed={s}: epoch {e}" for s, e in enumerate(epoch))
+    for s in (0, 1):
+        loss = ds.loss.sel(lam=huge, seed=s).values
+        e = int(ds.diverged.sel(lam=huge, seed=s))
+        assert np.isfinite(loss[: e - 1]).all() and np.isnan(loss[e - 1:]).all()
+        assert np.isnan(ds["param_0_weight"].sel(lam=huge, seed=s).values).all()
+        with pytest.raises(ValueError, match=f"diverged in epoch {e}"):
+            model_at(ds, model_fn, lam=huge, seed=s)
+    alone = ck.fit_path(model_fn, data64, ck.WeightDecay(), lam=[good], seed=[0, 1], **kw)
+    for s in (0, 1):
+        a, b = model_at(ds, model_fn, lam=good, seed=s), model_at(alone, model_fn, seed=s)
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            assert _rel(p.detach(), q.detach()) <= 1e-12
+    assert float(abs(ds.loss.sel(lam=good) - alone.loss.sel(lam=good)).max()) <= 1e-12
+    # chunks: a diverging chunk does not lose the finished ones
+    chunked = ck.fit_path(model_fn, data64, ck.WeightDecay(), lam=[good, huge], seed=[0, 1],
+                          on_nonfinite="record", max_models=1, **kw)
+    assert chunked.diverged.equals(ds.diverged)
+    assert float(abs(chunked.loss - ds.loss).max(skipna=True)) <= 1e-12
+
+
+def test_a_clip_copy_diverging_at_once_is_frozen_with_a_selection(data64):
+    """CLIP's pairs and a BestEpoch selection cope with a copy that is non-finite from
+    its first step: it keeps its initial weights during training and reports none."""
+    probe = data64[0][:5]
+    seen = []  # each epoch's outputs of the two copies on the probe inputs
+
+    def measure(models, epoch):
+        with torch.no_grad():
+            seen.append([m(probe).clone() for m in models])
+        return {}
+
+    ds = ck.fit_path(model_fn, data64, ck.CLIP(pairs=8), lam=[0.1, 1e308], seed=0,
+                     on_nonfinite="record", select=ck.BestEpoch("loss", mode="min"),
+                     on_epoch=measure, **KW)
+    # the diverged copy kept its last finite weights (the optimizer's moves were undone)
+    assert torch.isfinite(seen[0][1]).all()
+    assert all(torch.equal(outs[1], seen[0][1]) for outs in seen)
+    assert not torch.equal(seen[-1][0], seen[0][0])  # the other one trained on
+    assert ds.diverged.sel(lam=1e308).item() == 1 and ds.diverged.sel(lam=0.1).item() == 0
+    assert ds.selected.sel(lam=1e308).values.sum() == 0
+    assert ds.selected.sel(lam=0.1).values.sum() == 1
+    assert np.isnan(ds.loss.sel(lam=1e308).values).all()
+    assert np.isfinite(ds.loss.sel(lam=0.1).values).all()
+    with pytest.raises(ValueError, match="on_nonfinite must be one of 'raise', 'record'"):
+        ck.fit_path(model_fn, data64, ck.CLIP(), on_nonfinite="skip", **KW)

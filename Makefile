@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Two processes: most tests use one core (torch on one thread, tests/conftest.py), so two
+# halve the wall time on two cores; `$(PY) -m pytest` alone runs the suite serially.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 reproduce: $(STAMP)
 	$(PY) -m clipkit reproduce

@@ -46,3 +46,23 @@ def pytest_sessionfinish(session, exitstatus):
             return
         except KeyError:
             continue
+
+
+# The slowest tests (sweeps of notebook kernels, JupyterLab, notebooks run by papermill) go
+# first when the suite is spread over processes (`make test`: pytest-xdist), so that no
+# process is left with a long test at the end while the others idle.
+SLOW_FIRST = ("tests/experiments/test_faults.py", "tests/experiments/test_sweep.py",
+              "tests/experiments/test_kernels.py", "tests/paper/test_jupyterlab.py",
+              "tests/paper/test_notebooks.py", "tests/paper/test_report_verdicts.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not getattr(config.option, "numprocesses", None):
+        return  # a serial run keeps the usual order
+    root = Path(__file__).resolve().parents[1]
+
+    def rank(item) -> int:
+        path = Path(str(item.fspath)).resolve().relative_to(root).as_posix()
+        return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the usual order within each file and among the rest

@@ -53,7 +53,7 @@ def train_loop(
     describe: Callable[[int], str],
     copies: Callable[[], list[nn.Module]] | None = None,
     affine_first: AffineFirst | None = None,
-    on_nonfinite: str = "raise",
+    record_nonfinite: bool = False,
 ) -> dict[str, np.ndarray]:
     """Train K copies; return per-epoch history arrays of shape (K, epochs).
 
@@ -62,7 +62,7 @@ def train_loop(
     ``setup.on_epoch(copies(), epoch)`` and ``setup.select`` (``clipkit.train.selection``;
     with a selection the kept epoch's weights are written back into the parameters at the
     end). Raises NonFiniteLossError (with the finished epochs' history) when a copy's
-    objective is NaN or infinite; with ``on_nonfinite="record"`` that copy is frozen
+    objective is NaN or infinite; with ``record_nonfinite`` that copy is frozen
     instead (at the last parameters whose objective was finite, its history NaN from that
     epoch on) while the others train on, and ``diverged`` (K,) in the result gives the
     epoch (1-based) where each copy's objective stopped being finite, 0 for none.
@@ -96,13 +96,11 @@ def train_loop(
     def history() -> dict[str, np.ndarray]:
         return {key: np.stack(v, axis=1) for key, v in hist.items()}
 
-    if on_nonfinite not in ("raise", "record"):
-        raise ValueError(f"on_nonfinite must be 'raise' or 'record', got {on_nonfinite!r}")
     diverged = np.zeros(k, dtype=np.int64)  # 1-based epoch of divergence, 0: none
     # record: the parameters at the previous step's start (the last ones whose objective was
     # finite when a copy diverges now), and the diverged copies' frozen parameters
     previous = ({name: p.detach().clone() for name, p in param_dict().items()}
-                if on_nonfinite == "record" else {})
+                if record_nonfinite else {})
     frozen: dict[str, Tensor] = {}
     keeper = Keeper(setup.select, param_dict()) if setup.select is not None else None
     if setup.on_epoch is not None and copies is None:
@@ -136,7 +134,7 @@ def train_loop(
             finite = torch.isfinite(objective)
             if not bool(finite.all()):
                 new_bad = (~finite).cpu().numpy() & (diverged == 0)
-                if on_nonfinite == "raise":
+                if not record_nonfinite:
                     bad = int(new_bad.nonzero()[0][0])
                     raise NonFiniteLossError(
                         f"non-finite objective {objective[bad].item()} at epoch {epoch}, step "
@@ -160,9 +158,9 @@ def train_loop(
             objective.sum().backward()
             opt.step()
             if frozen:  # undo the optimizer's move (momentum, NaN gradients) of diverged copies
+                failed = torch.as_tensor(diverged > 0, device=device)
                 with torch.no_grad():
                     for name, p in param_dict().items():
-                        failed = torch.as_tensor(diverged > 0, device=p.device)
                         p[failed] = frozen[name][failed]
             run.step += 1
             w = idx.shape[1] / n
@@ -198,7 +196,7 @@ def train_loop(
     out = history()
     if keeper is not None:
         out.update(keeper.restore(param_dict()))
-    if on_nonfinite == "record":
+    if record_nonfinite:
         for c in np.nonzero(diverged)[0]:  # nothing measured from the divergence on counts
             for key, arr in out.items():
                 if key not in ("time", "lam_epoch"):

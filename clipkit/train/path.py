@@ -218,7 +218,7 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup, on_nonfinite: 
             seeds=[c[1] for c in copies], setup=setup,
             describe=lambda k: f"{setup.method.name}, lam={copies[k][0]}, seed={copies[k][1]}",
             copies=modules, affine_first=split_stacked(template, params, buffers),
-            on_nonfinite=on_nonfinite,
+            record_nonfinite=on_nonfinite == "record",
         )
     except NonFiniteLossError as exc:
         exc.history = None  # a path has no single history; the message names the copy

@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(config, items):
     root = Path(__file__).resolve().parents[1]
 
     def rank(item) -> int:
-        path = Path(str(item.fspath)).resolve().relative_to(root).as_posix()
+        path = item.path.resolve().relative_to(root).as_posix()
         return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)
 
     items.sort(key=rank)  # stable: the usual order within each file and among the rest

@@ -103,3 +103,19 @@ def test_the_import_check_catches_an_upward_import(tmp_path, monkeypatch):
         test_imports_point_down_the_layers(bad)
     with pytest.raises(AssertionError, match=r"\['_x'\]"):
         test_no_private_name_is_imported_from_another_module(bad)
+
+
+def test_every_public_name_is_imported_when_first_used():
+    """clipkit/__init__.py lists its names in __all__ and, separately, where each is
+    imported from (its lazy __getattr__): the two lists stay one set, and each name resolves
+    in a fresh interpreter that has not imported torch before."""
+    import subprocess
+    import sys
+
+    import clipkit
+
+    assert set(clipkit.__all__) == {*clipkit._MODULES, *clipkit._ATTRIBUTES}
+    code = ("import sys, clipkit; assert 'torch' not in sys.modules; "
+            "from clipkit import *; missing = [n for n in clipkit.__all__ if n not in globals()]; "
+            "assert not missing, missing")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)

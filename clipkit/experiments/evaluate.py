@@ -23,6 +23,11 @@ certified_acc             (lam, eps)             certified ℓ2 robust accuracy 
                                                  certified bound L (by default the bracket's
                                                  upper); at the ε of the PGD-ℓ2 grids, NaN
                                                  elsewhere. Always ≤ robust_acc under PGD-ℓ2.
+diverged                  (lam,)                 only where the grid was trained with
+                                                 ``on_nonfinite="record"``: the epoch in which
+                                                 that λ's objective became NaN or infinite
+                                                 (its history is NaN from there and its
+                                                 evaluation NaN), 0 where it trained through
 ========================  =====================  =============================================
 
 attrs: ``bracket_notes`` (which estimate gave each bound), ``certified_notes`` (the bound
@@ -110,12 +115,17 @@ def make_attack(name: str, *, seed: int = 0, steps: int = 20) -> atk.Attack:
 
 def train_lambda_grid(
     model_fn: Callable[[], nn.Module], data: tuple[Tensor, Tensor], method: Method,
-    lams: Sequence[float], *, seed: int = 0, **fit_kwargs,
-) -> tuple[list[nn.Module], xr.Dataset]:
+    lams: Sequence[float], *, seed: int = 0, on_nonfinite: str = "raise", **fit_kwargs,
+) -> tuple[list[nn.Module | None], xr.Dataset]:
     """One trained model per λ and their histories over (lam, epoch).
 
     A vectorisable method trains the grid as one ``fit_path`` run; the others one ``fit``
     each (from ``model_fn()`` after ``torch.manual_seed(seed)``, as the path's copies are).
+
+    ``on_nonfinite``: a λ whose objective becomes NaN or infinite stops the grid with a
+    NonFiniteLossError (``"raise"``), or (``"record"``) gets None in place of its model and
+    NaN in its history from that epoch on, while the other λ train as without it; the
+    history then has ``diverged`` (lam,): the epoch of divergence, 0 where none.
     """
     if not isinstance(method, Method):
         raise TypeError(f"train_lambda_grid: method must be a clipkit method (e.g. ck.CLIP()), "
@@ -124,17 +134,23 @@ def train_lambda_grid(
         raise TypeError(f"train_lambda_grid: lams must be a list of λ values, got {lams!r}")
     lams = [check_lam(v, "train_lambda_grid: lams") for v in lams]
     seed = check_int(seed, "train_lambda_grid: seed")
+    check_choice(on_nonfinite, "train_lambda_grid: on_nonfinite", ("raise", "record"))
     if method.vectorizable:
-        path = fit_path(model_fn, data, method, lam=lams, seed=[seed], **fit_kwargs)
-        models = [model_at(path, model_fn, lam=lv, seed=seed) for lv in lams]
+        path = fit_path(model_fn, data, method, lam=lams, seed=[seed],
+                        on_nonfinite=on_nonfinite, **fit_kwargs)
         hist = path.drop_vars([v for v in path.data_vars if str(v).startswith("param_")])
-        return models, hist.sel(seed=seed, drop=True).drop_attrs()
+        hist = hist.sel(seed=seed, drop=True).drop_attrs()
+        models = [None if "diverged" in hist and int(hist.diverged[i]) > 0
+                  else model_at(path, model_fn, lam=lv, seed=seed) for i, lv in enumerate(lams)]
+        return models, hist
     models, histories = [], []
     for lv in lams:
         torch.manual_seed(seed)
         net = model_fn()
-        histories.append(fit(net, data, method.replace(lam=lv), seed=seed, **fit_kwargs))
-        models.append(net.eval())
+        histories.append(fit(net, data, method.replace(lam=lv), seed=seed,
+                             on_nonfinite=on_nonfinite, **fit_kwargs))
+        diverged = "diverged" in histories[-1] and int(histories[-1].diverged) > 0
+        models.append(None if diverged else net.eval())
     hist = xr.concat(histories, dim=xr.DataArray(lams, dims="lam", name="lam"),
                      coords="minimal", compat="override")
     return models, hist.drop_attrs()
@@ -249,18 +265,39 @@ _CLASSIFICATION_DESCRIPTIONS = {
     "lip_upper": "ck.lipschitz.bracket upper bound",
     "certified_acc": "certified ℓ2 robust accuracy on {n_eval} test images (margin > √2·L·ε, "
                      "ck.certify); NaN: ε not in a PGD-ℓ2 grid",
+    "diverged": "epoch (from 1) in which training at this λ became NaN or infinite (its "
+                "evaluation is then NaN); 0: trained to the end",
 }
 
 
-def classification_result(history: xr.Dataset, evaluations: Sequence[xr.Dataset],
+def classification_result(history: xr.Dataset, evaluations: Sequence[xr.Dataset | None],
                           lams: Sequence[float], method: Method, *, n_test: int,
                           n_eval: int) -> xr.Dataset:
-    """The classification result: the histories over (lam, epoch) and one evaluation per λ."""
+    """The classification result: the histories over (lam, epoch) and one evaluation per λ.
+
+    An evaluation of None (a λ that diverged, ``train_lambda_grid(on_nonfinite="record")``)
+    gives that λ NaN results; at least one λ must have been evaluated.
+    """
+    if len(evaluations) != len(lams):
+        raise ValueError(f"classification_result: {len(evaluations)} evaluations for "
+                         f"{len(lams)} λ values; give one per λ (None for a diverged one)")
+    done = [e for e in evaluations if e is not None]
+    if not done:
+        epochs = (f", in epochs {history.diverged.values.tolist()}" if "diverged" in history
+                  else "")
+        raise ValueError(f"classification_result: every evaluation is None (λ = "
+                         f"{', '.join(f'{v:g}' for v in lams)} diverged{epochs}): nothing to "
+                         f"report; lower the learning rate or λ")
+    blank = xr.full_like(done[0], np.nan, dtype=float)
+    blank.attrs = {"bracket_note": "diverged: not evaluated",
+                   "certified_note": "diverged: not evaluated"}
+    evaluations = [blank if e is None else e for e in evaluations]
     lam = xr.DataArray([float(v) for v in lams], dims="lam", name="lam")
     evals = xr.concat(evaluations, dim=lam, combine_attrs="drop")
     ds = history.merge(evals)
     for name, text in _CLASSIFICATION_DESCRIPTIONS.items():
-        ds[name].attrs["description"] = text.format(n_test=n_test, n_eval=n_eval)
+        if name in ds:
+            ds[name].attrs["description"] = text.format(n_test=n_test, n_eval=n_eval)
     ds.attrs["bracket_notes"] = " | ".join(e.attrs.get("bracket_note", "") for e in evaluations)
     ds.attrs["certified_notes"] = " | ".join(e.attrs.get("certified_note", "")
                                              for e in evaluations)

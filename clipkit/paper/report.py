@@ -142,8 +142,9 @@ def _classification(tb: xr.Dataset | None, g97: xr.Dataset | None, figs: _Figure
             (tabs / f"curves_{dataset}.md").write_text(curves)
             text += f"The learning curves' numbers (seed means, %):\n\n{curves}\n"
     for sweep in (tb, g97):
-        check = verdicts.certified_order(sweep) if sweep is not None else ""
-        text += f"{check}\n" if check else ""
+        for check in ((verdicts.diverged_runs(sweep), verdicts.certified_order(sweep))
+                      if sweep is not None else ()):
+            text += f"{check}\n" if check else ""
     if found:
         (tabs / "table_rows.json").write_text(
             json.dumps([rows.row_json(r) for r in found], indent=1))
@@ -154,7 +155,7 @@ def _tradeoff(to: xr.Dataset, figs: _Figures, tabs: Path) -> str:
     d = tables.reduce_to(to, ("lam", "attack", "eps", "epoch"))
     table = tables.tradeoff_table(d)
     (tabs / "tradeoff.md").write_text(table)
-    check = verdicts.certified_order(to)
+    check = verdicts.diverged_runs(to) + verdicts.certified_order(to)
     return figs.draw("tradeoff", lambda: plots.tradeoff(d, attack="pgd_l2"),
                      "Clean accuracy and PGD-ℓ2 accuracy at the largest ε, certified ℓ2 "
                      "accuracy at ε = 0.1, and the Lipschitz bracket against λ (CLIP, "

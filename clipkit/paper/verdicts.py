@@ -21,6 +21,7 @@ __all__ = [
     "attack_dependence",
     "certified_order",
     "comparison",
+    "diverged_runs",
     "gains",
     "goal_rows",
     "side_by_side",
@@ -229,3 +230,24 @@ def certified_order(ds: xr.Dataset, tol: float = ORDER_TOL) -> str:
     return (f"**Check failed**: {what}: violated on {len(where)} of {n} runs, which points "
             f"to a bug in a certificate or an attack: {'; '.join(bad[:4])}"
             + (f"; and {len(bad) - 4} more" if len(bad) > 4 else "") + ".\n")
+
+
+def diverged_runs(ds: xr.Dataset) -> str:
+    """The sentence naming every run whose training diverged (``diverged`` > 0: its
+    objective became NaN or infinite, so its results are NaN); "" where none did."""
+    if "diverged" not in ds:
+        return ""
+    frame = ds["diverged"].reset_coords(drop=True).to_dataframe().dropna()  # NaN: no run
+    hit = frame[frame["diverged"] > 0]
+    if hit.empty:
+        return ""
+    names = list(frame.index.names)
+    where = []
+    for idx, row in hit.iterrows():
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        coords = ", ".join(f"{k} {v:g}" if k == "lam" else f"{k} {v}"
+                           for k, v in zip(names, idx, strict=True))
+        where.append(f"{coords} (epoch {int(row['diverged'])})")
+    return (f"**Diverged**: training became NaN or infinite in {len(where)} of {len(frame)} "
+            f"runs: {'; '.join(where)}. Their results are NaN and missing from the tables "
+            "and figures (a smaller learning rate or λ trains them).\n")

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from clipkit.core.affine_first import split_module
 from clipkit.core.provenance import provenance
-from clipkit.core.utils import device_dtype, seeded, stacked
-from clipkit.train.history import history_dataset
+from clipkit.core.utils import check_choice, device_dtype, seeded, stacked
+from clipkit.train.history import DIVERGED, history_dataset
 from clipkit.train.loop import train_loop
 from clipkit.train.protocol import Method
 from clipkit.train.selection import BestEpoch, EpochMeasure
@@ -42,6 +42,7 @@ def fit(
     progress: bool = True,
     on_epoch: EpochMeasure | None = None,
     select: BestEpoch | None = None,
+    on_nonfinite: str = "raise",
 ) -> xr.Dataset:
     """Train ``model`` in place on ``data = (x, y)`` with ``method``; return the history.
 
@@ -59,6 +60,12 @@ def fit(
     next cell can call it on its CPU data on any machine, as it can the models that
     ``fit_path`` returns.
 
+    ``on_nonfinite``: when the objective becomes NaN or infinite (a λ or learning rate too
+    large), ``"raise"`` stops with a NonFiniteLossError (the finished epochs' history in its
+    ``.history``); ``"record"`` stops training and returns the history with NaN from the
+    epoch of divergence and ``diverged`` (that epoch; 0: trained to the end), and leaves the
+    model's parameters NaN, so that nothing is evaluated on a network that did not train.
+
     A ``torch.compile``d model is trained as it is, except with CLIP, whose step runs
     slower compiled (and fails under ``mode="reduce-overhead"``): then the module it
     wraps is trained eagerly, with a warning (the two share their parameters).
@@ -71,6 +78,7 @@ def fit(
         on_epoch=on_epoch, select=select,
     )
     method, task = setup.method, setup.task
+    check_choice(on_nonfinite, "fit: on_nonfinite", ("raise", "record"))
     model = eager_module(model, method)
     origin = device_dtype(model)[0]
     with seeded(seeds_for(seed)[1]):  # a method's own random set-up (spectral norm's u)
@@ -90,7 +98,7 @@ def fit(
             **method.config(), "epochs": setup.epochs, "batch_size": setup.batch_size,
             "optimizer": optimizer, "lr": setup.lr, "momentum": setup.momentum, "seed": seed,
             "task": task,
-            "n_train": int(x.shape[0]),
+            "n_train": int(x.shape[0]), "on_nonfinite": on_nonfinite,
             **({"select": select.config()} if select is not None else {}),
         }
         t0 = time.perf_counter()
@@ -100,8 +108,11 @@ def fit(
                 set_mode=model.train, x=x, y=y, test=test, lam=lam, seeds=[seed], setup=setup,
                 describe=lambda k: f"{method.name}, lam={method.lam}, seed={seed}",
                 copies=lambda: [model], affine_first=split_module(model),
+                record_nonfinite=on_nonfinite == "record",
             )
         except NonFiniteLossError as exc:
+            exc.args = (f"{exc.args[0]}. fit(..., on_nonfinite='record') returns the history "
+                        "with the divergence recorded instead",)
             if exc.history is not None:
                 exc.history = history_dataset({k: v[0] for k, v in exc.history.items()}, {})
                 exc.history.attrs.update(
@@ -111,9 +122,17 @@ def fit(
             model.eval()
             raise
         model.eval()
+        diverged = int(arrays.pop("diverged", [0])[0])
         ds = history_dataset({k: v[0] for k, v in arrays.items()}, {})
+        if on_nonfinite == "record":
+            ds["diverged"] = xr.Variable((), diverged, attrs={"description": DIVERGED})
+            if diverged:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.fill_(float("nan"))  # no trained parameters to report
         ds.attrs.update(provenance(config, device=str(setup.device),
-                                   wall_time=time.perf_counter() - t0, status="done"))
+                                   wall_time=time.perf_counter() - t0,
+                                   status="failed" if diverged else "done"))
         ds.attrs["method"] = method.name
         return ds
     finally:

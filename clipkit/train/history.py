@@ -21,6 +21,9 @@ DESCRIPTIONS = {
     "selected": "1 at the epoch whose weights were kept (ck.BestEpoch), 0 elsewhere",
     "time": "seconds since the start of training (with the test evaluation and on_epoch)",
 }
+#: ``diverged``, with ``on_nonfinite="record"`` (``ck.fit``, ``ck.fit_path``)
+DIVERGED = ("epoch (from 1) in which the objective became NaN or infinite, after which "
+            "training was stopped (the history is NaN from there); 0: trained to the end")
 
 
 def history_dataset(arrays: dict[str, np.ndarray], lead_dims: dict[str, Sequence]) -> xr.Dataset:

@@ -65,7 +65,8 @@ def train_loop(
     objective is NaN or infinite; with ``record_nonfinite`` that copy is frozen
     instead (at the last parameters whose objective was finite, its history NaN from that
     epoch on) while the others train on, and ``diverged`` (K,) in the result gives the
-    epoch (1-based) where each copy's objective stopped being finite, 0 for none.
+    epoch (1-based) where each copy's objective stopped being finite, 0 for none. Once
+    every copy has diverged the loop stops; the epochs it did not run are NaN.
     """
     from tqdm.auto import tqdm
 
@@ -107,6 +108,8 @@ def train_loop(
         raise ValueError("train_loop: on_epoch needs the copies as modules (copies=...)")
     bar = tqdm(range(setup.epochs), desc=setup.desc, disable=not setup.progress, leave=False)
     for epoch in bar:
+        if record_nonfinite and (diverged > 0).all():
+            break  # every copy is frozen: the epochs left would measure nothing new
         lam_e = method.schedule(epoch, lam, lam_e, acc_prev).to(device=device, dtype=x.dtype)
         run.lam_nonzero = bool((lam_e != 0).any())
         perm = torch.stack([torch.randperm(n, generator=g) for g in data_gens]).to(device)
@@ -197,6 +200,10 @@ def train_loop(
     if keeper is not None:
         out.update(keeper.restore(param_dict()))
     if record_nonfinite:
+        done = next(iter(out.values())).shape[1]
+        if done < setup.epochs:  # stopped early: the epochs not run are NaN
+            out = {key: np.pad(arr, ((0, 0), (0, setup.epochs - done)), constant_values=np.nan)
+                   for key, arr in out.items()}
         for c in np.nonzero(diverged)[0]:  # nothing measured from the divergence on counts
             for key, arr in out.items():
                 if key not in ("time", "lam_epoch"):

@@ -22,7 +22,7 @@ from torch.func import functional_call, vmap
 from clipkit.core.affine_first import split_stacked
 from clipkit.core.provenance import provenance
 from clipkit.core.utils import check_choice, check_int, seeded
-from clipkit.train.history import history_dataset
+from clipkit.train.history import DIVERGED, history_dataset
 from clipkit.train.loop import train_loop
 from clipkit.train.protocol import Method
 from clipkit.train.schedules import check_lam
@@ -157,9 +157,7 @@ def fit_path(
     if diverged is not None:
         ds["diverged"] = xr.Variable(
             ("lam", "seed"), diverged.reshape(len(lams), len(seeds)),
-            attrs={"description": "epoch (from 1) in which the copy's objective became NaN "
-                                  "or infinite, after which it was frozen; 0: trained to "
-                                  "the end"})
+            attrs={"description": DIVERGED})
     for name, parts in params.items():
         value = np.concatenate(parts, axis=0)
         value = value.reshape(len(lams), len(seeds), *value.shape[1:])

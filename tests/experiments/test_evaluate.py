@@ -42,6 +42,57 @@ def test_a_lambda_grid_gives_one_model_per_lambda_and_histories_over_lam_and_epo
     assert list(hist.lam.values) == lams and not any(v.startswith("param_") for v in hist)
 
 
+
+def test_a_diverging_lambda_is_recorded_and_the_others_train_as_without_it(images):
+    sgd = {"epochs": 3, "batch_size": 20, "optimizer": "sgd", "lr": 0.1, "progress": False}
+    with pytest.raises(ck.NonFiniteLossError, match="on_nonfinite='record'"):
+        ck.evaluate.train_lambda_grid(model_fn, images, ck.WeightDecay(), [0.0, 1e10],
+                                      seed=1, **sgd)
+    models, hist = ck.evaluate.train_lambda_grid(model_fn, images, ck.WeightDecay(),
+                                                 [0.0, 1e10], seed=1, on_nonfinite="record",
+                                                 **sgd)
+    alone, alone_hist = ck.evaluate.train_lambda_grid(model_fn, images, ck.WeightDecay(), [0.0],
+                                                      seed=1, **sgd)
+    assert models[1] is None and list(hist.diverged.values) == [0, 1]
+    for p, q in zip(models[0].parameters(), alone[0].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(hist.loss.sel(lam=0.0), alone_hist.loss.sel(lam=0.0), rtol=1e-6)
+    assert bool(hist.loss.sel(lam=1e10).isnull().all())
+    # one fit per λ (spectral normalisation): a learning rate that overflows at once
+    models, hist = ck.evaluate.train_lambda_grid(model_fn, images, ck.SpectralNorm(), [0.0],
+                                                 seed=1, on_nonfinite="record",
+                                                 **{**sgd, "lr": 1e38})
+    assert models == [None] and list(hist.diverged.values) == [1]
+    with pytest.raises(ValueError, match="on_nonfinite must be one of"):
+        ck.evaluate.train_lambda_grid(model_fn, images, ck.WeightDecay(), [0.1],
+                                      on_nonfinite="ignore")
+
+
+def test_a_diverged_lambda_has_nan_results_and_a_grid_where_all_diverged_is_an_error(images):
+    lams = [0.0, 1e10]
+    models, hist = ck.evaluate.train_lambda_grid(
+        model_fn, images, ck.WeightDecay(), lams, seed=1, epochs=2, batch_size=20,
+        optimizer="sgd", lr=0.1, test=images, progress=False, on_nonfinite="record")
+    grids = {"pgd_l2": [0.0, 0.5]}
+    evals = [None if m is None else ck.evaluate.evaluate_classifier(
+        m, images, eval_data=images, attacks=grids, pgd_steps=3, bracket_steps=3)
+        for m in models]
+    ds = ck.evaluate.classification_result(hist, evals, lams, ck.WeightDecay(), n_test=60,
+                                           n_eval=60)
+    for var in ("clean_acc", "robust_acc", "lip_lower", "lip_upper", "certified_acc"):
+        assert bool(ds[var].sel(lam=1e10).isnull().all()), var
+        assert bool(ds[var].sel(lam=0.0).notnull().any()), var
+    assert list(ds.diverged.values) == [0, 1] and "NaN" in ds.diverged.attrs["description"]
+    assert ds.attrs["bracket_notes"].endswith("| diverged: not evaluated")
+    with pytest.raises(ValueError, match=r"every evaluation is None \(λ = 0, 1e\+10 diverged, "
+                                         r"in epochs \[0, 1\]\): nothing to report"):
+        ck.evaluate.classification_result(hist, [None, None], lams, ck.WeightDecay(),
+                                          n_test=60, n_eval=60)
+    with pytest.raises(ValueError, match="1 evaluations for 2 λ values"):
+        ck.evaluate.classification_result(hist, evals[:1], lams, ck.WeightDecay(), n_test=60,
+                                          n_eval=60)
+
+
 def test_bad_arguments_are_named_before_any_training(images):
     with pytest.raises(TypeError, match="lams must be a list of λ values, got 0.1"):
         ck.evaluate.train_lambda_grid(model_fn, images, ck.WeightDecay(), 0.1)

@@ -237,6 +237,31 @@ def test_classification_rejects_unknown_and_mistyped_parameters(tmp_path, data_r
                 data_root=str(data_root))  # the data load before the method is built
 
 
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory, data_root):
+    """A λ grid where one λ diverges (weight decay 1e10 under SGD lr 0.1)."""
+    out = tmp_path_factory.mktemp("diverged")
+    path = execute("classification", out, dataset="fashion-mnist", data_root=str(data_root),
+                   method="weight_decay", lam=[0.0, 1e10], optimizer="sgd", lr=0.1,
+                   **{**TINY, "schedule": "default"})
+    return results.load(path), out
+
+
+def test_classification_records_a_diverged_lambda_and_keeps_the_others(diverged):
+    ds, out = diverged
+    assert list(ds.lam.values) == [0.0, 1e10]
+    assert int(ds.diverged.sel(lam=0.0)) == 0 and int(ds.diverged.sel(lam=1e10)) > 0
+    for var in ("clean_acc", "robust_acc", "lip_lower", "lip_upper", "certified_acc"):
+        assert bool(ds[var].sel(lam=1e10).isnull().all()), var
+    # the other λ trained and was evaluated (tests/experiments/test_evaluate.py: exactly as
+    # without the diverging one)
+    for var in ("clean_acc", "lip_lower", "lip_upper"):
+        assert np.isfinite(float(ds[var].sel(lam=0.0))), var
+    printed = (out / "classification.ipynb").read_text()
+    assert "λ = 1e+10 DIVERGED in epoch" in printed
+
+
 # --------------------------------------------------------------------------- explore, report
 
 
@@ -252,6 +277,20 @@ def test_explore_opens_a_sweep_and_writes_the_tradeoff(tmp_path, classification)
     assert summary.sizes["lam"] == 2
     np.testing.assert_allclose(summary.clean_acc.squeeze(), ds.clean_acc)
     assert float(summary.eps_max.sel(attack="pgd_l2")) == 2.0
+
+
+def test_a_report_with_a_diverged_lambda_builds(tmp_path, theory, diverged):
+    ds, _ = diverged
+    runs = tmp_path / "runs"
+    for name, run in (("theory", theory), ("tradeoff", ds), ("table", ds)):
+        (runs / name).mkdir(parents=True)
+        results.save(run, runs / name / "points" / "run.nc")
+        results.save(results.combine([run]), runs / name / results.COMBINED_NAME)
+    text = report.build(runs, tmp_path / "paper", profile="quick").read_text()
+    assert "tradeoff.png" in {p.name for p in (tmp_path / "paper" / "figures").iterdir()}
+    # said where the table and the trade-off figure lose the λ
+    assert text.count("**Diverged**: training became NaN or infinite in 1 of 2 runs") == 2
+    assert "lam 1e+10 (epoch 1)" in text
 
 
 def test_report_builds_figures_tables_and_readme(tmp_path, theory, classification):

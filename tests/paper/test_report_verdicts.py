@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -167,3 +168,25 @@ def test_without_certified_results_there_is_no_column_and_no_check(tmp_path):
     text = build(tmp_path, {(True, "standard"): seeds([0.9] * 2, [0.3] * 2, [0.1] * 2),
                             (True, "clip"): seeds([0.95] * 2, [0.7] * 2, [0.3] * 2)})
     assert "certified ε=" not in text and "Check" not in text
+
+
+def test_a_diverged_seed_is_named_and_the_table_uses_the_others(tmp_path):
+    runs = tmp_path / "runs"
+    points = []
+    for (last, method), per_seed in corrected().items():
+        for seed, acc in enumerate(per_seed):
+            gone = method == "clip" and seed == 1
+            p = point("mnist", last, method, seed,
+                      {k: math.nan for k in acc} if gone else acc)
+            p["diverged"] = ("lam", [4 if gone else 0])
+            results.save(p, runs / "table" / "points" / f"{method}-{seed}.nc")
+            points.append(p)
+    results.save(results.combine(points), runs / "table" / results.COMBINED_NAME)
+    text = report.build(runs, tmp_path / "paper", profile="quick").read_text()
+    assert ("**Diverged**: training became NaN or infinite in 1 of 6 runs: dataset mnist, "
+            "method clip, last_activation False, seed 1, lam 0.1 (epoch 4)") in text
+    table = (tmp_path / "paper" / "tables" / "table_mnist.md").read_text()
+    assert "| CLIP (goal 0.95) | 2 | 0.1 | 4 | 85.0 ± 0.0 |" in table  # the two other seeds
+    assert "nan" not in table.lower()
+    # without a diverged run, no sentence
+    assert "Diverged" not in build(tmp_path / "none", corrected())

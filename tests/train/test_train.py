@@ -226,9 +226,45 @@ def test_nan_loss_names_epoch_and_step_and_keeps_the_history():
     with pytest.raises(ck.NonFiniteLossError, match="at epoch 2, step 1") as err:
         ck.fit(model, (x, y), epochs=5, batch_size=16, progress=False)
     assert (err.value.epoch, err.value.step) == (2, 1)
+    assert "fit(..., on_nonfinite='record')" in str(err.value)
     hist = err.value.history
     assert hist.sizes["epoch"] == 2 and hist.attrs["status"] == "failed"
     assert bool(hist.loss.notnull().all())
+
+
+
+def test_record_mode_stops_at_divergence_and_leaves_nan_parameters():
+    x, y = ck.data.regression(n=64, seed=0)
+    calls = {}
+    for epochs in (5, 50):
+        model = _NaNAfter(after=10)  # forward 11: the third epoch's second step
+        hist = ck.fit(model, (x, y), epochs=epochs, batch_size=16, progress=False,
+                      on_nonfinite="record")
+        calls[epochs] = model.calls
+        assert int(hist.diverged) == 3 and hist.attrs["status"] == "failed"
+        assert hist.sizes["epoch"] == epochs  # the epochs not run are there, NaN
+        assert bool(hist.loss.sel(epoch=[1, 2]).notnull().all())
+        assert bool(hist.loss.sel(epoch=slice(3, None)).isnull().all())
+        assert all(bool(p.isnan().all()) for p in model.parameters())
+    # training stopped after the third epoch (1 + 3 × 4 forwards) whatever the epochs asked for
+    assert calls[5] == calls[50] == 1 + 3 * 4
+    with pytest.raises(ValueError, match="on_nonfinite must be one of"):
+        ck.fit(_NaNAfter(after=10), (x, y), progress=False, on_nonfinite="skip")
+
+
+def test_record_mode_without_divergence_trains_as_raise_mode_does():
+    x, y = ck.data.regression(n=64, seed=0)
+    weights, losses = [], []
+    for mode in ("raise", "record"):
+        torch.manual_seed(0)
+        model = ck.models.mlp([1, 16, 1])
+        hist = ck.fit(model, (x, y), ck.WeightDecay(lam=1e-3), epochs=3, batch_size=16,
+                      optimizer="sgd", lr=0.1, progress=False, on_nonfinite=mode)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        losses.append(hist.loss.values)
+    assert torch.equal(weights[0], weights[1])
+    np.testing.assert_array_equal(losses[0], losses[1])
+    assert int(hist.diverged) == 0 and hist.attrs["status"] == "done"
 
 
 def _authors_lambdas(acc, lam, increment, goal, warmup, cooldown):

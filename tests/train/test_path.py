@@ -198,6 +198,14 @@ def test_a_diverging_copy_is_recorded_and_the_others_train_on(data64):
                           on_nonfinite="record", max_models=1, **kw)
     assert chunked.diverged.equals(ds.diverged)
     assert float(abs(chunked.loss - ds.loss).max(skipna=True)) <= 1e-12
+    # a chunk whose copies have all diverged stops: the epochs after it were not run (their
+    # time is NaN), where beside a good copy the frozen one went through every epoch
+    for s in (0, 1):
+        e = int(ds.diverged.sel(lam=huge, seed=s))
+        assert e < 4
+        alone_time = chunked.time.sel(lam=huge, seed=s).values
+        assert np.isfinite(alone_time[:e]).all() and np.isnan(alone_time[e:]).all()
+        assert np.isfinite(ds.time.sel(lam=huge, seed=s).values).all()
 
 
 def test_a_clip_copy_diverging_at_once_is_frozen_with_a_selection(data64):

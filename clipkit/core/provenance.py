@@ -17,10 +17,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["STATUS_DONE", "STATUS_FAILED", "provenance", "to_json"]
+__all__ = ["NAN_MEANS", "STATUS_DONE", "STATUS_FAILED", "provenance", "to_json"]
 
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
+#: a result variable's attribute saying what NaN means in it ("ε not in this attack's
+#: grid"): its NaN are by design, and a sweep's NaN check does not count them
+NAN_MEANS = "nan_means"
 
 
 def _json_default(obj: Any) -> Any:

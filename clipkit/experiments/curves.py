@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from clipkit.analysis import attacks as atk
+from clipkit.core.provenance import NAN_MEANS
 from clipkit.core.utils import check_int
 from clipkit.experiments.evaluate import make_attack
 from clipkit.train.selection import BestEpoch, EpochMeasure
@@ -129,5 +130,6 @@ def describe(ds, *, eps: float, val_steps: int, curve_steps: int, n_curve: int):
             steps = curve_steps if attack.startswith("pgd") else 1
             ds[name].attrs["description"] = CURVE_DESCRIPTIONS["curve"].format(
                 attack=attack, eps=eps, steps=steps, n=n_curve)
+            ds[name].attrs[NAN_MEANS] = "an epoch where it was not measured"
     return ds
 

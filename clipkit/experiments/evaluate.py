@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from clipkit.analysis import attacks as atk
 from clipkit.analysis import certify, lipschitz
-from clipkit.core.provenance import to_json
+from clipkit.core.provenance import NAN_MEANS, to_json
 from clipkit.core.utils import (
     check_choice,
     check_class_labels,
@@ -139,7 +139,7 @@ def train_lambda_grid(
         path = fit_path(model_fn, data, method, lam=lams, seed=[seed],
                         on_nonfinite=on_nonfinite, **fit_kwargs)
         hist = path.drop_vars([v for v in path.data_vars if str(v).startswith("param_")])
-        hist = hist.sel(seed=seed, drop=True).drop_attrs()
+        hist = hist.sel(seed=seed, drop=True).drop_attrs(deep=False)
         models = [None if "diverged" in hist and int(hist.diverged[i]) > 0
                   else model_at(path, model_fn, lam=lv, seed=seed) for i, lv in enumerate(lams)]
         return models, hist
@@ -153,7 +153,7 @@ def train_lambda_grid(
         models.append(None if diverged else net.eval())
     hist = xr.concat(histories, dim=xr.DataArray(lams, dims="lam", name="lam"),
                      coords="minimal", compat="override")
-    return models, hist.drop_attrs()
+    return models, hist.drop_attrs(deep=False)
 
 
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) -> float:
@@ -268,6 +268,12 @@ _CLASSIFICATION_DESCRIPTIONS = {
     "diverged": "epoch (from 1) in which training at this λ became NaN or infinite (its "
                 "evaluation is then NaN); 0: trained to the end",
 }
+#: the result's variables whose NaN are by design: what NaN means in each
+_CLASSIFICATION_NAN = {
+    "robust_acc": "ε not in this attack's grid",
+    "certified_acc": "ε not in a PGD-ℓ2 grid, or not certified (certified='none', or no "
+                     "certified bound)",
+}
 
 
 def classification_result(history: xr.Dataset, evaluations: Sequence[xr.Dataset | None],
@@ -298,6 +304,8 @@ def classification_result(history: xr.Dataset, evaluations: Sequence[xr.Dataset 
     for name, text in _CLASSIFICATION_DESCRIPTIONS.items():
         if name in ds:
             ds[name].attrs["description"] = text.format(n_test=n_test, n_eval=n_eval)
+    for name, text in _CLASSIFICATION_NAN.items():
+        ds[name].attrs[NAN_MEANS] = text
     ds.attrs["bracket_notes"] = " | ".join(e.attrs.get("bracket_note", "") for e in evaluations)
     ds.attrs["certified_notes"] = " | ".join(e.attrs.get("certified_note", "")
                                              for e in evaluations)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from clipkit.core.provenance import NAN_MEANS
+
 DESCRIPTIONS = {
     "loss": "mean training loss (data term) over the epoch",
     "penalty": "mean penalty R(θ) over the epoch (CLIP: Lip_X^p)",
@@ -33,7 +35,10 @@ def history_dataset(arrays: dict[str, np.ndarray], lead_dims: dict[str, Sequence
     data = {}
     for name, arr in arrays.items():
         value = arr.reshape(*shape, arr.shape[-1])
-        data[name] = xr.Variable(dims, value, attrs={"description": DESCRIPTIONS.get(name, name)})
+        attrs = {"description": DESCRIPTIONS.get(name, name)}
+        if name == "penalty" and np.isnan(value).all():
+            attrs[NAN_MEANS] = "the method has no penalty"
+        data[name] = xr.Variable(dims, value, attrs=attrs)
     n_epochs = next(iter(arrays.values())).shape[-1] if arrays else 0
     coords = {name: list(values) for name, values in lead_dims.items()}
     coords["epoch"] = np.arange(1, n_epochs + 1)

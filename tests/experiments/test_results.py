@@ -188,6 +188,26 @@ def test_status_of_and_nan_check(tmp_path):
     assert results.has_nan(ds) == ["loss"]
 
 
+def test_nan_by_design_is_not_counted_and_other_nan_is():
+    """NaN in a variable that says what NaN means there, and in a run recorded as
+    diverged, are by design; any other NaN, beside them, still counts."""
+    lam = [0.0, 0.1, 1.0]
+    ds = xr.Dataset({"robust_acc": (("lam", "eps"), [[0.9, np.nan]] * 3),
+                     "loss": (("lam", "epoch"), np.ones((3, 4))),
+                     "clean_acc": ("lam", [0.9, 0.8, 0.7])},
+                    coords={"lam": lam, "eps": [0.0, 0.5], "epoch": [1, 2, 3, 4]})
+    assert results.has_nan(ds) == ["robust_acc"]
+    ds["robust_acc"].attrs[results.NAN_MEANS] = "ε not in this attack's grid"
+    assert results.has_nan(ds) == []
+    # λ = 1 diverged in epoch 2: its NaN are recorded, not a fault
+    ds["diverged"] = ("lam", [0, 0, 2])
+    ds["loss"].loc[{"lam": 1.0, "epoch": [2, 3, 4]}] = np.nan
+    ds["clean_acc"].loc[{"lam": 1.0}] = np.nan
+    assert results.has_nan(ds) == []
+    ds["loss"].loc[{"lam": 0.1, "epoch": 3}] = np.nan  # a run that did not diverge
+    assert results.has_nan(ds) == ["loss"]
+
+
 def test_open_sweep_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         results.open_sweep(tmp_path / "nope")

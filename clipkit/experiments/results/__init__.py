@@ -34,6 +34,7 @@ from clipkit.experiments.results.records import failure, record_failure, stamp
 from clipkit.experiments.results.schema import (
     COMBINED_NAME,
     ENGINE,
+    NAN_MEANS,
     NOTEBOOK_ATTR,
     POINT_ATTR,
     STATUS_MISSING,
@@ -45,6 +46,7 @@ from clipkit.experiments.results.schema import (
 __all__ = [
     "COMBINED_NAME",
     "ENGINE",
+    "NAN_MEANS",
     "NOTEBOOK_ATTR",
     "POINT_ATTR",
     "STATUS_DONE",

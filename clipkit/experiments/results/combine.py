@@ -14,6 +14,7 @@ import xarray as xr
 from clipkit.experiments.results.files import load
 from clipkit.experiments.results.schema import (
     COMBINED_NAME,
+    NAN_MEANS,
     NOTEBOOK_ATTR,
     POINT_ATTR,
     STATUS_DONE,
@@ -176,9 +177,18 @@ def open_sweep(folder: str | os.PathLike[str]) -> xr.Dataset:
 
 
 def has_nan(ds: xr.Dataset) -> list[str]:
-    """Names of the floating-point data variables of ``ds`` that contain NaN."""
+    """Names of the floating-point data variables of ``ds`` that contain NaN, except NaN by
+    design: in a variable whose ``nan_means`` attribute says what NaN means there
+    (:data:`NAN_MEANS`), and in the runs that a ``diverged`` variable records as diverged
+    (> 0: their training became NaN or infinite, ``on_nonfinite="record"``)."""
+    diverged = ds["diverged"] > 0 if "diverged" in ds else None
     bad = []
     for name, var in ds.data_vars.items():
-        if var.dtype.kind in "fc" and bool(np.isnan(var.values).any()):
+        if var.dtype.kind not in "fc" or var.attrs.get(NAN_MEANS):
+            continue
+        nan = np.isnan(var)
+        if diverged is not None and set(diverged.dims) <= set(var.dims):
+            nan = nan & ~diverged
+        if bool(nan.any()):
             bad.append(str(name))
     return bad

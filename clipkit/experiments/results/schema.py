@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from clipkit.core.provenance import STATUS_DONE, STATUS_FAILED
+from clipkit.core.provenance import NAN_MEANS, STATUS_DONE, STATUS_FAILED
 
 __all__ = [
     "COMBINED_NAME",
     "ENGINE",
     "JSON_ATTRS",
+    "NAN_MEANS",
     "NOTEBOOK_ATTR",
     "POINT_ATTR",
     "STATUS_DONE",

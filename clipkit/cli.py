@@ -45,7 +45,9 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="a profile of the spec, e.g. quick or full")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="local worker processes (default: one per GPU, at least 1)")
-    p.add_argument("--out", help="output folder (default: the spec's 'out', or runs/SPEC)")
+    p.add_argument("--out", help="output folder (default: the spec's 'out' key with the "
+                                 "profile as a subfolder, else runs/SPEC-PROFILE in the "
+                                 "current folder; runs/SPEC without a profile)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run the points on this dask.distributed scheduler, e.g. tcp://host:8786")
     p.add_argument("--dry-run", action="store_true", help="list the points and exit")

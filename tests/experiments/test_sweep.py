@@ -379,7 +379,9 @@ def test_failing_points_are_recorded_and_the_others_complete(tmp_path):
     assert status.sel(fail=True, nan=False) == "failed"
     raised = str(error.sel(fail=True, nan=True).item())
     assert "RuntimeError: deliberate failure at lam=0.5" in raised
-    assert str(error.sel(fail=False, nan=True).item()) == "NaN in loss, final"
+    assert str(error.sel(fail=False, nan=True).item()) == (
+        "NaN in loss, final; where NaN is expected, set allow_nan: true in the sweep's spec "
+        "(or give the variable a 'nan_means' attribute saying what NaN means there)")
     assert dict(ds.sizes) == {"fail": 2, "nan": 2, "epoch": 3}
     assert float(ds["lam"]) == 0.5  # fixed: a scalar coordinate, not a dimension
     np.testing.assert_allclose(ds["loss"].sel(fail=False, nan=False), [0.5, 2.0, 4.5])
@@ -411,6 +413,34 @@ def test_a_batched_dimension_runs_inside_each_notebook(tmp_path):
     ds = summary.dataset
     assert dict(ds.sizes) == {"seed": 2, "lam": 3, "epoch": 3}
     np.testing.assert_allclose(ds["loss"], expected_loss(ds))
+
+
+def test_a_swept_value_that_is_a_dimension_of_the_result_fails_its_point_by_name(tmp_path):
+    """A notebook that returns its seed as an axis (as fit_path does) can not be combined
+    by it: each point fails with what to do, instead of every point finishing and the
+    combine failing after them."""
+    spec = write_spec(tmp_path, notebook=NOTEBOOKS / "seed_axis.ipynb",
+                      grid={"seed": [0, 1]})
+    summary = sweep.run(spec, workers=2, out=tmp_path / "out", progress=False)
+    assert summary.done == [] and sorted(summary.failed) == ["seed=0", "seed=1"]
+    assert ("the grid sweeps 'seed', but the result has 'seed' as a dimension (of length 1)"
+            in summary.failed["seed=0"])
+    assert "list 'seed' in the spec's batch" in summary.failed["seed=0"]
+    assert set(summary.dataset.status.values.ravel()) == {"failed"}  # failure records only
+
+
+def test_a_combine_error_is_logged_and_the_point_files_kept(tmp_path, monkeypatch):
+    spec = write_spec(tmp_path, grid={"lam": [0.1], "seed": [0]})
+
+    def disagree(*args, **kwargs):
+        raise ValueError("the runs disagree")
+
+    monkeypatch.setattr(results, "combine", disagree)
+    with pytest.raises(ValueError, match="the runs disagree"):
+        sweep.run(spec, workers=1, out=tmp_path / "out", progress=False)
+    log = (tmp_path / "out" / "sweep.log").read_text()
+    assert "the point files are kept, but no combined.nc: the runs disagree" in log
+    assert results.status_of(tmp_path / "out" / "points" / "lam=0.1_seed=0.nc") == "done"
 
 
 def _env_with_clipkit() -> dict[str, str]:

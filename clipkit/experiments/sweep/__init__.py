@@ -20,9 +20,12 @@ More optional keys: ``out`` (the output folder, relative to this file, with the 
 name as a subfolder; ``--out`` replaces it), ``description`` (what the sweep or a profile
 computes, in words), ``kernel`` (default ``python3``), ``result_param`` (the notebook's
 parameter that receives the result path; default ``result_path``) and ``allow_nan``
-(default false: a result with NaN fails its point). Grid values are scalars (str, int,
-float, bool): each becomes a coordinate of the combined results. Every value is checked
-against the notebook's parameters before anything runs.
+(default false: a result with NaN fails its point, except NaN by design: in a variable
+whose ``nan_means`` attribute says what NaN means there, and in runs its ``diverged``
+variable records; ``clipkit.results.has_nan``). Grid values are scalars (str, int,
+float, bool): each becomes a coordinate of the combined results, so a notebook's result
+must not have a swept name as a dimension (unless the spec's ``batch`` lists it). Every
+value is checked against the notebook's parameters before anything runs.
 
 Each point runs once through papermill into ``OUT/points/``: the executed notebook
 ``NAME.ipynb`` and the result file ``NAME.nc``, NAME made from the point's swept values.

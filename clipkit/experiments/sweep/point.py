@@ -162,12 +162,20 @@ def _check_result(task: Task) -> tuple[xr.Dataset | None, str]:
     if missing:
         return None, f"batched dimension {missing[0]!r} is not a dimension of the result"
     for name, value in task.point.swept.items():
+        if name in ds.dims and name not in task.batch:
+            return None, (
+                f"the grid sweeps {name!r}, but the result has {name!r} as a dimension (of "
+                f"length {ds.sizes[name]}), so the runs could not be combined by it: give "
+                f"each run a scalar {name!r} (e.g. ds.squeeze({name!r})), or list {name!r} in "
+                f"the spec's batch to hand each run the whole list")
         if name in ds.coords and ds[name].ndim == 0 and ds[name].item() != value:
             return None, f"the result says {name}={ds[name].item()!r}, the point {value!r}"
     if not task.allow_nan:
         bad = results.has_nan(ds)
         if bad:
-            return None, f"NaN in {', '.join(bad)}"
+            return None, (f"NaN in {', '.join(bad)}; where NaN is expected, set allow_nan: "
+                          f"true in the sweep's spec (or give the variable a "
+                          f"{results.NAN_MEANS!r} attribute saying what NaN means there)")
     return ds, ""
 
 

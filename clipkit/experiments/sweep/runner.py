@@ -244,8 +244,13 @@ def run(
             _run_tasks(spec, tasks, summary, workers, scheduler, progress)
             finished = [Path(t.result) for t in tasks if Path(t.result).is_file()]
             if finished:
-                summary.dataset = results.combine([results.load(f) for f in finished],
-                                                  [f.name for f in finished])
+                try:
+                    summary.dataset = results.combine([results.load(f) for f in finished],
+                                                      [f.name for f in finished])
+                except ValueError as exc:  # in the log too, beside the points it concerns
+                    log.error("sweep %s: %s; the point files are kept, but no %s: %s",
+                              spec.name, summary.line(), results.COMBINED_NAME, exc)
+                    raise
                 summary.combined = results.save(summary.dataset,
                                                 out_dir / results.COMBINED_NAME)
             summary.wall_time = time.perf_counter() - start

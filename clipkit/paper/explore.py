@@ -153,6 +153,20 @@ def _note(text: str) -> plt.Figure:
     return fig
 
 
+def _nothing(d: xr.Dataset, var: str) -> plt.Figure | None:
+    """A note saying why ``d`` (one choice) has nothing to draw, where ``d[var]`` is all NaN:
+    its runs' status and first error (a failed point, a λ this method was not run at)."""
+    if var not in d or not bool(d[var].isnull().all()):
+        return None
+    status = sorted({str(s) for s in np.atleast_1d(d["status"].values)}) if "status" in d else []
+    errors = [str(e) for e in np.atleast_1d(d["error"].values)
+              if str(e) not in ("", "nan")] if "error" in d else []
+    why = f"runs {', '.join(status)}" if status else "no values"
+    if errors:
+        why += f": {errors[0][:160]}"
+    return _note(f"nothing to draw for this choice ({why})")
+
+
 def figures(ds: xr.Dataset, choice: Mapping[str, Any] | None = None) -> list[plt.Figure]:
     """The explorer's figures for one choice (see :func:`controls`; missing: defaults)."""
     ds = _prepare(ds)
@@ -162,6 +176,9 @@ def figures(ds: xr.Dataset, choice: Mapping[str, Any] | None = None) -> list[plt
         attack = choice["attack"]
         d = _select(ds, choice, skip=("attack",))
         wide = _select(ds, choice, skip=("attack", "lam"))
+        empty = _nothing(d, "clean_acc")
+        if empty is not None:
+            return [empty]
         out = [_legend_outside(plots.robustness(d, attacks=[attack])),
                _legend_outside(plots.history(d))]
         if wide.sizes.get("lam", 1) > 1:
@@ -170,6 +187,9 @@ def figures(ds: xr.Dataset, choice: Mapping[str, Any] | None = None) -> list[plt
             out.append(_note("one λ in this sweep: no trade-off curve over λ"))
         return out
     run = _one_run(ds, choice)
+    empty = _nothing(run, KINDS[k])
+    if empty is not None:
+        return [empty]
     if k == "theory":
         power = int(choice.get("power", 1))
         return [plots.theory_fits(run, power=power), plots.theory_lipschitz(run, power=power),

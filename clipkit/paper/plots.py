@@ -194,21 +194,22 @@ def theory_power(ds: xr.Dataset) -> plt.Figure:
 
 def regression_fits(ds: xr.Dataset) -> plt.Figure:
     """Fits of each method over x with the data and the noise-free target; test errors
-    and Lipschitz brackets in the legend."""
+    and Lipschitz brackets in the legend. A sweep over seeds: the first seed's run."""
+    seed = ""
+    if "seed" in ds.dims:  # each seed has its own data and fits: draw one run
+        ds, seed = ds.isel(seed=0), f" (seed {ds.seed.values[0]} of {ds.sizes['seed']})"
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.scatter(ds.x, ds.y, s=8, color="0.6", label="training data")
     ax.plot(ds.x_grid, ds.target, "k:", lw=1, label="target 1 + sin 2πx + x²")
-    for i, m in enumerate(ds.method.values):
-        d = ds.sel({"method": m})
-        if "seed" in d.dims:
-            d = d.isel(seed=0)
+    for i, m in enumerate(np.atleast_1d(ds.method.values)):
+        d = ds.sel({"method": m}) if "method" in ds.dims else ds
         label = (f"{m}: test MSE {float(d.test_mse):.3f}, "
                  f"Lip ∈ [{float(d.lip_lower):.2f}, {float(d.lip_upper):.2f}]")
         ax.plot(ds.x_grid, d.f, color=f"C{i}", label=label)
     ax.axhline(float(ds.label_mean), color="C3", ls="--", lw=0.8, label="label mean")
     ax.set_xlabel("x")
     ax.set_ylabel("f(x)")
-    ax.set_title("1-D nonlinear regression")
+    ax.set_title(f"1-D nonlinear regression{seed}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -242,9 +243,19 @@ def _series(ds: xr.Dataset, var: str, keep: Sequence[str]) -> list[tuple[str, xr
     return lines
 
 
+def _check_attacks(ds: xr.Dataset, attacks: Sequence[str], who: str) -> None:
+    """A ValueError naming an attack the result does not have, and the ones it has."""
+    have = [str(a) for a in ds.attack.values] if "attack" in ds.coords else []
+    for a in attacks:
+        if a not in have:
+            raise ValueError(f"{who}: attack {a!r} is not in this result; it has: "
+                             f"{', '.join(map(repr, have)) or 'none'}")
+
+
 def robustness(ds: xr.Dataset, attacks: Sequence[str] | None = None) -> plt.Figure:
     """Accuracy under attack against ε, one panel per attack, one line per configuration."""
     attacks = list(ds.attack.values) if attacks is None else list(attacks)
+    _check_attacks(ds, attacks, "robustness")
     fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3.6), squeeze=False)
     for ax, att in zip(axes[0], attacks, strict=True):
         sub = ds.sel(attack=att)
@@ -282,6 +293,10 @@ def learning_curves(ds: xr.Dataset, methods: Sequence[str] = ("standard", "clip"
     epochs whose weights were tested (``selected``), at their clean accuracy.
     """
     rows = [v for v in CURVES if v in ds]
+    if not rows or "lam_epoch" not in ds:
+        raise ValueError(f"learning_curves needs a classification result with a history "
+                         f"({', '.join(CURVES)} and lam_epoch); this one has "
+                         f"{', '.join(map(str, ds.data_vars)) or 'no variables'}")
     lasts = sorted(ds.last_activation.values, reverse=True) if "last_activation" in ds.dims \
         else [None]  # the published setting first
     fig, axes = plt.subplots(len(rows), len(lasts), figsize=(5.2 * len(lasts), 2.6 * len(rows)),
@@ -303,8 +318,9 @@ def learning_curves(ds: xr.Dataset, methods: Sequence[str] = ("standard", "clip"
                 ep = da.epoch.values[ok]
                 mean = da.mean("seed").values[ok]
                 ax = axes[i][j]
+                seeds = int(da.notnull().any("epoch").sum())  # a failed run has none
                 ax.plot(ep, mean, "o-" if ok.sum() < len(ok) else "-", ms=2.5, color=f"C{c}",
-                        label=f"{label} ({da.sizes['seed']} seeds)")
+                        label=f"{label} ({seeds} seeds)")
                 ax.fill_between(ep, da.min("seed").values[ok], da.max("seed").values[ok],
                                 color=f"C{c}", alpha=0.2, lw=0)
             on = (m.lam_epoch > 0).values.reshape(-1, m.sizes["epoch"]).any(axis=0)
@@ -341,11 +357,14 @@ def tradeoff(ds: xr.Dataset, attack: str = "pgd_l2", eps: float | None = None) -
     """
     if "lam" not in ds.dims:
         raise ValueError("tradeoff needs a result over λ (a 'lam' dimension)")
+    _check_attacks(ds, [attack], "tradeoff")
     sub = ds.sel(attack=attack)
-    if eps is None:  # the largest ε of this attack's grid (the others' may be larger)
-        eps = float(sub.robust_acc.dropna("eps", how="all").eps.max())
-    eps = float(eps)
-    sub = sub.sel(eps=eps, method="nearest")
+    grid = sub.robust_acc.dropna("eps", how="all").eps  # this attack's ε (others differ)
+    if grid.size == 0:
+        raise ValueError(f"tradeoff: no accuracy under {attack!r} in this result")
+    # the largest ε of the grid by default, else the grid's nearest to the one asked for
+    eps = float(grid.max()) if eps is None else float(grid.sel(eps=float(eps), method="nearest"))
+    sub = sub.sel(eps=eps)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     lam = ds.lam.values
     pos = lam[lam > 0]

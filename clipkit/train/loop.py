@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -197,6 +198,7 @@ def train_loop(
         if setup.progress:
             bar.set_postfix(loss=float(hist["loss"][-1].mean()))
     out = history()
+    _warn_if_lambda_never_applied(method, lam, out["lam_epoch"])
     if keeper is not None:
         out.update(keeper.restore(param_dict()))
     if record_nonfinite:
@@ -213,3 +215,16 @@ def train_loop(
         out["diverged"] = diverged
     return out
 
+
+def _warn_if_lambda_never_applied(method, lam: Tensor, lam_epoch: np.ndarray) -> None:
+    """A warning where a copy's λ > 0 was 0 in every epoch it trained (its schedule held
+    it back: a warm-up as long as the training, an accuracy goal never reached), so that
+    it trained as λ = 0 does."""
+    never = (lam.detach().cpu().numpy() != 0) & ~(lam_epoch != 0).any(axis=1)
+    if never.any():
+        held = sorted({float(v) for v in lam.detach().cpu().numpy()[never]})
+        warnings.warn(
+            f"{method.name}: λ = {', '.join(f'{v:g}' for v in held)} was never applied: the "
+            f"schedule {method.schedule} kept λ at 0 in all {lam_epoch.shape[1]} epochs, so "
+            f"these copies trained as with λ = 0; train longer, or use a constant schedule",
+            stacklevel=4)

@@ -213,6 +213,10 @@ def test_open_sweep_names_what_is_missing(tmp_path):
         results.open_sweep(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="no result files"):
         results.open_sweep(tmp_path)
+    one = results.save(run_ds(0.1, 0), tmp_path / "combined.nc")
+    with pytest.raises(NotADirectoryError, match="is a file: open_sweep takes a sweep's folder; "
+                                                 "read one result file with ck.results.load"):
+        results.open_sweep(one)
 
 
 def test_combined_strings_of_different_lengths_survive_a_round_trip(tmp_path):

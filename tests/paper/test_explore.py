@@ -153,3 +153,24 @@ def test_something_else_is_refused_with_what_it_accepts():
     with pytest.raises(ValueError, match="not a sweep of classification, lambda_to_constant or "
                                          "regression.ipynb.*robust_acc, exact_f"):
         explore.kind(xr.Dataset({"loss": ("epoch", [1.0])}))
+
+
+def test_a_choice_with_nothing_to_draw_says_why():
+    """A failed run, or a λ that one method was never run at, is a note with the run's
+    status and error, not empty axes."""
+    failed = results.record_failure  # a failed point as a sweep records it
+    good = regression_run(0)
+    path = failed(Path(__import__("tempfile").mkdtemp()) / "r.nc", {"seed": 1},
+                  "NonFiniteLossError: non-finite objective nan at epoch 3")
+    sweep = results.combine([good, results.load(path)])
+    (note,) = explore.figures(sweep, {"seed": 1})
+    text = note.axes[0].texts[0].get_text()
+    assert "nothing to draw for this choice (runs failed: NonFiniteLossError" in text
+    (fig,) = explore.figures(sweep, {"seed": 0})
+    assert not fig.axes[0].texts  # the good run is drawn
+    # classification: λ = 0.5 exists for one method only
+    sweep = results.combine([classification_run("clip", False, [0.1, 0.5]),
+                             classification_run("weight_decay", False, [0.1])])
+    (note,) = explore.figures(sweep, {"method": "weight_decay", "lam": 0.5})
+    assert "nothing to draw for this choice (runs " in note.axes[0].texts[0].get_text()
+    assert len(explore.figures(sweep, {"method": "clip", "lam": 0.5})) == 3

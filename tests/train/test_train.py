@@ -1,5 +1,6 @@
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -317,3 +318,19 @@ def test_fit_follows_the_authors_discrepancy_rule_on_its_own_accuracies():
     expected = _authors_lambdas(hist.acc.values.tolist(), 0.05, 0.02, 0.9, 1, 1)
     assert hist.lam_epoch.values.tolist() == pytest.approx(expected, abs=1e-6)
     assert max(expected) > 0.05  # the accuracy passed the goal: λ was raised
+
+
+def test_a_lambda_the_schedule_never_applies_is_warned_about():
+    x, y = ck.data.regression(n=64, seed=0)
+    kw = dict(epochs=3, batch_size=32, progress=False)
+    with pytest.warns(UserWarning, match=r"CLIP: λ = 0.1 was never applied: the schedule "
+                                         r"Warmup\(epochs=5\) kept λ at 0 in all 3 epochs"):
+        ck.fit(ck.models.mlp([1, 8, 1]), (x, y), ck.CLIP(lam=0.1, pairs=4,
+                                                         schedule=ck.Warmup(5)), **kw)
+    with pytest.warns(UserWarning, match=r"λ = 1 was never applied"):  # only the held copy
+        ck.fit_path(lambda: ck.models.mlp([1, 8, 1]), (x, y),
+                    ck.WeightDecay(schedule=ck.Warmup(5)), lam=[0.0, 1.0], **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # applied from epoch 2 on: no warning
+        ck.fit(ck.models.mlp([1, 8, 1]), (x, y), ck.CLIP(lam=0.1, pairs=4,
+                                                         schedule=ck.Warmup(1)), **kw)

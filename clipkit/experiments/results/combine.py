@@ -161,6 +161,9 @@ def open_sweep(folder: str | os.PathLike[str]) -> xr.Dataset:
     files itself. Unreadable files (e.g. left by a foreign writer) raise an error naming them.
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise NotADirectoryError(f"{str(folder)!r} is a file: open_sweep takes a sweep's "
+                                 f"folder; read one result file with ck.results.load")
     if not folder.is_dir():
         raise FileNotFoundError(f"sweep folder {str(folder)!r} does not exist")
     runs_dir = folder / "points" if (folder / "points").is_dir() else folder

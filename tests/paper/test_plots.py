@@ -1,0 +1,64 @@
+"""clipkit.paper.plots on combined sweeps: what each figure draws, and the inputs it refuses."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+
+from clipkit.experiments import results
+from clipkit.paper import plots
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_sweeps import classification_run, regression_run  # noqa: E402
+
+matplotlib.use("Agg")
+
+
+def test_regression_fits_of_a_seed_sweep_draw_the_first_seed():
+    sweep = results.combine([regression_run(0), regression_run(1)])
+    fig = plots.regression_fits(sweep)
+    assert "(seed 0 of 2)" in fig.axes[0].get_title()
+    drawn = {line.get_label().split(":")[0]: line.get_ydata() for line in fig.axes[0].get_lines()
+             if ":" in line.get_label()}
+    np.testing.assert_allclose(drawn["clip"], sweep.f.sel({"seed": 0, "method": "clip"}))
+    one = plots.regression_fits(sweep.isel(seed=1).sel({"method": "clip"}))  # a scalar method
+    assert any(line.get_label().startswith("clip:") for line in one.axes[0].get_lines())
+
+
+def test_tradeoff_draws_an_eps_of_the_attack_and_labels_the_one_drawn():
+    ds = results.combine([classification_run("clip", False, [0.0, 0.1, 1.0])])
+    grid = ds.robust_acc.sel(attack="pgd_l2").dropna("eps", how="all").eps.values
+    between = float(grid[-2] + 0.4 * (grid[-1] - grid[-2]))  # nearer the second largest
+    fig = plots.tradeoff(ds, attack="pgd_l2", eps=between)
+    label = [t.get_text() for t in fig.axes[0].get_legend().get_texts() if "PGD" in t.get_text()]
+    assert label and f"= {grid[-2]:g}" in label[0]
+    line = next(ln for ln in fig.axes[0].get_lines() if "PGD" in ln.get_label())
+    np.testing.assert_allclose(line.get_ydata(),
+                               ds.robust_acc.sel(attack="pgd_l2", eps=grid[-2]).squeeze())
+    with pytest.raises(ValueError, match="tradeoff: attack 'pgd' is not in this result; it has: "
+                                         "'noise'"):
+        plots.tradeoff(ds, attack="pgd")
+    with pytest.raises(ValueError, match="robustness: attack 'cw' is not in this result"):
+        plots.robustness(ds, attacks=["cw"])
+
+
+def test_learning_curves_count_the_seeds_that_have_data():
+    runs = []
+    for m in ("standard", "clip"):
+        for s in (0, 1):
+            run = classification_run(m, False, [0.1], seed=s)
+            run["lam_epoch"] = run.test_acc * 0 + 0.1
+            run.attrs[results.SWEPT_ATTR] = ["method", "last_activation", "seed"]
+            runs.append(run)
+    runs[3] = runs[3].map(lambda v: v * np.nan, keep_attrs=True)  # CLIP's seed 1: no values
+    fig = plots.learning_curves(results.combine(runs))
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "none (2 seeds)" in legend and "CLIP (1 seeds)" in legend
+
+    with pytest.raises(ValueError, match="learning_curves needs a classification result with a "
+                                         "history .*; this one has f, "):
+        plots.learning_curves(regression_run(0))

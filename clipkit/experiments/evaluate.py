@@ -62,6 +62,7 @@ from clipkit.core.utils import (
     device_dtype,
 )
 from clipkit.train.fit import fit
+from clipkit.train.history import DIVERGED
 from clipkit.train.path import fit_path, model_at
 from clipkit.train.protocol import Method
 from clipkit.train.schedules import check_lam
@@ -265,8 +266,7 @@ _CLASSIFICATION_DESCRIPTIONS = {
     "lip_upper": "ck.lipschitz.bracket upper bound",
     "certified_acc": "certified ℓ2 robust accuracy on {n_eval} test images (margin > √2·L·ε, "
                      "ck.certify); NaN: ε not in a PGD-ℓ2 grid",
-    "diverged": "epoch (from 1) in which training at this λ became NaN or infinite (its "
-                "evaluation is then NaN); 0: trained to the end",
+    "diverged": f"{DIVERGED}; the λ's evaluation is then NaN",
 }
 #: the result's variables whose NaN are by design: what NaN means in each
 _CLASSIFICATION_NAN = {

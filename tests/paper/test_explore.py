@@ -22,13 +22,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_sweeps import classification_run, regression_run, theory_run  # noqa: E402
 
 matplotlib.use("Agg")
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    """Each test's figures closed after it (pyplot keeps every open figure alive)."""
-    yield
-    matplotlib.pyplot.close("all")
 @pytest.fixture(scope="module")
 def grid() -> xr.Dataset:
     """Two methods × two settings, three λ each: the sweep of a trade-off over methods."""

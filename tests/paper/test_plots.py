@@ -18,13 +18,6 @@ from fake_sweeps import classification_run, regression_run  # noqa: E402
 matplotlib.use("Agg")
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    """Each test's figures closed after it (pyplot keeps every open figure alive)."""
-    yield
-    matplotlib.pyplot.close("all")
-
-
 def test_regression_fits_of_a_seed_sweep_draw_the_first_seed():
     sweep = results.combine([regression_run(0), regression_run(1)])
     fig = plots.regression_fits(sweep)

@@ -168,6 +168,20 @@ def test_point_names_are_deterministic_and_safe():
     assert sweep.point_name({}) == "run"
 
 
+def test_the_log_names_a_point_by_its_values_and_by_its_file_where_they_differ():
+    from clipkit.experiments.sweep.runner import _describe
+    from clipkit.experiments.sweep.spec import Point
+
+    def point(swept):
+        return Point(sweep.point_name(swept), swept, swept)
+
+    assert _describe(point({"lam": 0.1, "seed": 0})) == "lam=0.1 seed=0"
+    hashed = point({"method": "weight_decay", "seed": 0})
+    assert _describe(hashed) == f"method=weight_decay seed=0 [{hashed.name}]"
+    assert hashed.name.startswith("method=weight-decay_seed=0-")
+    assert _describe(point({})) == "run"
+
+
 @pytest.mark.parametrize(
     ("value", "declared", "ok"),
     [

@@ -190,7 +190,12 @@ def _logging_to(logfile: Path, verbose: bool) -> Iterator[None]:
 
 
 def _describe(p: Point) -> str:
-    return " ".join(f"{k}={format_value(v)}" for k, v in p.swept.items()) or p.name
+    """The point's swept values, and its file name where that reads differently (a value
+    that is not a plain word is hashed there), so the log and the summary name it alike."""
+    values = [f"{k}={format_value(v)}" for k, v in p.swept.items()]
+    if not values or "_".join(values) == p.name:
+        return " ".join(values) or p.name
+    return f"{' '.join(values)} [{p.name}]"
 
 
 def run(
@@ -256,8 +261,9 @@ def run(
             summary.wall_time = time.perf_counter() - start
             log.info("sweep %s: %s; combined -> %s", spec.name, summary.line(),
                      summary.combined or "nothing (no point left a result file)")
+            described = {t.point.name: _describe(t.point) for t in tasks}
             for name, err in summary.failed.items():
-                log.info("  failed %s: %s", name, err)
+                log.info("  failed %s: %s", described.get(name, name), err)
     return summary
 
 

@@ -202,8 +202,8 @@ def summary(ds: xr.Dataset) -> xr.Dataset:
     sample, eps) and the runs' status; for a classification sweep also the accuracy under
     each attack at its largest ε (``robust_acc_max_eps``, ``eps_max``)."""
     curves = {"epoch", "x_grid", "sample", "eps"}
-    text = {"config", "source", "error"}
-    keep = [v for v, da in ds.data_vars.items() if not curves & set(da.dims) and v not in text]
+    keep = [v for v, da in ds.data_vars.items() if not curves & set(da.dims)
+            and (v == "status" or da.dtype.kind not in "USO")]  # no texts: config, error, ...
     out = ds[keep]
     if kind(ds) == "classification":
         per_attack = [ds.robust_acc.sel(attack=a).dropna("eps", how="all") for a in ds.attack]

@@ -229,3 +229,24 @@ def test_combined_strings_of_different_lengths_survive_a_round_trip(tmp_path):
     results.save(combined, tmp_path / "out" / "combined.nc")
     again = results.load(tmp_path / "out" / "combined.nc")
     assert sorted(again.method.values) == ["clip", "weight_decay"]
+
+
+def test_an_attr_that_differs_between_runs_becomes_a_variable_not_dropped(tmp_path):
+    # a sweep over methods: each run's method_config is its own; a failed run has none
+    for m, pairs in (("clip", 64), ("weight_decay", None)):
+        ds = results.stamp(xr.Dataset({"v": ((), 1.0)}), {"method": m})
+        ds.attrs["method_config"] = json.dumps({"method": m, "pairs": pairs})
+        ds.attrs["note"] = "the same in every run"
+        results.save(ds, tmp_path / f"{m}.nc")
+    results.record_failure(tmp_path / "bad.nc", {"method": "spectral"}, "ValueError: no")
+    combined = results.open_sweep(tmp_path)
+
+    assert "method_config" not in combined.attrs
+    assert combined.attrs["note"] == "the same in every run"
+    config = combined["method_config"]
+    assert config.dims == ("method",) and "differs between the runs" in config.attrs["description"]
+    assert json.loads(str(config.sel({"method": "clip"}).item()))["pairs"] == 64
+    assert json.loads(str(config.sel({"method": "weight_decay"}).item()))["pairs"] is None
+    assert str(config.sel({"method": "spectral"}).item()) == ""  # the failed run had none
+    back = results.load(results.save(combined, tmp_path / "out" / "combined.nc"))
+    xr.testing.assert_identical(back["method_config"], config)

@@ -35,8 +35,26 @@ def _swept_names(ds: xr.Dataset) -> list[str]:
     return [n for n in names if n in ds.coords and ds.coords[n].ndim == 0]
 
 
-def _as_grid_cell(ds: xr.Dataset, source: str) -> xr.Dataset:
-    """One run, reduced to what a combined sweep holds, with its swept coords as dims."""
+#: Attrs that every run has its own value of: variables (or, for the sweep's bookkeeping,
+#: dropped) on combine, whatever their values.
+_PER_RUN = ("config", "wall_time", "status", "error", "source", SWEPT_ATTR, POINT_ATTR)
+PER_RUN_ATTR = "per-run attribute: its value differs between the runs of this sweep"
+
+
+def _differing_attrs(runs: list[xr.Dataset]) -> list[str]:
+    """Attrs with more than one value among the runs that have them (e.g. ``method_config``
+    in a sweep over methods, ``device`` over GPUs): kept as variables, not dropped."""
+    values: dict[str, set[str]] = {}
+    for ds in runs:
+        for key, value in ds.attrs.items():
+            if key not in _PER_RUN and key not in ds.variables:
+                values.setdefault(str(key), set()).add(repr(value))
+    return sorted(k for k, v in values.items() if len(v) > 1)
+
+
+def _as_grid_cell(ds: xr.Dataset, source: str, per_run: Iterable[str] = ()) -> xr.Dataset:
+    """One run, reduced to what a combined sweep holds, with its swept coords as dims;
+    the attrs ``per_run`` become string variables."""
     status = str(ds.attrs.get("status", STATUS_DONE))
     keep = ds if status == STATUS_DONE else ds.drop_vars(list(ds.data_vars))
     wall = ds.attrs.get("wall_time", float("nan"))
@@ -46,19 +64,21 @@ def _as_grid_cell(ds: xr.Dataset, source: str) -> xr.Dataset:
         wall_time=((), float(wall) if isinstance(wall, (int, float)) else float("nan")),
         config=((), str(ds.attrs.get("config", ""))),
         source=((), source),
+        **{k: ((), str(ds.attrs.get(k, "")), {"description": PER_RUN_ATTR}) for k in per_run},
     )
+    keep.attrs = {k: v for k, v in keep.attrs.items() if k not in set(per_run)}
     swept = _swept_names(ds)
     return keep.expand_dims(swept) if swept else keep
 
 
-def _fill_strings(ds: xr.Dataset) -> xr.Dataset:
+def _fill_strings(ds: xr.Dataset, per_run: Iterable[str] = ()) -> xr.Dataset:
     """Replace the NaN an outer join puts into string variables, so netCDF can store them."""
-    for name in ("status", "error", "config", "source"):
+    for name in ("status", "error", "config", "source", *per_run):
         filled = ds[name].values.astype(object)
         missing = np.array([not isinstance(v, str) for v in filled.ravel()]).reshape(filled.shape)
         if missing.any():
             filled[missing] = STATUS_MISSING if name == "status" else ""
-        ds[name] = (ds[name].dims, filled.astype(str))
+        ds[name] = (ds[name].dims, filled.astype(str), ds[name].attrs)
     return ds
 
 
@@ -131,7 +151,8 @@ def combine(runs: Iterable[xr.Dataset], sources: Iterable[str] | None = None) ->
     Finished runs contribute their data; failed runs only their ``status`` and ``error``
     (their data are NaN). Grid cells with no run have status ``"missing"``. Attrs that all
     runs share (versions, device, ...) are kept; per-run ones (configuration, wall time)
-    become the variables ``config`` and ``wall_time``.
+    become the variables ``config`` and ``wall_time``, and an attr whose value differs
+    between runs (``method_config`` in a sweep over methods) a string variable of its name.
     """
     runs = list(runs)
     if not runs:
@@ -139,7 +160,8 @@ def combine(runs: Iterable[xr.Dataset], sources: Iterable[str] | None = None) ->
     sources = list(sources) if sources is not None else [""] * len(runs)
     names = [src or f"run {i}" for i, src in enumerate(sources)]
     _one_setting(runs, names)
-    cells = [_as_grid_cell(ds, src) for ds, src in zip(runs, sources, strict=True)]
+    per_run = _differing_attrs(runs)
+    cells = [_as_grid_cell(ds, src, per_run) for ds, src in zip(runs, sources, strict=True)]
     # xr.merge with an outer join, rather than combine_by_coords: it also accepts a grid
     # with holes (failed or unfinished points), which combine_by_coords rejects.
     try:
@@ -149,9 +171,9 @@ def combine(runs: Iterable[xr.Dataset], sources: Iterable[str] | None = None) ->
         why = _same_point(runs, names) or "the runs hold conflicting values"
         raise ValueError(f"cannot combine the runs into one grid: {why} (xarray: {exc})"
                          ) from None
-    for key in ("config", "wall_time", "status", "error", SWEPT_ATTR):
+    for key in _PER_RUN:
         merged.attrs.pop(key, None)
-    return _fill_strings(merged)
+    return _fill_strings(merged, per_run)
 
 
 def open_sweep(folder: str | os.PathLike[str]) -> xr.Dataset:

@@ -39,7 +39,9 @@ Attack names: :data:`ATTACKS`.
 grid, ``train_mse``, ``test_mse`` (fresh noisy labels), ``test_mse_target`` (against the
 noise-free target), ``lip_lower``, ``lip_upper`` (bracket), ``lip_exact`` (exact on the
 grid's interval, for 1-D ReLU networks), ``loss`` (method, epoch), ``lam``,
-``train_seconds``; and the data ``x``, ``y`` (sample), ``target`` (x_grid), ``label_mean``.
+``train_seconds``, ``diverged`` (the epoch in which a method trained with
+``on_nonfinite="record"`` diverged, its evaluation then NaN; 0 where it trained through);
+and the data ``x``, ``y`` (sample), ``target`` (x_grid), ``label_mean``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ __all__ = [
     "evaluate_classifier",
     "evaluate_regression",
     "make_attack",
+    "regression_fit",
     "regression_result",
     "train_lambda_grid",
 ]
@@ -268,6 +271,7 @@ _CLASSIFICATION_DESCRIPTIONS = {
                      "ck.certify); NaN: ε not in a PGD-ℓ2 grid",
     "diverged": f"{DIVERGED}; the λ's evaluation is then NaN",
 }
+_REGRESSION_DIVERGED = f"{DIVERGED}; the method's evaluation is then NaN"
 #: the result's variables whose NaN are by design: what NaN means in each
 _CLASSIFICATION_NAN = {
     "robust_acc": "ε not in this attack's grid",
@@ -356,12 +360,48 @@ def evaluate_regression(model: nn.Module, train: tuple[Tensor, Tensor],
     }, coords={"x_grid": x_grid[:, 0].double().numpy()})
 
 
+def _diverged_epoch(history: xr.Dataset) -> int:
+    """The epoch in which a ``fit(..., on_nonfinite="record")`` diverged; 0 where it did not."""
+    return int(history["diverged"]) if "diverged" in history else 0
+
+
+def regression_fit(model: nn.Module, history: xr.Dataset, method: Method,
+                   train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], x_grid: Tensor,
+                   target: Callable[[Tensor], Tensor], *, seed: int = 0) -> xr.Dataset:
+    """One method's part of :func:`regression_result`: :func:`evaluate_regression` of the
+    trained ``model`` with its training ``loss``, ``lam``, ``train_seconds`` and ``diverged``.
+
+    A run that diverged (``ck.fit(..., on_nonfinite="record")``, ``diverged`` > 0) is not
+    evaluated: it keeps its history only, and :func:`regression_result` gives it NaN.
+    """
+    epoch = _diverged_epoch(history)
+    trained = xr.Dataset({"loss": history["loss"], "lam": ((), float(method.lam)),
+                          # the time of the last epoch trained (a diverged run's later are NaN)
+                          "train_seconds": ((), float(history["time"].max())),
+                          "diverged": ((), epoch, {"description": _REGRESSION_DIVERGED})})
+    if epoch > 0:
+        return trained
+    fit = evaluate_regression(model, train, test, x_grid, target, seed=seed)
+    return fit.assign(trained.data_vars)
+
+
 def regression_result(fits: Mapping[str, xr.Dataset], train: tuple[Tensor, Tensor],
                       target: Callable[[Tensor], Tensor]) -> xr.Dataset:
-    """The regression result: one :func:`evaluate_regression` per method (each with its
-    ``loss``, ``lam`` and ``train_seconds``), concatenated over ``method``, and the data."""
+    """The regression result: one :func:`regression_fit` per method (an
+    :func:`evaluate_regression` with its ``loss``, ``lam`` and ``train_seconds``),
+    concatenated over ``method``, and the data. A diverged method's evaluation is NaN; at
+    least one method must have been evaluated."""
+    evaluated = [name for name, fit in fits.items() if "x_grid" in fit.coords]
+    if not evaluated:
+        epochs = {name: int(fit["diverged"]) for name, fit in fits.items() if "diverged" in fit}
+        raise ValueError(f"regression_result: no method was evaluated (every one diverged: "
+                         f"{epochs or list(fits)}); lower the learning rate or λ")
     method = xr.DataArray(list(fits), dims="method", name="method")
+    # a diverged method has its history only: concat fills the evaluation's variables with NaN
     ds = xr.concat(list(fits.values()), dim=method, coords="minimal", compat="override")
+    if "diverged" in ds:
+        ds["diverged"] = ds["diverged"].fillna(0).astype(int)
+        ds["diverged"].attrs["description"] = _REGRESSION_DIVERGED
     x, y = train
     grid = torch.tensor(ds.x_grid.values)  # a copy: xarray's index values are read-only
     return ds.assign(

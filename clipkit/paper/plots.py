@@ -203,6 +203,9 @@ def regression_fits(ds: xr.Dataset) -> plt.Figure:
     ax.plot(ds.x_grid, ds.target, "k:", lw=1, label="target 1 + sin 2πx + x²")
     for i, m in enumerate(np.atleast_1d(ds.method.values)):
         d = ds.sel({"method": m}) if "method" in ds.dims else ds
+        if "diverged" in d and int(d.diverged) > 0:  # nothing to draw: say why in the legend
+            ax.plot([], [], color=f"C{i}", label=f"{m}: diverged in epoch {int(d.diverged)}")
+            continue
         label = (f"{m}: test MSE {float(d.test_mse):.3f}, "
                  f"Lip ∈ [{float(d.lip_lower):.2f}, {float(d.lip_upper):.2f}]")
         ax.plot(ds.x_grid, d.f, color=f"C{i}", label=label)

@@ -210,6 +210,34 @@ def test_a_regression_result_concatenates_methods_and_keeps_the_data():
                                         ck.data.regression_target)
 
 
+def test_a_diverged_regression_method_is_recorded_and_the_others_evaluated():
+    x, y = ck.data.regression(n=20, seed=0)
+    xt, yt = ck.data.regression(n=30, seed=1)
+    grid = torch.linspace(-1, 1, 11)[:, None]
+    fits = {}
+    # the diverging one first: the others' evaluation gives the result its variables
+    for name, lam in (("weight_decay", 1e38), ("standard", None)):
+        method = ck.make_method(name, lam)
+        model = ck.models.mlp([1, 8, 1], seed=0)
+        hist = ck.fit(model, (x, y), method, epochs=3, progress=False, on_nonfinite="record")
+        fits[name] = ck.evaluate.regression_fit(model, hist, method, (x, y), (xt, yt), grid,
+                                                ck.data.regression_target)
+    assert int(fits["weight_decay"].diverged) == 1 and "f" not in fits["weight_decay"]
+    ds = ck.evaluate.regression_result(fits, (x, y), ck.data.regression_target)
+    assert ds.diverged.values.tolist() == [1, 0]
+    bad, good = ds.sel({"method": "weight_decay"}), ds.sel({"method": "standard"})
+    for var in ("f", "test_mse", "lip_lower", "lip_upper", "lip_exact"):
+        assert bool(bad[var].isnull().all()) and bool(good[var].notnull().all()), var
+    assert float(bad.lam) == 1e38 and bool(bad.loss.isnull().all())
+    assert ck.results.has_nan(ds) == []  # recorded, not a fault
+    ck.evaluate.regression_result({"standard": fits["standard"]}, (x, y),
+                                  ck.data.regression_target)
+    with pytest.raises(ValueError, match=r"no method was evaluated \(every one diverged: "
+                                         r"\{'weight_decay': 1\}\)"):
+        ck.evaluate.regression_result({"weight_decay": fits["weight_decay"]}, (x, y),
+                                      ck.data.regression_target)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_on_a_gpu_trained_models_come_back_and_evaluation_takes_cpu_data(images):
     """What the notebooks do on a GPU machine: fit / the λ grid train on the GPU and leave

@@ -136,6 +136,20 @@ def test_regression_notebook(tmp_path):
     assert bool((ds.test_mse > 0).all())
 
 
+def test_regression_records_a_diverged_method_and_keeps_the_others(tmp_path):
+    # weight decay at λ = 1e38: its penalty is inf in float32 at the first step
+    path = execute("regression", tmp_path, n_train=30, n_test=50, epochs=5, batch_size=30,
+                   hidden=[16], grid_points=51, lams={"weight_decay": 1e38, "clip": 0.01},
+                   options={"clip": {"pairs": 8, "ascent_steps": 1}})
+    ds = results.load(path)
+    assert ds.diverged.values.tolist() == [0, 1, 0]  # standard, weight_decay, clip
+    assert bool(ds.test_mse.sel({"method": "weight_decay"}).isnull())
+    assert bool(ds.test_mse.sel({"method": ["standard", "clip"]}).notnull().all())
+    assert results.has_nan(ds) == []
+    printed = (tmp_path / "regression.ipynb").read_text()
+    assert "weight_decay: DIVERGED in epoch 1" in printed
+
+
 # --------------------------------------------------------------------------- classification
 
 

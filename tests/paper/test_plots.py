@@ -29,6 +29,17 @@ def test_regression_fits_of_a_seed_sweep_draw_the_first_seed():
     assert any(line.get_label().startswith("clip:") for line in one.axes[0].get_lines())
 
 
+def test_regression_fits_name_a_diverged_method_instead_of_drawing_nan():
+    run = regression_run(0)
+    clip = {"method": "clip"}
+    for var in ("f", "test_mse", "lip_lower", "lip_upper"):
+        run[var].loc[clip] = np.nan
+    run["diverged"] = ("method", [0, 3])
+    labels = [line.get_label() for line in plots.regression_fits(run).axes[0].get_lines()]
+    assert "clip: diverged in epoch 3" in labels
+    assert any(label.startswith("standard: test MSE 0.200") for label in labels)
+
+
 def test_tradeoff_draws_an_eps_of_the_attack_and_labels_the_one_drawn():
     ds = results.combine([classification_run("clip", False, [0.0, 0.1, 1.0])])
     grid = ds.robust_acc.sel(attack="pgd_l2").dropna("eps", how="all").eps.values

@@ -182,7 +182,7 @@ def theory_power(ds: xr.Dataset) -> plt.Figure:
         a.legend(fontsize=7)
     ax.set_ylim(bottom=_FLOOR * 0.5)
     ax.set_ylabel("Lip(f_λ)")
-    ax.set_title("p = 1 reaches the constant at λ*; p = 2 only decays like λ^(−1/2)", fontsize=9)
+    ax.set_title("p = 1 reaches the constant at λ*; p = 2 never does: Lip ≈ λ*/(2λ)", fontsize=9)
     bx.set_ylabel("sup |f_λ − ȳ| / spread(y)")
     bx.set_title("distance to the optimal constant", fontsize=9)
     fig.tight_layout()

@@ -252,6 +252,28 @@ def test_power_two_has_no_threshold(dims):
         assert sol.lip <= theory.rate_bound(e_const, sol.fit, lam, 2) * (1 + 1e-6) + 1e-9
 
 
+def test_power_two_decays_like_one_over_lambda_with_lambda_lip_tending_to_half_threshold():
+    # docs/mathematics.md §5: ½(1 − √(C/(λ+C))) ≤ λ·Lip(f_λ)/λ* ≤ ½(1 + √(C/(λ+C))), with
+    # C = mean of g*(x_i)² for the 1-D maximiser g* (slope −sign(R_k) between sorted points)
+    x, y = data_1d(n=60)
+    order = np.argsort(x)
+    xs, r = x[order], y[order] - y.mean()
+    slopes = -np.sign(np.cumsum(r)[:-1])
+    g = np.concatenate([[0.0], np.cumsum(slopes * np.diff(xs))])
+    lam_star = theory.threshold(x, y)
+    assert 2 * np.mean(r * g) == pytest.approx(lam_star, rel=1e-9)  # g* attains λ*
+    c = float(np.mean((g - g.mean()) ** 2))
+    ratios = []
+    for factor in (1.0, 16.0, 256.0, 4096.0):
+        lam = factor * lam_star
+        ratio = lam * theory.solve(x, y, lam, power=2).lip / lam_star
+        half_width = 0.5 * math.sqrt(c / (lam + c))
+        assert 0.5 - half_width - 1e-6 <= ratio <= 0.5 + half_width + 1e-6, (factor, ratio)
+        ratios.append(ratio)
+    assert abs(ratios[-1] - 0.5) < 1e-3  # not the λ^(−1/2) of the rate bound: that would grow
+    assert ratios == sorted(ratios)
+
+
 def test_solve_small_problems_timing_is_recorded():
     x, y = data_1d(n=100)
     sol = theory.solve(x, y, 0.01)

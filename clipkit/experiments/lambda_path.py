@@ -7,10 +7,12 @@ On 1-D regression data (x, y), with ȳ the label mean (the optimal constant):
   extended to a grid: ``exact_f``, ``exact_lip``, ``exact_fit``, ``exact_dist``;
 * :func:`network_path` — networks trained along the grid (a ``fit_path`` result):
   ``{prefix}_f``, ``{prefix}_fit``, ``{prefix}_lip`` (exact, 1-D ReLU) and ``{prefix}_dist``;
-* :func:`rate_bounds` — E(ȳ)/λ and the sharper (E(ȳ) − E(f_λ))/λ (square roots for p = 2).
+* :func:`rate_bounds` — E(ȳ)/λ and the sharper (E(ȳ) − E(f_λ))/λ (square roots for p = 2);
+* :func:`by_relative_lambda` — the λ dimension in units of λ*: ``lam_rel``.
 
 ``*_dist`` is sup over the grid of |f − ȳ|. ``notebooks/lambda_to_constant.ipynb`` puts
-them together into one Dataset; the statements they check are in ``docs/mathematics.md``.
+them together into one Dataset over (power, lam_rel), with the absolute λ a variable
+``lam`` (lam_rel); the statements they check are in ``docs/mathematics.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 from clipkit.analysis import lipschitz, theory
 from clipkit.train.path import model_at
 
-__all__ = ["constants", "exact_path", "network_path", "rate_bounds"]
+__all__ = ["by_relative_lambda", "constants", "exact_path", "network_path", "rate_bounds"]
 
 
 def constants(x: Tensor, y: Tensor) -> xr.Dataset:
@@ -113,3 +115,21 @@ def rate_bounds(consts: xr.Dataset, exact: xr.Dataset) -> xr.Dataset:
         "rate_bound_sharp": (dims, np.array(sharp), {
             "description": "(E(ȳ) − E(f_λ))/λ with the exact f_λ (p=1; sqrt for p=2)"}),
     }, coords={"power": powers, "lam": lams})
+
+
+def by_relative_lambda(ds: xr.Dataset, lam_factors: Sequence[float]) -> xr.Dataset:
+    """``ds`` over ``lam_rel`` = λ/λ* instead of the absolute ``lam``, which becomes a
+    variable (lam_rel).
+
+    λ* depends on the data, so the absolute grid differs between runs of other data (noise,
+    n, data_seed) while the relative one is what the run was given: a sweep over the data
+    combines along ``lam_rel`` without the NaN an outer join of different λ would leave.
+    """
+    if ds.sizes.get("lam") != len(lam_factors):
+        raise ValueError(f"by_relative_lambda: {len(lam_factors)} factors for a λ dimension of "
+                         f"{ds.sizes.get('lam', 0)}")
+    rel = xr.DataArray([float(f) for f in lam_factors], dims="lam",
+                       attrs={"description": "λ / λ*"})
+    out = ds.assign_coords(lam_rel=rel).swap_dims(lam="lam_rel").reset_coords("lam")
+    out["lam"].attrs["description"] = "λ = lam_rel · λ* (the penalty's weight)"
+    return out

@@ -94,9 +94,9 @@ def theory_fits(ds: xr.Dataset, power: int = 1, n_lam: int = 4) -> plt.Figure:
     colors = plt.cm.viridis(np.linspace(0, 0.9, n_lam))
     for ax, var, title in ((axes[0], "exact_f", "exact minimiser"),
                            (axes[1], "clip_f", f"CLIP network (p = {power})")):
-        for c, i in zip(colors, _pick(d.lam.values, n_lam), strict=False):
+        for c, i in zip(colors, _pick(d.lam_rel.values, n_lam), strict=False):
             rel = float(d.lam_rel[i])
-            ax.plot(xg, d[var].isel(lam=i), color=c, label=f"λ = {rel:g} λ*")
+            ax.plot(xg, d[var].isel(lam_rel=i), color=c, label=f"λ = {rel:g} λ*")
         ax.set_title(title)
     for c, i in zip(colors, _pick(d.wd_lam.values, n_lam), strict=False):
         axes[2].plot(xg, d.wd_f.isel(wd_lam=i), color=c, label=f"λ = {float(d.wd_lam[i]):g}")

@@ -38,19 +38,19 @@ def classification_run(method: str, last: bool, lams: list[float], seed: int = 0
 
 def theory_run(seed: int) -> xr.Dataset:
     rng = np.random.default_rng(seed)
-    xg, lam, wd, power = np.linspace(-1, 1, 11), [0.5, 1.0, 2.0], [0.1, 1.0], [1, 2]
-    pl = (("power", "lam"), rng.uniform(0.1, 1, (2, 3)))
+    xg, rel, wd, power = np.linspace(-1, 1, 11), [0.5, 1.0, 2.0], [0.1, 1.0], [1, 2]
+    pl = (("power", "lam_rel"), rng.uniform(0.1, 1, (2, 3)))
     ds = xr.Dataset(
         {"x": ("sample", rng.uniform(-1, 1, 5)), "y": ("sample", rng.normal(size=5)),
          "label_mean": 0.3, "label_spread": 2.0, "lam_star": 1.0, "L_star": 5.0,
-         "lam_rel": ("lam", lam),
-         "exact_f": (("power", "lam", "x_grid"), rng.normal(size=(2, 3, 11))),
-         "clip_f": (("power", "lam", "x_grid"), rng.normal(size=(2, 3, 11))),
+         "lam": ("lam_rel", rel),  # λ* = 1
+         "exact_f": (("power", "lam_rel", "x_grid"), rng.normal(size=(2, 3, 11))),
+         "clip_f": (("power", "lam_rel", "x_grid"), rng.normal(size=(2, 3, 11))),
          "wd_f": (("wd_lam", "x_grid"), rng.normal(size=(2, 11))),
          "exact_lip": pl, "clip_lip": pl, "rate_bound": pl, "rate_bound_sharp": pl,
          "exact_dist": pl, "clip_dist": pl,
          "wd_dist": ("wd_lam", [1.0, 0.5]), "wd_dist_zero": ("wd_lam", [1.0, 0.1])},
-        coords={"x_grid": xg, "lam": lam, "wd_lam": wd, "power": power})
+        coords={"x_grid": xg, "lam_rel": rel, "wd_lam": wd, "power": power})
     return results.stamp(ds, {"seed": seed})
 
 

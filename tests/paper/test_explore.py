@@ -135,9 +135,10 @@ def test_a_theory_sweep_shows_one_run_and_power():
                                        "seed": [("seed = 0", 0), ("seed = 1", 1)]}
     fits, lipschitz, distance = explore.figures(sweep, {"power": 2, "seed": 1})
     first = fits.axes[0].get_lines()[0]  # the exact minimiser at the smallest λ
-    np.testing.assert_allclose(first.get_ydata(), sweep.exact_f.sel(seed=1, power=2).isel(lam=0))
+    np.testing.assert_allclose(first.get_ydata(),
+                               sweep.exact_f.sel(seed=1, power=2).isel(lam_rel=0))
     assert "p = 2" in lipschitz.axes[0].get_title() and "p = 2" in distance.axes[0].get_title()
-    assert set(explore.summary(sweep).dims) == {"seed", "power", "lam", "wd_lam"}
+    assert set(explore.summary(sweep).dims) == {"seed", "power", "lam_rel", "wd_lam"}
 
 
 def test_a_regression_sweep_shows_each_method_of_one_run():

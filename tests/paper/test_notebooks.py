@@ -89,7 +89,8 @@ def test_theory_result_has_the_variables(theory):
                 "exact_dist", "clip_dist", "wd_dist", "wd_dist_zero", "rate_bound",
                 "rate_bound_sharp", "clip_loss"):
         assert var in theory, var
-    assert theory.exact_f.dims == ("power", "lam", "x_grid")
+    assert theory.exact_f.dims == ("power", "lam_rel", "x_grid")
+    assert theory.lam.dims == ("lam_rel",)  # the absolute λ: a variable, it depends on the data
     assert list(theory.power.values) == [1, 2]
     assert theory.attrs["status"] == "done" and '"epochs": 200' in theory.attrs["config"]
     np.testing.assert_allclose(theory.lam / theory.lam_star, theory.lam_rel)
@@ -99,10 +100,10 @@ def test_theory_collapse_to_the_mean_above_twice_the_threshold(theory):
     p1 = theory.sel(power=1)
     above = p1.where(p1.lam_rel >= 2, drop=True)
     spread = float(theory.label_spread)
-    assert above.sizes["lam"] == 2
+    assert above.sizes["lam_rel"] == 2
     assert float(above.exact_dist.max()) < 0.05 * spread  # the exact solution: ȳ itself
     assert float(above.clip_dist.max()) < 0.05 * spread  # the CLIP-trained networks
-    below = p1.sel(lam=p1.lam[p1.lam_rel < 1])
+    below = p1.where(p1.lam_rel < 1, drop=True)
     assert float(below.exact_dist.min()) > 0.05 * spread  # and not below λ*
 
 
@@ -111,11 +112,20 @@ def test_theory_rate_bound_and_limits(theory):
     assert bool((theory.exact_lip <= theory.rate_bound * (1 + 1e-6) + 1e-6).all())
     # with p = 2 there is no threshold: still away from ȳ at λ = 2λ*
     p2 = theory.sel(power=2)
-    assert float(p2.exact_dist.sel(lam=p2.lam[p2.lam_rel == 2]).item()) > 1e-3
+    assert float(p2.exact_dist.sel(lam_rel=2.0).item()) > 1e-3
     # weight regularization at a huge λ: the zero network, not the label mean
     big = theory.sel(wd_lam=100.0)
     assert float(big.wd_dist_zero) < 0.05 * float(theory.label_spread)
     assert float(big.wd_dist) > 0.5 * float(theory.label_mean)
+
+
+def test_theory_notebook_runs_with_one_power(tmp_path):
+    # its figures show that power; the comparison of powers 1 and 2 is left out
+    path = execute("lambda_to_constant", tmp_path, n=16, lam_factors=[0.5, 2.0], powers=[2],
+                   wd_lam=[1.0], hidden=[8], epochs=20, pairs=4, grid_points=21)
+    ds = results.load(path)
+    assert list(ds.power.values) == [2] and ds.attrs["status"] == "done"
+    assert "p = 2" in (tmp_path / "lambda_to_constant.ipynb").read_text()
 
 
 # --------------------------------------------------------------------------- regression

@@ -31,6 +31,23 @@ class OptimalConstant:
     loss: str
 
 
+def class_labels(y) -> np.ndarray:
+    """Class labels for cross-entropy: integers ≥ 0 of shape (N,) (or (N, 1)), as int64.
+
+    One-hot or probability labels (N, K) are refused rather than flattened into N·K labels.
+    """
+    labels = to_numpy(y, "y")
+    if labels.ndim > 2 or (labels.ndim == 2 and labels.shape[1] != 1):
+        raise ValueError(f"cross_entropy needs class labels of shape (N,), got y of shape "
+                         f"{tuple(labels.shape)}; for one-hot labels pass y.argmax(1)")
+    labels = labels.reshape(-1)
+    if len(labels) < 1:
+        raise ValueError("y is empty")
+    if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)) or labels.min() < 0:
+        raise ValueError("cross_entropy needs integer class labels y >= 0")
+    return labels.astype(np.int64)
+
+
 def optimal_constant(y, loss: str = "squared", num_classes: int | None = None) -> OptimalConstant:
     """The best constant prediction c* = argmin_c (1/N) Σ ℓ(c, y_i), and E(c*).
 
@@ -49,12 +66,7 @@ def optimal_constant(y, loss: str = "squared", num_classes: int | None = None) -
             raise ValueError("y is empty")
         c = y2.mean(axis=0)
         return OptimalConstant(c=c, value=float(np.mean(np.sum((y2 - c) ** 2, axis=1))), loss=loss)
-    labels = to_numpy(y, "y").reshape(-1)
-    if len(labels) < 1:
-        raise ValueError("y is empty")
-    if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)) or labels.min() < 0:
-        raise ValueError("cross_entropy needs integer class labels y >= 0")
-    labels = labels.astype(np.int64)
+    labels = class_labels(y)
     k = int(labels.max()) + 1 if num_classes is None else int(num_classes)
     if k <= labels.max():
         raise ValueError(f"num_classes = {num_classes} but y has label {int(labels.max())}")

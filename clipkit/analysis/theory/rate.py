@@ -11,14 +11,13 @@ import scipy.sparse
 import scipy.spatial.distance
 import scipy.special
 
-from clipkit.analysis.theory.constants import model_outputs, optimal_constant
+from clipkit.analysis.theory.constants import class_labels, model_outputs, optimal_constant
 from clipkit.analysis.theory.inputs import (
     as_x,
     as_y,
     check_lam,
     check_loss,
     check_power,
-    to_numpy,
 )
 from clipkit.analysis.theory.threshold import min_interpolation_constant
 
@@ -99,7 +98,13 @@ def check_rate(
             raise ValueError(f"x and y must have the same length N, got {len(out)} and {len(y2)}")
         e_f = float(np.mean(np.sum((out - y2) ** 2, axis=1)))
     else:
-        labels = to_numpy(y, "y").reshape(-1).astype(np.int64)
+        labels = class_labels(y)
+        if len(labels) != len(out):
+            raise ValueError(f"x and y must have the same length N, got {len(out)} and "
+                             f"{len(labels)}")
+        if labels.max() >= out.shape[1]:
+            raise ValueError(f"label {int(labels.max())} needs at least {int(labels.max()) + 1} "
+                             f"outputs (logits), the model has {out.shape[1]}")
         logp = out - scipy.special.logsumexp(out, axis=1, keepdims=True)
         e_f = float(-np.mean(logp[np.arange(len(labels)), labels]))
     if lip is None:

@@ -28,7 +28,7 @@ from clipkit.experiments.types import accepted, list_hint, type_matches
 
 __all__ = [
     "ParameterError", "Timer", "choice", "errors_name_parameters", "injected_names",
-    "parameters", "positive", "result_file",
+    "parameters", "per_method", "positive", "result_file",
 ]
 
 #: the first line of the cell papermill injects (its Python translator's comment)
@@ -128,6 +128,32 @@ def positive(params: Mapping[str, Any], *names: str) -> None:
     for name in names:
         if params[name] < 1:
             raise ParameterError(f"parameter {name!r} must be >= 1, got {params[name]!r}")
+
+
+def per_method(name: str, value: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """A per-method parameter (``{method name: setting}``) over the notebook's ``defaults``.
+
+    A method the parameter names replaces its default (a mapping of settings is merged into
+    the default's, so ``{"clip": {"pairs": 128}}`` keeps the default's other CLIP settings);
+    the methods it leaves out keep theirs. A key that is no method (a typo) is a
+    :class:`ParameterError` listing the method names.
+    """
+    from clipkit.train.registry import METHODS
+
+    if not isinstance(value, Mapping):
+        raise ParameterError(f"parameter {name!r} must map method names to settings, "
+                             f"got {value!r}")
+    unknown = sorted(str(k) for k in value if k not in METHODS)
+    if unknown:
+        raise ParameterError(f"parameter {name!r} has the key {unknown[0]!r}, which is no method; "
+                             f"accepted: {', '.join(map(repr, METHODS))}")
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in (defaults or {}).items()}
+    for method, setting in value.items():
+        base = out.get(method)
+        out[method] = ({**base, **setting} if isinstance(base, dict)
+                       and isinstance(setting, Mapping) else setting)
+    return out
 
 
 @contextlib.contextmanager

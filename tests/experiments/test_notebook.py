@@ -64,8 +64,9 @@ def test_a_sweep_says_how_to_write_a_list(tmp_path):
                                                r"accepted: a list of numbers; write a list, "
                                                r"e\.g\. lam: \[0\.1\]"):
         sweep.check({"notebook": str(nb), "fixed": {"lam": 0.1}})
-    with pytest.raises(sweep.SweepError, match=r"each point gets one value of the grid; give "
-                                               r"every run the whole list with batch: \[lam\]"):
+    with pytest.raises(sweep.SweepError, match=r"each point gets one value of the grid, and a "
+                                               r"grid value is a scalar .* put lam under "
+                                               r"'fixed', or list it in 'batch' if"):
         sweep.check({"notebook": str(nb), "grid": {"lam": [0.1, 1.0]}})
 
 

@@ -104,6 +104,16 @@ def test_yaml_is_read_safely(tmp_path):
         sweep.load_spec(spec)
 
 
+def test_yaml_reads_an_exponent_without_a_dot_as_a_number(tmp_path):
+    # PyYAML (YAML 1.1) would leave 1e-3 a string, and the float parameter would fail
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"notebook: {QUADRATIC}\ngrid:\n  lam: [1e-3, 1E+1, 2.5e-1]\n"
+                    f"fixed:\n  sleep: 0e0\n")
+    loaded, points = sweep.check(spec)
+    assert loaded.grid["lam"] == [0.001, 10.0, 0.25] and loaded.fixed["sleep"] == 0.0
+    assert [p.name for p in points] == ["lam=0.001", "lam=10.0", "lam=0.25"]
+
+
 def test_a_yaml_syntax_error_names_the_file_and_the_place(tmp_path, capsys):
     spec = tmp_path / "bad.yaml"
     spec.write_text(f"notebook: {QUADRATIC}\ngrid: {{lam: [0.1, 1.0}}\n")
@@ -441,6 +451,39 @@ def test_a_swept_value_that_is_a_dimension_of_the_result_fails_its_point_by_name
             in summary.failed["seed=0"])
     assert "list 'seed' in the spec's batch" in summary.failed["seed=0"]
     assert set(summary.dataset.status.values.ravel()) == {"failed"}  # failure records only
+
+
+def test_a_dotted_name_sweeps_one_key_of_a_mapping_parameter(tmp_path):
+    spec = write_spec(tmp_path, notebook=NOTEBOOKS / "settings.ipynb",
+                      grid={"settings.scale": [1.0, 2.0]}, fixed={"settings": {"offset": 5}})
+    summary = sweep.run(spec, workers=2, out=tmp_path / "out", progress=False)
+    assert sorted(summary.done) == ["settings.scale=1.0", "settings.scale=2.0"]
+    ds = summary.dataset
+    assert ds["value"].dims == ("settings.scale",)
+    np.testing.assert_allclose(ds["value"].sel({"settings.scale": 2.0}), 25.0)  # 2·10 + 5
+    used = json.loads(str(ds["settings_used"].sel({"settings.scale": 1.0}).item()))
+    assert used == {"offset": 5, "scale": 1.0}  # the fixed key kept, the swept one set
+    point = results.load(summary.out / "points" / "settings.scale=2.0.nc")
+    assert json.loads(point.attrs["config"])["settings"] == {"offset": 5, "scale": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"grid": {"count.scale": [1]}},
+         r"'count.scale' sets a key inside parameter 'count', which notebook 'settings.ipynb' "
+         r"declares as int, not a mapping"),
+        ({"grid": {"setings.scale": [1]}}, r"unknown parameter 'setings'"),
+        ({"grid": {"settings.scale": [1, 2]}, "batch": ["settings.scale"]},
+         r"'settings.scale' cannot be batched"),
+        ({"grid": {"settings.a.b": [1]}, "fixed": {"settings": {"a": 3}}},
+         r"'settings.a.b' sets a key inside 'a', which is 3, not a mapping"),
+    ],
+)
+def test_a_bad_dotted_name_is_refused_before_anything_runs(tmp_path, fields, message):
+    spec = write_spec(tmp_path, notebook=NOTEBOOKS / "settings.ipynb", **fields)
+    with pytest.raises(sweep.SweepError, match=message):
+        sweep.run(spec, out=tmp_path / "out", dry_run=True)
 
 
 def test_a_combine_error_is_logged_and_the_point_files_kept(tmp_path, monkeypatch):

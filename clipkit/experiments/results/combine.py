@@ -107,6 +107,7 @@ def _one_setting(runs: list[xr.Dataset], names: list[str]) -> None:
         if not isinstance(params, dict):
             continue
         per_point = set(_swept_names(ds)) | {str(d) for d in ds.dims}
+        per_point |= {n.split(".")[0] for n in per_point}  # "lams.clip" sweeps a key of lams
         fixed = {k: v for k, v in params.items() if k not in per_point}
         notebook = str(ds.attrs.get(NOTEBOOK_ATTR, ""))
         if first is None:

@@ -24,8 +24,12 @@ parameter that receives the result path; default ``result_path``) and ``allow_na
 whose ``nan_means`` attribute says what NaN means there, and in runs its ``diverged``
 variable records; ``clipkit.results.has_nan``). Grid values are scalars (str, int,
 float, bool): each becomes a coordinate of the combined results, so a notebook's result
-must not have a swept name as a dimension (unless the spec's ``batch`` lists it). Every
-value is checked against the notebook's parameters before anything runs.
+must not have a swept name as a dimension (unless the spec's ``batch`` lists it). A
+dotted name sets one key of a mapping parameter: ``options.clip.pairs: [64, 128]`` gives
+each point ``options = {"clip": {"pairs": 64}}`` (merged over a fixed ``options``), and
+the coordinate is named ``options.clip.pairs``. Every value is checked against the
+notebook's parameters before anything runs (a dotted name's value by the notebook).
+YAML numbers such as ``1e-3`` are read as floats (PyYAML alone would leave them strings).
 
 Each point runs once through papermill into ``OUT/points/``: the executed notebook
 ``NAME.ipynb`` and the result file ``NAME.nc``, NAME made from the point's swept values.

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from clipkit.experiments import results
-from clipkit.experiments.sweep.spec import Point, Spec, SweepError, load_spec, naming, plan
+from clipkit.experiments.sweep.spec import (
+    Point,
+    Spec,
+    SweepError,
+    load_spec,
+    naming,
+    plan,
+)
 from clipkit.experiments.types import accepted, list_hint, type_matches
 
 # --------------------------------------------------------------------------- validation
@@ -82,14 +89,26 @@ def validate(spec: Spec, points: Sequence[Point] | None = None) -> None:
             raise SweepError(f"{spec.result_param!r} is set by the sweep; remove it from the spec")
     known = ", ".join(sorted(declared))
     for name in [*spec.grid, *spec.fixed]:
-        if name not in declared:
+        root = name.split(".")[0]
+        if root not in declared:
             raise SweepError(
-                f"unknown parameter {name!r}: notebook {nb!r} has no such parameter "
+                f"unknown parameter {root!r}: notebook {nb!r} has no such parameter "
                 f"(its parameters: {known})"
             )
+        if root != name and not type_matches({}, declared[root]):
+            raise SweepError(
+                f"{name!r} sets a key inside parameter {root!r}, which notebook {nb!r} "
+                f"declares as {declared[root]}, not a mapping (dict)"
+            )
+        if root != name and name in spec.batch:
+            raise SweepError(f"{name!r} cannot be batched: a dotted name sets one key of "
+                             f"{root!r} per point")
     for name, value in spec.fixed.items():
-        _check_value(nb, name, value, declared[name], "fixed")
+        if "." not in name:  # a dotted name's value is checked by the notebook
+            _check_value(nb, name, value, declared[name], "fixed")
     for name, values in spec.grid.items():
+        if "." in name:
+            continue
         if name in spec.batch:
             if not type_matches(values, declared[name]):
                 raise SweepError(
@@ -129,8 +148,10 @@ def _check_value(nb: str, name: str, value: Any, declared: str, where: str) -> N
     if not type_matches(value, declared):
         hint = list_hint(name, value, declared, "spec")
         if hint and where == "grid":  # each point gets one element of the grid's list
-            hint = (f"each point gets one value of the grid; give every run the whole list "
-                    f"with batch: [{name}], or one list per point: {name}: [[{value!r}], ...]")
+            hint = (f"each point gets one value of the grid, and a grid value is a scalar "
+                    f"(it becomes a coordinate); to give every run the whole list, put "
+                    f"{name} under 'fixed', or list it in 'batch' if the notebook's result "
+                    f"has a dimension {name!r}")
         raise SweepError(
             f"parameter {name!r} ({where}) = {value!r} is a {type(value).__name__}; "
             f"notebook {nb!r} declares {declared}, accepted: {accepted(declared)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import itertools
 import os
@@ -254,12 +255,30 @@ def _load_spec(
     )
 
 
+#: YAML 1.1 (PyYAML) reads a float only with a dot: 1.0e-3, not 1e-3, which it leaves a
+#: string; a spec's λ = 1e-3 is a number (YAML 1.2 and Python read it so)
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
+
+
+def _spec_loader() -> type:
+    """yaml.SafeLoader, reading 1e-3 as a float too (a subclass: PyYAML's own is untouched)."""
+    import yaml
+
+    class SpecLoader(yaml.SafeLoader):
+        pass
+
+    SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT,
+                                     list("-+0123456789"))
+    return SpecLoader
+
+
 def yaml_safe_load(text: str, where: str) -> dict[str, Any]:
-    """Parse YAML with the safe loader (no Python objects); the top level must be a mapping."""
+    """Parse YAML with the safe loader (no Python objects; ``1e-3`` is a float, as in YAML
+    1.2); the top level must be a mapping."""
     import yaml
 
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_spec_loader())  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise SweepError(f"{where}: not valid YAML{_yaml_where(exc)}") from None
     if not isinstance(raw, dict):
@@ -308,13 +327,38 @@ def point_name(swept: Mapping[str, Any]) -> str:
     return safe
 
 
+def fold_dotted(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters with dotted names (``lams.clip``, ``options.clip.pairs``) set inside the
+    mapping parameter they start with: ``{"lams": {"clip": 0.1}}``, merged over that
+    parameter's own value in ``params`` where it has one. The notebook receives the result."""
+    out = {k: v for k, v in params.items() if "." not in k}
+    for key, value in params.items():
+        if "." not in key:
+            continue
+        root, *inner, leaf = key.split(".")
+        node = out.setdefault(root, {})
+        if not isinstance(node, dict):
+            raise SweepError(f"{key!r} sets a key inside {root!r}, which is {node!r}, not a "
+                             f"mapping")
+        out[root] = node = copy.deepcopy(node)
+        for part in inner:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SweepError(f"{key!r} sets a key inside {part!r}, which is {child!r}, "
+                                 f"not a mapping")
+            node = child
+        node[leaf] = value
+    return out
+
+
 def plan(spec: Spec) -> list[Point]:
     """The grid points of a spec, in grid order (the last name varies fastest)."""
     swept_names = [k for k in spec.grid if k not in spec.batch]
     points = []
     for combo in itertools.product(*(spec.grid[k] for k in swept_names)):
         swept = dict(zip(swept_names, combo, strict=True))
-        params = {**spec.fixed, **{b: list(spec.grid[b]) for b in spec.batch}, **swept}
+        params = fold_dotted({**spec.fixed, **{b: list(spec.grid[b]) for b in spec.batch},
+                              **swept})
         points.append(Point(point_name(swept), swept, params))
     names = [p.name for p in points]
     dupes = sorted({n for n in names if names.count(n) > 1})

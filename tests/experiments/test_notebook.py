@@ -96,3 +96,20 @@ def test_in_a_kernel_rerunning_the_parameters_cell_works_and_injection_is_checke
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_per_method_merges_over_the_notebooks_defaults_and_refuses_typos():
+    from clipkit.experiments.notebook import ParameterError, per_method
+
+    lams = {"weight_decay": 1e-3, "clip": 0.01}
+    assert per_method("lams", {"clip": 0.05}, lams) == {"weight_decay": 1e-3, "clip": 0.05}
+    assert per_method("lams", {}, lams) == lams and lams == {"weight_decay": 1e-3, "clip": 0.01}
+    options = {"clip": {"power": 1, "pairs": 64}}
+    merged = per_method("options", {"clip": {"pairs": 128}, "adversarial": {"eps": 0.1}}, options)
+    assert merged == {"clip": {"power": 1, "pairs": 128}, "adversarial": {"eps": 0.1}}
+    assert options == {"clip": {"power": 1, "pairs": 64}}  # the defaults are not changed
+    with pytest.raises(ParameterError, match=r"parameter 'lams' has the key 'weightdecay', "
+                                             r"which is no method; accepted: 'standard'"):
+        per_method("lams", {"weightdecay": 5.0}, lams)
+    with pytest.raises(ParameterError, match="must map method names to settings, got 0.1"):
+        per_method("lams", 0.1, lams)

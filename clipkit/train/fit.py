@@ -22,6 +22,7 @@ from clipkit.train.setup import (
     place_data,
     plan_run,
     seeds_for,
+    warn_if_batch_norm,
 )
 
 
@@ -85,6 +86,7 @@ def fit(
         model = method.prepare(model).to(setup.device)
     try:
         check_trainable(model)
+        warn_if_batch_norm(model, method)
         dtype = next(model.parameters()).dtype
         x, y, test = place_data(setup, model, x, y, test)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -34,6 +35,7 @@ from clipkit.train.setup import (
     place_data,
     plan_run,
     seeds_for,
+    warn_if_batch_norm,
 )
 
 __all__ = ["CopyView", "fit_path", "init_copy", "model_at"]
@@ -66,6 +68,10 @@ def _as_list(value, name: str) -> list:
 
 def _param_name(name: str) -> str:
     return "param_" + name.replace(".", "_")
+
+
+def _buffer_name(name: str) -> str:
+    return "buffer_" + name.replace(".", "_")
 
 
 def fit_path(
@@ -146,7 +152,7 @@ def fit_path(
     params: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(copies), chunk):
         part = copies[start : start + chunk]
-        hist, trained = _train_chunk(model_fn, part, x, y, test, setup, on_nonfinite)
+        hist, trained, labels = _train_chunk(model_fn, part, x, y, test, setup, on_nonfinite)
         for key, value in hist.items():
             arrays.setdefault(key, []).append(value)
         for key, value in trained.items():
@@ -158,11 +164,11 @@ def fit_path(
         ds["diverged"] = xr.Variable(
             ("lam", "seed"), diverged.reshape(len(lams), len(seeds)),
             attrs={"description": DIVERGED})
-    for name, parts in params.items():
+    for var, parts in params.items():
         value = np.concatenate(parts, axis=0)
         value = value.reshape(len(lams), len(seeds), *value.shape[1:])
-        dims = ["lam", "seed", *[f"{_param_name(name)}_dim{i}" for i in range(value.ndim - 2)]]
-        ds[_param_name(name)] = xr.Variable(dims, value, attrs={"parameter": name})
+        dims = ["lam", "seed", *[f"{var}_dim{i}" for i in range(value.ndim - 2)]]
+        ds[var] = xr.Variable(dims, value, attrs=labels[var])
     config = {
         **method.config(), "lam": lams, "seed": seeds, "epochs": setup.epochs,
         "batch_size": setup.batch_size, "optimizer": optimizer, "lr": setup.lr,
@@ -185,6 +191,7 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup, on_nonfinite: 
     models = [init_copy(model_fn, s).to(device) for _, s in copies]
     template = models[0]
     check_trainable(template)
+    warn_if_batch_norm(template, setup.method)
     dtype = next(template.parameters()).dtype
     names = [n for n, _ in template.named_parameters()]
     params = {
@@ -224,11 +231,16 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup, on_nonfinite: 
                     "copies on and records this one as diverged",)
         raise
     template.eval()
-    trained = {n: p.detach().cpu().numpy() for n, p in params.items()}
+    trained = {_param_name(n): p.detach().cpu().numpy() for n, p in params.items()}
+    # the copies' buffers too: batch norm's running statistics are what eval mode uses
+    trained.update({_buffer_name(n): b.detach().cpu().numpy() for n, b in buffers.items()})
+    labels = {**{_param_name(n): {"parameter": n} for n in params},
+              **{_buffer_name(n): {"buffer": n} for n in buffers}}
     if "diverged" in hist:
         for arr in trained.values():
-            arr[hist["diverged"] > 0] = np.nan  # no trained parameters to report
-    return hist, trained
+            if arr.dtype.kind == "f":
+                arr[hist["diverged"] > 0] = np.nan  # no trained parameters to report
+    return hist, trained, labels
 
 
 class CopyView(nn.Module):
@@ -277,6 +289,17 @@ def model_at(ds: xr.Dataset, model_fn: Callable[[], nn.Module], **where) -> nn.M
                 f"the model needs {tuple(p.shape)}"
             )
         state[name] = torch.as_tensor(value, dtype=p.dtype)
+    missing = []
+    for name, b in model.named_buffers():
+        var = _buffer_name(name)
+        if var not in ds:
+            missing.append(name)
+            continue
+        state[name] = torch.as_tensor(ds[var].sel(**where, **single).values, dtype=b.dtype)
+    if missing:
+        warnings.warn(f"model_at: the path stored no buffer {', '.join(missing)} (made before "
+                      f"fit_path stored buffers?); the model keeps model_fn's values, so batch "
+                      f"norm's running statistics are not the trained ones", stacklevel=2)
     model.load_state_dict(state, strict=False)
     model.eval()
     return model

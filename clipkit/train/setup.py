@@ -186,6 +186,24 @@ def eager_module(model: nn.Module, method: Method) -> nn.Module:
     return inner
 
 
+def warn_if_batch_norm(model: nn.Module, method: Method) -> None:
+    """Warn where ``method``'s step evaluates extra inputs (CLIP's pairs) through batch norm
+    in training mode: they are normalised with their own batch's statistics, enter the
+    running statistics, and a pair's rows beside the batch change the batch's statistics,
+    so the quotients are not those of the network that eval mode computes."""
+    norms = [n for n, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not method.eager_model or not norms:
+        return
+    warnings.warn(
+        f"{method.name} on a model with batch norm ({', '.join(norms)}): in training mode "
+        f"its pairs pass through batch norm with their own batch statistics and update the "
+        f"running ones, so its quotients are not those of the eval-mode network, and a "
+        f"vectorised path's copies with λ > 0 change the batch statistics of the others. "
+        f"A model without batch norm (e.g. ck.models.cnn) avoids this.",
+        UserWarning, stacklevel=3)
+
+
 def check_trainable(model: nn.Module) -> None:
     """A ValueError when ``model`` has nothing to train: no parameters, or all frozen."""
     params = list(model.parameters())

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -93,6 +95,46 @@ def test_a_path_on_images_equals_separate_fits_with_the_first_layer_split_off(me
                 assert _rel(q.detach(), p.detach()) <= 1e-6
             path_lip = torch.tensor(ds.lip.sel(lam=lam, seed=seed).values)
             assert _rel(path_lip, torch.tensor(hist.lip.values)) <= 1e-6
+
+
+def _bn_fn():
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8),
+                               torch.nn.ReLU(), torch.nn.Linear(8, 3)).double()
+
+
+@pytest.mark.parametrize(("method", "lams"), [(ck.Standard(), [0.0]), (ck.CLIP(pairs=8), [0.5])],
+                         ids=["standard", "clip"])
+def test_batch_norm_statistics_come_back_with_the_parameters(method, lams):
+    # eval mode uses the running statistics: a path that dropped them rebuilt networks that
+    # computed something else than the ones it trained
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 5, generator=gen, dtype=torch.float64), torch.randint(3, (96,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = ck.fit_path(_bn_fn, (x, y), method, lam=lams, seed=[0, 5], **KW)
+    assert any("on a model with batch norm (1)" in str(w.message) for w in caught) == (
+        method.name == "CLIP")  # its pairs pass through batch norm in training mode
+    assert ds["buffer_1_running_mean"].attrs == {"buffer": "1.running_mean"}
+    for lam in lams:
+        for seed in (0, 5):
+            model = init_copy(_bn_fn, seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ck.fit(model, (x, y), method.replace(lam=lam), seed=seed, **KW)
+            trained = model_at(ds, _bn_fn, lam=lam, seed=seed)
+            for (name, b), c in zip(model.named_buffers(), trained.buffers(), strict=True):
+                assert _rel(c.double(), b.double()) <= 1e-6, name
+            assert int(trained[1].num_batches_tracked) == int(model[1].num_batches_tracked) > 0
+            assert _rel(trained(x).detach(), model(x).detach()) <= 1e-6  # in eval mode
+
+
+def test_a_path_without_buffers_warns_when_the_model_has_some():
+    x, y = torch.randn(32, 5, dtype=torch.float64), torch.randint(3, (32,))
+    ds = ck.fit_path(_bn_fn, (x, y), ck.Standard(), **KW)
+    old = ds.drop_vars([v for v in ds.data_vars if str(v).startswith("buffer_")])
+    with pytest.warns(UserWarning, match="stored no buffer 1.running_mean, 1.running_var, "
+                                         "1.num_batches_tracked"):
+        model_at(old, _bn_fn)
 
 
 def test_copies_differ_by_lambda_and_seed(data64):

@@ -142,7 +142,8 @@ def train_lambda_grid(
     if method.vectorizable:
         path = fit_path(model_fn, data, method, lam=lams, seed=[seed],
                         on_nonfinite=on_nonfinite, **fit_kwargs)
-        hist = path.drop_vars([v for v in path.data_vars if str(v).startswith("param_")])
+        weights = [v for v in path.data_vars if str(v).startswith(("param_", "buffer_"))]
+        hist = path.drop_vars(weights)
         hist = hist.sel(seed=seed, drop=True).drop_attrs(deep=False)
         models = [None if "diverged" in hist and int(hist.diverged[i]) > 0
                   else model_at(path, model_fn, lam=lv, seed=seed) for i, lv in enumerate(lams)]

@@ -141,10 +141,11 @@ def train_loop(
                 if not record_nonfinite:
                     bad = int(new_bad.nonzero()[0][0])
                     raise NonFiniteLossError(
-                        f"non-finite objective {objective[bad].item()} at epoch {epoch}, step "
-                        f"{s} ({describe(bad)}); lower the learning rate or λ. The history of "
-                        "the finished epochs is in .history",
-                        epoch, s, history() if hist else None,
+                        f"non-finite objective {objective[bad].item()} in epoch {epoch + 1}, "
+                        f"step {s + 1} ({describe(bad)}; counted from 1, as the history's "
+                        f"epochs); lower the learning rate or λ. The history of the finished "
+                        f"epochs is in .history",
+                        epoch + 1, s + 1, history() if hist else None,
                     )
                 if new_bad.any():
                     diverged[new_bad] = epoch + 1

@@ -30,7 +30,8 @@ TASKS = ("auto", "regression", "classification")
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; ``history`` holds the finished epochs."""
+    """The training loss became NaN or infinite in ``epoch``, ``step`` (both from 1, as the
+    history's epochs and ``diverged``); ``history`` holds the finished epochs."""
 
     def __init__(self, message: str, epoch: int, step: int, history: xr.Dataset | None):
         super().__init__(message)

@@ -162,7 +162,7 @@ def test_a_choice_with_nothing_to_draw_says_why():
     failed = results.record_failure  # a failed point as a sweep records it
     good = regression_run(0)
     path = failed(Path(__import__("tempfile").mkdtemp()) / "r.nc", {"seed": 1},
-                  "NonFiniteLossError: non-finite objective nan at epoch 3")
+                  "NonFiniteLossError: non-finite objective nan in epoch 3")
     sweep = results.combine([good, results.load(path)])
     (note,) = explore.figures(sweep, {"seed": 1})
     text = note.axes[0].texts[0].get_text()

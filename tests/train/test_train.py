@@ -222,11 +222,15 @@ class _NaNAfter(nn.Module):
 def test_nan_loss_names_epoch_and_step_and_keeps_the_history():
     x, y = ck.data.regression(n=64, seed=0)
     # forward 1 is fit's check that the model takes x; then 4 steps per epoch, so
-    # forward 11 is epoch 2, step 1
+    # forward 11 is the 3rd epoch's 2nd step
     model = _NaNAfter(after=10)
-    with pytest.raises(ck.NonFiniteLossError, match="at epoch 2, step 1") as err:
+    with pytest.raises(ck.NonFiniteLossError, match="in epoch 3, step 2") as err:
         ck.fit(model, (x, y), epochs=5, batch_size=16, progress=False)
-    assert (err.value.epoch, err.value.step) == (2, 1)
+    assert (err.value.epoch, err.value.step) == (3, 2)
+    # the same epoch as record mode's `diverged`
+    again = ck.fit(_NaNAfter(after=10), (x, y), epochs=5, batch_size=16, progress=False,
+                   on_nonfinite="record")
+    assert int(again.diverged) == err.value.epoch
     assert "fit(..., on_nonfinite='record')" in str(err.value)
     hist = err.value.history
     assert hist.sizes["epoch"] == 2 and hist.attrs["status"] == "failed"

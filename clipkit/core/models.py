@@ -93,32 +93,41 @@ def cnn(
         )
 
 
+def _image_side(image_shape: Sequence[int]) -> int:
+    if isinstance(image_shape, int) or len(image_shape) != 3:
+        raise ValueError(f"classifier: image_shape must be (channels, height, width), got "
+                         f"{image_shape!r}")
+    return int(image_shape[-1])
+
+
 def classifier(
     kind: str = "mlp",
     *,
-    hidden: Sequence[int] = (200, 80),
-    activation: str = "sigmoid",
+    hidden: Sequence[int] | None = None,
+    activation: str | None = None,
     last_activation: bool = False,
     image_shape: Sequence[int] = (1, 28, 28),
     num_classes: int = 10,
     seed: int | None = None,
 ) -> nn.Sequential:
     """An image classifier taking (N, *image_shape): ``"mlp"`` (Flatten, then
-    :func:`mlp` with the ``hidden`` widths; the authors' 200-80 with sigmoid by default) or
-    ``"cnn"`` (:func:`cnn`; ``last_activation`` is an MLP option only)."""
+    :func:`mlp` with the ``hidden`` widths; by default the authors' 200-80 with sigmoid) or
+    ``"cnn"`` (:func:`cnn`, ReLU by default; ``hidden`` and ``last_activation`` are MLP
+    options). ``activation`` None: the kind's own default."""
+    if kind not in ("mlp", "cnn"):
+        raise ValueError(f"classifier: unknown kind {kind!r}; accepted: 'mlp', 'cnn'")
+    side = _image_side(image_shape)
+    if kind == "cnn":
+        if last_activation or hidden is not None:
+            raise ValueError(f"classifier: {'last_activation' if last_activation else 'hidden'}"
+                             f" is an option of the MLP only (the CNN's layers are fixed: "
+                             f"ck.models.cnn)")
+        return cnn(image_shape[0], num_classes, activation or "relu", image_size=side,
+                   seed=seed)
+    hidden = (200, 80) if hidden is None else hidden
     if isinstance(hidden, int) and not isinstance(hidden, bool):
         raise ValueError(f"classifier: hidden must be a list of layer widths, e.g. [{hidden}], "
                          f"got {hidden!r}")
-    if isinstance(image_shape, int) or len(image_shape) != 3:
-        raise ValueError(f"classifier: image_shape must be (channels, height, width), got "
-                         f"{image_shape!r}")
-    if kind == "mlp":
-        n_in = math.prod(image_shape)
-        net = mlp([n_in, *hidden, num_classes], activation, last_activation=last_activation,
-                  seed=seed)
-        return nn.Sequential(nn.Flatten(), *net)
-    if kind == "cnn":
-        if last_activation:
-            raise ValueError("classifier: last_activation is an option of the MLP only")
-        return cnn(image_shape[0], num_classes, activation, image_size=image_shape[-1], seed=seed)
-    raise ValueError(f"classifier: unknown kind {kind!r}; accepted: 'mlp', 'cnn'")
+    net = mlp([math.prod(image_shape), *hidden, num_classes], activation or "sigmoid",
+              last_activation=last_activation, seed=seed)
+    return nn.Sequential(nn.Flatten(), *net)

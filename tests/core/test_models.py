@@ -59,8 +59,22 @@ def test_mlp_rejects_bad_sizes():
         (lambda: ck.models.cnn(image_size=30), "cnn: image_size must be a multiple of 4"),
         (lambda: ck.models.classifier(hidden=100), r"hidden must be a list .* \[100\]"),
         (lambda: ck.models.classifier(image_shape=(28, 28)), "image_shape must be \\(channels"),
+        (lambda: ck.models.classifier("cnn", hidden=[5]), "hidden is an option of the MLP only"),
+        (lambda: ck.models.classifier("cnn", last_activation=True),
+         "last_activation is an option of the MLP only"),
+        (lambda: ck.models.classifier("rnn"), "unknown kind 'rnn'; accepted: 'mlp', 'cnn'"),
     ],
 )
 def test_bad_model_settings_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_each_classifier_kind_has_its_own_default_activation():
+    # the MLP is the authors' (sigmoid); the CNN is ck.models.cnn's (ReLU), not a sigmoid CNN
+    mlp = ck.models.classifier("mlp", seed=0)
+    assert [type(m).__name__ for m in mlp][2] == "Sigmoid" and mlp[1].out_features == 200
+    cnn = ck.models.classifier("cnn", seed=0)
+    assert {type(m).__name__ for m in cnn} >= {"ReLU"} and "Sigmoid" not in {
+        type(m).__name__ for m in cnn}
+    assert "Tanh" in {type(m).__name__ for m in ck.models.classifier("cnn", activation="tanh")}

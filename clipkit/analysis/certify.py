@@ -10,7 +10,9 @@ for every j != y (then x is also classified correctly). L_j can be
 
 * ``bound="global"``: sqrt(2) L with L a certified bound of Lip(f) (||e_y - e_j|| = sqrt 2),
   or, with ``pairwise=True``, certified bounds of each Lip(g_j) computed on the one-row map
-  (e_y - e_j)^T f (tighter); for MLPs by ``ck.lipschitz.solve`` (LipSDP-neuron);
+  (e_y - e_j)^T f (tighter); for MLPs by ``ck.lipschitz.solve`` (LipSDP-neuron), for other
+  models (CNNs) L is the product of layer norms (``ck.lipschitz.lipschitz_upper``, what the
+  bracket's upper is there);
 * a number: a certified global bound L of Lip(f) supplied by the caller (any model, e.g. the
   ``upper`` of ``ck.lipschitz.bracket``, also for a CNN), used as sqrt(2) L;
 * ``bound="local"`` (MLPs): the LipSDP-neuron bound of g_j on the ball itself, with each
@@ -48,7 +50,7 @@ from clipkit.analysis.lipschitz import (
     solve,
 )
 from clipkit.analysis.lipschitz.structure import float64_copy
-from clipkit.analysis.lipschitz.upper import matrix_norm
+from clipkit.analysis.lipschitz.upper import lipschitz_upper, matrix_norm
 from clipkit.core.utils import (
     check_class_labels,
     check_int,
@@ -267,6 +269,15 @@ def certified_accuracy(
         chain = mlp_chain(model, input_shape)
         lipschitz: Tensor | float | None = float(bound)
         attrs.update(bound="given", lipschitz=float(bound))
+    elif bound == "global" and mlp_chain(model, input_shape) is None:
+        # not an MLP (a CNN): the product of layer norms, as the bracket's upper there
+        if pairwise:
+            raise ValueError("pairwise margin bounds need an MLP (LipSDP-neuron); a "
+                             "convolutional network is certified with the product bound")
+        chain = None
+        est, _ = lipschitz_upper(model, input_shape)
+        lipschitz = float(est.value)
+        attrs.update(bound=f"global {est.method}", lipschitz=lipschitz)
     elif bound == "global":
         chain = require_chain(model, input_shape, f"bound={bound!r}")
         lipschitz = margin_bounds(model, input_shape, pairwise=pairwise)

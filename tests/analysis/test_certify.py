@@ -117,8 +117,15 @@ def test_given_bound_works_for_any_model_and_bad_inputs_are_named():
     upper = ck.lipschitz.lipschitz_upper(cnn, (1, 6, 6))[0].value
     acc = certify.certified_accuracy(cnn, (x, y), [0.0, 0.01], bound=upper)
     assert acc.attrs["bound"] == "given" and 0 <= acc.values[1] <= acc.values[0]
+    # "global" on a CNN: the product bound, as the bracket's upper (and evaluate's "global")
+    glob = certify.certified_accuracy(cnn, (x, y), [0.0, 0.01], bound="global")
+    np.testing.assert_array_equal(glob.values, acc.values)
+    assert glob.attrs["bound"] == "global product of layer norms"
+    assert glob.attrs["lipschitz"] == pytest.approx(upper, rel=1e-12)
+    with pytest.raises(ValueError, match="pairwise margin bounds need an MLP"):
+        certify.certified_accuracy(cnn, (x, y), [0.1], bound="global", pairwise=True)
     with pytest.raises(ValueError, match="MLPs only"):
-        certify.certified_accuracy(cnn, (x, y), [0.1], bound="global")
+        certify.certified_accuracy(cnn, (x, y), [0.1], bound="local")
     with pytest.raises(ValueError, match="eps"):
         certify.certified_accuracy(cnn, (x, y), 0.1, bound=upper)
     with pytest.raises(ValueError, match="eps"):

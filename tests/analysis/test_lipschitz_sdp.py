@@ -364,3 +364,15 @@ def test_linear_algebra_that_fails_is_a_skipped_estimate_not_an_error():
     br = lipschitz.bracket(model, torch.randn(8, 3, dtype=torch.float64), steps=3,
                            ascent_steps=3)
     assert 0 < br.lower <= br.upper < math.inf
+
+
+def test_local_upper_bound_names_a_batch_given_for_one_input():
+    model = nn.Sequential(nn.Linear(6, 20), nn.Tanh(), nn.Linear(20, 3)).double()
+    x = torch.zeros(1, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"takes one input, not a batch: x has shape \(1, 6\); "
+                                         r"pass x\[0\] \(shape \(6,\)\)"):
+        lipschitz.local_upper_bound(model, x, 0.1)
+    assert lipschitz.local_upper_bound(model, x[0], 0.1).value > 0
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="handles MLPs only"):  # a CNN: still that reason
+        lipschitz.local_upper_bound(conv, torch.zeros(1, 4, 4), 0.1)

@@ -219,6 +219,11 @@ def local_upper_bound(model: nn.Module, x: Tensor, eps: float, *,
     """
     eps = check_number(eps, "eps")
     t0 = time.perf_counter()
+    if (mlp_chain(model, tuple(x.shape)) is None and x.dim() > 1
+            and mlp_chain(model, tuple(x.shape[1:])) is not None):
+        raise ValueError(f"local_upper_bound takes one input, not a batch: x has shape "
+                         f"{tuple(x.shape)}; pass x[0] (shape {tuple(x.shape[1:])}), one call "
+                         f"per input")
     chain = require_chain(model, tuple(x.shape), "local_upper_bound")
     cert, status, steps = solve(chain, slopes=local_slopes(chain, x, eps), output=output,
                                 **kwargs)

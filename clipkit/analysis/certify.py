@@ -288,7 +288,9 @@ def certified_accuracy(
         lipschitz = None
         attrs.update(bound="local LipSDP-neuron (slopes over each ball)")
     else:
-        raise ValueError(f"bound must be 'global', 'local' or a number, got {bound!r}")
+        got = repr(bound) if isinstance(bound, str) else f"a {type(bound).__name__}" + (
+            " (pass its .upper)" if hasattr(bound, "upper") else "")
+        raise ValueError(f"bound must be 'global', 'local' or a number, got {got}")
     # One forward over the points serves the margins of every bound.
     logits, err = _logits(model, chain, x, batch_size)
     correct = logits.argmax(1) == y

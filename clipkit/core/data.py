@@ -194,6 +194,9 @@ def load(
         raise ValueError(f"{key}: {len(images)} images but {len(labels)} labels")
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
+    if n is not None and n > len(y):
+        raise ValueError(f"load: n={n}, but the {key} {'training' if train else 'test'} split "
+                         f"has {len(y)} images; n=None takes them all")
     if n is not None and n < len(y):
         if seed is None:
             idx = torch.arange(n)

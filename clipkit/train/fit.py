@@ -98,7 +98,7 @@ def fit(
         lam = torch.tensor([method.lam], dtype=dtype, device=setup.device)
         config = {
             **method.config(), "epochs": setup.epochs, "batch_size": setup.batch_size,
-            "optimizer": optimizer, "lr": setup.lr, "momentum": setup.momentum, "seed": seed,
+            "optimizer": setup.optimizer, "lr": setup.lr, "momentum": setup.momentum, "seed": seed,
             "task": task,
             "n_train": int(x.shape[0]), "on_nonfinite": on_nonfinite,
             **({"select": select.config()} if select is not None else {}),

@@ -55,7 +55,9 @@ def init_copy(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:
 
 
 def _as_list(value, name: str) -> list:
-    if isinstance(value, (list, tuple, range, np.ndarray)):
+    if isinstance(value, torch.Tensor) and value.ndim == 1:
+        values = value.tolist()
+    elif isinstance(value, (list, tuple, range, np.ndarray)):
         values = list(value)
     else:
         values = [value]
@@ -171,7 +173,7 @@ def fit_path(
         ds[var] = xr.Variable(dims, value, attrs=labels[var])
     config = {
         **method.config(), "lam": lams, "seed": seeds, "epochs": setup.epochs,
-        "batch_size": setup.batch_size, "optimizer": optimizer, "lr": setup.lr,
+        "batch_size": setup.batch_size, "optimizer": setup.optimizer, "lr": setup.lr,
         "momentum": setup.momentum, "task": task, "n_train": int(x.shape[0]),
         "max_models": max_models, "on_nonfinite": on_nonfinite,
         **({"select": select.config()} if select is not None else {}),
@@ -268,10 +270,22 @@ def model_at(ds: xr.Dataset, model_fn: Callable[[], nn.Module], **where) -> nn.M
 
     A copy axis of length one (``lam`` or ``seed``) needs no value: its only copy is taken.
     """
+    copy_dims = [d for d in ("lam", "seed") if d in ds.dims]
+    for d, value in where.items():
+        if d not in copy_dims:
+            raise ValueError(f"model_at: {d}={value!r}, but the path's copies are indexed by "
+                             f"{', '.join(copy_dims) or 'nothing'}")
+        offered = ds[d].values.tolist()
+        if value not in offered:
+            raise ValueError(f"model_at: {d}={value!r} is not in the path; it has {d} = "
+                             f"{', '.join(map(repr, offered))}")
+    left = [d for d in copy_dims if d not in where and ds.sizes[d] > 1]
+    if left:
+        raise ValueError("model_at: choose one copy: " + "; ".join(
+            f"{d} = one of {', '.join(map(repr, ds[d].values.tolist()))}" for d in left))
     model = model_fn()
     state = {}
-    single = {d: ds[d].values[0] for d in ("lam", "seed")
-              if d not in where and d in ds.dims and ds.sizes[d] == 1}
+    single = {d: ds[d].values[0] for d in copy_dims if d not in where and ds.sizes[d] == 1}
     if "diverged" in ds:
         epoch = ds["diverged"].sel(**where, **single)
         if epoch.ndim == 0 and int(epoch) > 0:

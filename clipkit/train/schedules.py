@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = ["Constant", "Discrepancy", "Schedule", "Warmup", "check_lam"]
@@ -16,6 +17,9 @@ __all__ = ["Constant", "Discrepancy", "Schedule", "Warmup", "check_lam"]
 
 def check_lam(lam: object, name: str = "lam") -> float:
     """``lam`` as a float, or a ValueError naming it: a finite number >= 0 is accepted."""
+    if isinstance(lam, (np.floating, np.integer)) or (
+            isinstance(lam, torch.Tensor) and lam.ndim == 0 and lam.dtype != torch.bool):
+        lam = lam.item()  # a numpy or torch scalar: np.float32(0.1), torch.tensor(0.1)
     if isinstance(lam, bool) or not isinstance(lam, (int, float)):
         raise TypeError(f"{name} must be a finite number >= 0, got {lam!r} ({type(lam).__name__})")
     if not math.isfinite(lam) or lam < 0:

@@ -96,9 +96,16 @@ def sample_loss_fn(task: str) -> Callable[[Tensor, Tensor], Tensor]:
     return cross_entropy
 
 
-def make_optimizer(params, optimizer: str, lr: float, momentum: float) -> torch.optim.Optimizer:
-    if optimizer not in OPTIMIZERS:
+def check_optimizer(optimizer: str) -> str:
+    """The optimizer's name in lower case ("SGD" is "sgd"), or a ValueError listing them."""
+    name = optimizer.lower() if isinstance(optimizer, str) else optimizer
+    if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
+    return name
+
+
+def make_optimizer(params, optimizer: str, lr: float, momentum: float) -> torch.optim.Optimizer:
+    optimizer = check_optimizer(optimizer)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if optimizer == "sgd":
@@ -153,7 +160,7 @@ def plan_run(
         method=method,
         epochs=check_int(epochs, "epochs", 1),
         batch_size=check_int(batch_size, "batch_size", 1),
-        optimizer=optimizer,
+        optimizer=check_optimizer(optimizer),
         lr=check_positive(lr, "lr"),
         momentum=check_number(momentum, "momentum"),
         task=task,

@@ -132,6 +132,8 @@ def test_given_bound_works_for_any_model_and_bad_inputs_are_named():
         certify.certified_accuracy(cnn, (x, y), [-1.0], bound=upper)
     with pytest.raises(ValueError, match="bound"):
         certify.certified_accuracy(cnn, (x, y), [0.1], bound="tight")
+    with pytest.raises(ValueError, match=r"got a Bracket \(pass its .upper\)$"):
+        certify.certified_accuracy(cnn, (x, y), [0.1], bound=ck.lipschitz.bracket(cnn, x[:4]))
     with pytest.raises(ValueError, match="bound"):
         certify.certified_accuracy(cnn, (x, y), [0.1], bound=math.inf)
     with pytest.raises(ValueError, match="data"):

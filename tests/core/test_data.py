@@ -53,6 +53,9 @@ def test_load_reads_local_idx_files(tmp_path, compress, layout):
     np.testing.assert_array_equal(y.numpy(), labels)
     xs, ys = ck.data.fashion_mnist(train=False, root=tmp_path, download=False, n=5, seed=1)
     assert xs.shape[0] == 5 and len(set(ys.tolist())) >= 1
+    assert ck.data.fashion_mnist(train=False, root=tmp_path, download=False, n=12)[0].shape[0] == 12
+    with pytest.raises(ValueError, match=r"n=13, but the fashion-mnist test split has 12 images"):
+        ck.data.fashion_mnist(train=False, root=tmp_path, download=False, n=13)
 
 
 def test_data_root_from_environment(tmp_path, monkeypatch):

@@ -55,6 +55,20 @@ def test_bad_clip_settings_are_named(kwargs, match):
 def test_lam_of_the_wrong_type_is_a_type_error():
     with pytest.raises(TypeError, match="lam must be a finite number >= 0, got '0.1'"):
         ck.CLIP(lam="0.1")
+    with pytest.raises(TypeError, match=r"got tensor\(\[0.1000, 0.2000\]\) \(Tensor\)"):
+        ck.CLIP(lam=torch.tensor([0.1, 0.2]))  # one λ, not a grid (that is fit_path's)
+
+
+def test_numpy_and_torch_scalars_are_numbers_for_lambda():
+    import numpy as np
+
+    assert ck.CLIP(lam=np.float32(0.5)).lam == 0.5 and ck.CLIP(lam=np.int64(2)).lam == 2.0
+    assert ck.WeightDecay(torch.tensor(0.25)).lam == 0.25
+    x, y = ck.data.regression(n=16, seed=0)
+    for grid in (np.array([0.5, 1.0], np.float32), torch.tensor([0.5, 1.0])):
+        path = ck.fit_path(lambda: ck.models.mlp([1, 4, 1]), (x, y), ck.WeightDecay(), lam=grid,
+                           epochs=1, progress=False)
+        assert path.lam.values.tolist() == [0.5, 1.0]
 
 
 # --- the speed-up is exact: the same weights as the 0.1.0 step (tests/train/clip_reference.py)

@@ -185,8 +185,13 @@ def test_path_errors_are_clear(data64):
     same = model_at(ds, model_fn, lam=0.0, seed=1)
     assert all(torch.equal(a, b) for a, b in zip(one.parameters(), same.parameters(),
                                                  strict=True))
-    with pytest.raises(ValueError, match="select one copy"):
+    with pytest.raises(ValueError, match=r"choose one copy: seed = one of 0, 1"):
         model_at(ds, model_fn)
+    with pytest.raises(ValueError, match=r"lam=0.5 is not in the path; it has lam = 0.0"):
+        model_at(ds, model_fn, lam=0.5, seed=0)
+    with pytest.raises(ValueError, match=r"epoch=3, but the path's copies are indexed by lam, "
+                                         r"seed"):
+        model_at(ds, model_fn, epoch=3)
     for bad in (1.7, [1, 1.2], -1):
         with pytest.raises(ValueError, match="seed must be an int >= 0 or a list of them"):
             ck.fit_path(model_fn, data64, ck.CLIP(), seed=bad, **KW)

@@ -168,6 +168,9 @@ def test_bad_inputs_raise_clear_errors(regression):
         ck.fit(lambda t: t, (x, y), progress=False)
     with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
         ck.fit(model, (x, y), optimizer="lbfgs", progress=False)
+    hist = ck.fit(ck.models.mlp([1, 4, 1], seed=0), (x, y), optimizer="SGD", epochs=1,
+                  progress=False)  # names in any case, as activations
+    assert '"optimizer": "sgd"' in hist.attrs["config"]
     with pytest.raises(ValueError, match="epochs must be an int >= 1"):
         ck.fit(model, (x, y), epochs=0, progress=False)
     for bad in (0.0, -1e-3, float("nan")):

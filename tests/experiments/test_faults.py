@@ -117,6 +117,11 @@ def test_reproduce_survives_ctrl_c_and_sigkill_and_resumes(tmp_path):
     assert not (paper / "README.md").exists()  # no report from a partial run
     assert_every_result_readable(runs)
     assert not list(tmp.glob("clipkit-*"))  # the kernels' socket folders are gone
+    # combined.nc shows the points finished before the Ctrl-C (the workers are stopped
+    # before it is written), the others missing
+    combined = results.load(runs / "first" / results.COMBINED_NAME)
+    assert int((combined["status"] == "done").sum()) == len(after_int)
+    assert set(combined["status"].values.ravel()) <= {"done", "missing"}
 
     # 2. SIGKILL (the command and its workers; kernels follow within a second) after one more
     proc = start(args, tmp_path, TMPDIR=str(tmp))

@@ -321,6 +321,7 @@ def test_results_of_other_parameters_are_moved_aside_never_overwritten(local_2x2
     shutil.copytree(first.out, out)
     points = out / "points"
     before = (points / "lam=0.1_seed=0.nc").read_bytes()
+    notebook_before = (points / "lam=0.1_seed=0.ipynb").read_bytes()
     changed = write_spec(tmp_path, name="changed", grid={"lam": [0.1, 1.0], "seed": [0]},
                          fixed={"sleep": 0.01})
     summary = sweep.run(changed, workers=2, out=out, progress=False)
@@ -329,6 +330,10 @@ def test_results_of_other_parameters_are_moved_aside_never_overwritten(local_2x2
     assert "2 result(s) of other parameters moved aside" in summary.line()
     moved = sorted(points.glob("lam=0.1_seed=0.nc.superseded-*"))
     assert len(moved) == 1 and moved[0].read_bytes() == before  # the old result, untouched
+    # and the executed notebook that computed it, under the same suffix
+    old_notebook = moved[0].with_name(moved[0].name.replace(".nc.", ".ipynb.", 1))
+    assert old_notebook.read_bytes() == notebook_before
+    assert (points / "lam=0.1_seed=0.ipynb").read_bytes() != notebook_before  # the new run's
     log = (out / "sweep.log").read_text()
     assert log.count("OTHER PARAMETERS") == 2 and "sleep: 0.0 -> 0.01" in log
     configs = [json.loads(c) for c in summary.dataset["config"].values.ravel()]
@@ -464,7 +469,10 @@ def test_a_dotted_name_sweeps_one_key_of_a_mapping_parameter(tmp_path):
     used = json.loads(str(ds["settings_used"].sel({"settings.scale": 1.0}).item()))
     assert used == {"offset": 5, "scale": 1.0}  # the fixed key kept, the swept one set
     point = results.load(summary.out / "points" / "settings.scale=2.0.nc")
-    assert json.loads(point.attrs["config"])["settings"] == {"offset": 5, "scale": 2.0}
+    config = json.loads(point.attrs["config"])  # as the notebook stamped it
+    assert config["settings"] == {"offset": 5, "scale": 2.0}
+    # the result file it ended in, not the temporary NAME.nc.part the notebook wrote
+    assert config["result_path"] == str(summary.out / "points" / "settings.scale=2.0.nc")
 
 
 @pytest.mark.parametrize(

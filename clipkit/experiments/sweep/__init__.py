@@ -39,7 +39,11 @@ the sweep's coordinates and provenance, and only then writes ``NAME.nc`` (atomic
 every ``NAME.nc`` is a checked, final result. A point whose result file says ``done``
 for the same parameters is skipped; a point that raises, reports NaN or times out gets a
 failed record (its error text) and the others go on. The sweep ends by writing
-``OUT/combined.nc`` (:func:`clipkit.results.combine`) and a summary.
+``OUT/combined.nc`` (:func:`clipkit.results.combine`) and a summary; an interrupted sweep
+(Ctrl-C) writes it too, with the points finished so far (the others ``missing``). A point
+whose finished result was made with other parameters is moved aside (``NAME.nc`` and its
+executed ``NAME.ipynb``, each with ``.superseded-<date-time>`` appended), never
+overwritten.
 
 Points run in a local process pool (spawned processes; with several GPUs each worker
 sees its own through ``CUDA_VISIBLE_DEVICES``), or on a dask.distributed cluster.

@@ -188,6 +188,18 @@ def _run_attrs(task: Task, execution: kernels.Execution) -> dict[str, Any]:
     }
 
 
+def _final_path(config: Any, task: Task) -> Any:
+    """The notebook's configuration with the result file it was given (the temporary
+    ``NAME.nc.part``) replaced by the file the result ends up in."""
+    try:
+        parsed = json.loads(config) if isinstance(config, str) else None
+    except ValueError:
+        return config
+    if not isinstance(parsed, dict) or parsed.get(task.result_param) != task.partial:
+        return config
+    return results.to_json({**parsed, task.result_param: task.result})
+
+
 def _finalize(ds: xr.Dataset, task: Task, wall: float) -> xr.Dataset:
     """Stamp what the sweep knows onto the notebook's result: coordinates, provenance."""
     attrs = dict(ds.attrs)
@@ -198,7 +210,7 @@ def _finalize(ds: xr.Dataset, task: Task, wall: float) -> xr.Dataset:
         device=str(attrs.get("device", "unrecorded (the notebook did not stamp it)")),
     )
     if "clipkit_version" in attrs:  # the notebook stamped it: keep its configuration
-        stamped.attrs["config"] = attrs.get("config", stamped.attrs["config"])
+        stamped.attrs["config"] = _final_path(attrs.get("config", stamped.attrs["config"]), task)
         wall_nb = attrs.get("wall_time")
         if isinstance(wall_nb, (int, float)) and math.isfinite(wall_nb):
             stamped.attrs["wall_time"] = float(wall_nb)  # the notebook's own timing

@@ -246,18 +246,15 @@ def run(
         tasks = make_tasks(spec, points, out_dir, ipc)
         _remove_stale_temporaries(out_dir / POINTS_DIR)
         with _logging_to(out_dir / LOG_NAME, verbose):
-            _run_tasks(spec, tasks, summary, workers, scheduler, progress)
-            finished = [Path(t.result) for t in tasks if Path(t.result).is_file()]
-            if finished:
-                try:
-                    summary.dataset = results.combine([results.load(f) for f in finished],
-                                                      [f.name for f in finished])
-                except ValueError as exc:  # in the log too, beside the points it concerns
-                    log.error("sweep %s: %s; the point files are kept, but no %s: %s",
-                              spec.name, summary.line(), results.COMBINED_NAME, exc)
-                    raise
-                summary.combined = results.save(summary.dataset,
-                                                out_dir / results.COMBINED_NAME)
+            try:
+                _run_tasks(spec, tasks, summary, workers, scheduler, progress)
+            except BaseException:
+                # interrupted (Ctrl-C) or stopped: combined.nc still shows what is finished,
+                # not the state of an earlier run; its own failure must not hide this one
+                with contextlib.suppress(Exception):
+                    _combine(spec, tasks, summary, out_dir)
+                raise
+            _combine(spec, tasks, summary, out_dir)
             summary.wall_time = time.perf_counter() - start
             log.info("sweep %s: %s; combined -> %s", spec.name, summary.line(),
                      summary.combined or "nothing (no point left a result file)")
@@ -265,6 +262,21 @@ def run(
             for name, err in summary.failed.items():
                 log.info("  failed %s: %s", described.get(name, name), err)
     return summary
+
+
+def _combine(spec: Spec, tasks: Sequence[Task], summary: Summary, out_dir: Path) -> None:
+    """Combine the points' result files into OUT/combined.nc (atomically replaced)."""
+    finished = [Path(t.result) for t in tasks if Path(t.result).is_file()]
+    if not finished:
+        return
+    try:
+        summary.dataset = results.combine([results.load(f) for f in finished],
+                                          [f.name for f in finished])
+    except ValueError as exc:  # in the log too, beside the points it concerns
+        log.error("sweep %s: %s; the point files are kept, but no %s: %s",
+                  spec.name, summary.line(), results.COMBINED_NAME, exc)
+        raise
+    summary.combined = results.save(summary.dataset, out_dir / results.COMBINED_NAME)
 
 
 def _run_tasks(spec: Spec, tasks: Sequence[Task], summary: Summary, workers: int | None,
@@ -286,6 +298,9 @@ def _run_tasks(spec: Spec, tasks: Sequence[Task], summary: Summary, workers: int
         elif state == "superseded":
             # a finished result is never overwritten: it may be the only copy of hours of work
             moved = results.move_aside(t.result, results.SUPERSEDED_SUFFIX)
+            if Path(t.output).is_file():  # the notebook that computed it goes with it
+                os.replace(t.output, moved.with_name(
+                    Path(t.output).name + moved.name[len(Path(t.result).name):]))
             summary.superseded[t.point.name] = f"moved to {moved.name}: {error}"
             log.warning("OTHER PARAMETERS in %s (%s): moved to %s; the point runs again",
                         Path(t.result).name, error, moved.name)

@@ -121,9 +121,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"unknown device {device!r}; accepted: 'auto', 'cpu', 'cuda[:i]'") from exc
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ValueError(f"device {device!r}: this machine has {count or 'no'} CUDA "
+                             f"GPU{'s' if count != 1 else ''} visible to torch; use 'auto' "
+                             f"(the GPU where there is one, else the CPU) or 'cpu'")
+    return dev
 
 
 def check_int(value: Any, name: str, low: int = 0) -> int:

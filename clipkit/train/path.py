@@ -191,6 +191,7 @@ def fit_path(
 def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup, on_nonfinite: str):
     device = setup.device
     models = [init_copy(model_fn, s).to(device) for _, s in copies]
+    _warn_if_seeds_alike(models, [s for _, s in copies])
     template = models[0]
     check_trainable(template)
     warn_if_batch_norm(template, setup.method)
@@ -243,6 +244,21 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup, on_nonfinite: 
             if arr.dtype.kind == "f":
                 arr[hist["diverged"] > 0] = np.nan  # no trained parameters to report
     return hist, trained, labels
+
+
+def _warn_if_seeds_alike(models: list[nn.Module], seeds: list[int]) -> None:
+    """Warn where two seeds' copies start from the same weights: a ``model_fn`` that seeds
+    itself (``ck.models.mlp(..., seed=0)``) undoes the seeding that fit_path does for it."""
+    first = {}
+    for model, seed in zip(models, seeds, strict=True):
+        first.setdefault(seed, model)
+    if len(first) < 2:
+        return
+    (s0, a), (s1, b) = list(first.items())[:2]
+    if all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True)):
+        warnings.warn(f"fit_path: the copies of seed {s0} and seed {s1} start from the same "
+                      f"weights: model_fn seeds its model itself (e.g. ck.models.mlp(..., "
+                      f"seed=0)); leave the seed out, fit_path seeds each copy", stacklevel=4)
 
 
 class CopyView(nn.Module):

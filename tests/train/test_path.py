@@ -280,3 +280,14 @@ def test_a_clip_copy_diverging_at_once_is_frozen_with_a_selection(data64):
     assert np.isfinite(ds.loss.sel(lam=0.1).values).all()
     with pytest.raises(ValueError, match="on_nonfinite must be one of 'raise', 'record'"):
         ck.fit_path(model_fn, data64, ck.CLIP(), on_nonfinite="skip", **KW)
+
+
+def test_a_model_fn_that_seeds_itself_is_named(data64):
+    def seeded_fn():
+        return ck.models.mlp([1, 12, 12, 1], activation="relu", seed=0).double()
+
+    with pytest.warns(UserWarning, match="seed 0 and seed 1 start from the same weights"):
+        ck.fit_path(seeded_fn, data64, ck.Standard(), seed=[0, 1], **KW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ck.fit_path(model_fn, data64, ck.Standard(), seed=[0, 1], **KW)  # no warning

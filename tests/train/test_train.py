@@ -201,6 +201,9 @@ def test_bad_inputs_raise_clear_errors(regression):
                task="classification", progress=False)
     with pytest.raises(ValueError, match="unknown device"):
         ck.fit(model, (x, y), device="tpu:9", progress=False)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match=r"device 'cuda:\d+': this machine has .* CUDA GPU"):
+        ck.fit(model, (x, y), device=f"cuda:{gpus}", progress=False)  # one past the last
     wide = x.repeat(1, 3)  # samples of shape (3,) for a model that takes (1,)
     takes = r"the model does not take these inputs \(shape \(200, 3\)"
     with pytest.raises(ValueError, match=r"data\[0\] \(x\): " + takes):

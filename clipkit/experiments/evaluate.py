@@ -154,8 +154,7 @@ def train_lambda_grid(
         net = model_fn()
         histories.append(fit(net, data, method.replace(lam=lv), seed=seed,
                              on_nonfinite=on_nonfinite, **fit_kwargs))
-        diverged = "diverged" in histories[-1] and int(histories[-1].diverged) > 0
-        models.append(None if diverged else net.eval())
+        models.append(None if _diverged_epoch(histories[-1]) > 0 else net.eval())
     hist = xr.concat(histories, dim=xr.DataArray(lams, dims="lam", name="lam"),
                      coords="minimal", compat="override")
     return models, hist.drop_attrs(deep=False)

@@ -28,6 +28,12 @@ DIVERGED = ("epoch (from 1) in which the objective became NaN or infinite, after
             "training was stopped (the history is NaN from there); 0: trained to the end")
 
 
+def diverged_epoch(history: xr.Dataset) -> int:
+    """The epoch in which a ``fit(..., on_nonfinite="record")`` diverged; 0 where it did not
+    (or where the history has no ``diverged``: trained in raise mode)."""
+    return int(history["diverged"]) if "diverged" in history else 0
+
+
 def history_dataset(arrays: dict[str, np.ndarray], lead_dims: dict[str, Sequence]) -> xr.Dataset:
     """Arrays (K, E) → a Dataset over (*lead_dims, epoch); K = product of the lead sizes."""
     dims = [*lead_dims, "epoch"]

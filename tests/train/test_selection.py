@@ -99,21 +99,25 @@ def test_goal_accuracy_indicator_follows_the_authors_rule(blobs):
                zip(model.parameters(), rec.weights[expected][0], strict=True))
 
 
+def _unseeded():
+    return ck.models.mlp([2, 16, 3], activation="tanh")  # fit_path seeds each copy
+
+
 def test_a_path_keeps_each_copys_own_best_epoch_like_separate_fits(blobs):
     seqs = {0: [0.1, 0.6, 0.3, 0.2], 1: [0.7, 0.1, 0.1, 0.8]}  # per seed
     rec = Recorder([[seqs[s][e] for s in (0, 1)] for e in range(4)])
-    path = ck.fit_path(_model, blobs, ck.Standard(), seed=[0, 1], epochs=4, batch_size=32,
+    path = ck.fit_path(_unseeded, blobs, ck.Standard(), seed=[0, 1], epochs=4, batch_size=32,
                        optimizer="sgd", lr=0.05, progress=False, on_epoch=rec.__call__,
                        select=ck.BestEpoch("v"))
     assert path.selected.dims == ("lam", "seed", "epoch")
     np.testing.assert_array_equal(path.selected.isel(lam=0).argmax("epoch").values, [1, 3])
     for s in (0, 1):
         single = Recorder([[seqs[s][e]] for e in range(4)])
-        model = ck.path.init_copy(_model, s)
+        model = ck.path.init_copy(_unseeded, s)
         ck.fit(model, blobs, ck.Standard(), epochs=4, batch_size=32, optimizer="sgd",
                lr=0.05, seed=s, progress=False, on_epoch=single.__call__,
                select=ck.BestEpoch("v"))
-        kept = ck.path.model_at(path, _model, lam=0.0, seed=s)
+        kept = ck.path.model_at(path, _unseeded, lam=0.0, seed=s)
         for a, b in zip(kept.parameters(), model.parameters(), strict=True):
             torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
 

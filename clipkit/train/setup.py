@@ -61,7 +61,14 @@ def _as_tensor(value, name: str) -> Tensor:
 def check_data(data, name: str = "data") -> tuple[Tensor, Tensor]:
     """(x, y) tensors with the same first dimension, or a clear error."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{name} must be a tuple (x, y) of tensors, got {type(data).__name__}")
+        hint = ""
+        if isinstance(data, torch.utils.data.TensorDataset):
+            hint = f"; for a TensorDataset pass its tensors: {name}=ds.tensors"
+        elif isinstance(data, torch.utils.data.DataLoader):
+            hint = ("; clipkit batches the data itself: pass the whole (x, y), e.g. the "
+                    "dataset's tensors, and batch_size=")
+        raise TypeError(f"{name} must be a tuple (x, y) of tensors, got "
+                        f"{type(data).__name__}{hint}")
     x, y = _as_tensor(data[0], f"{name}[0] (x)"), _as_tensor(data[1], f"{name}[1] (y)")
     if x.dim() < 2:
         raise ValueError(f"{name}: x must have shape (N, *input_shape), got {tuple(x.shape)}")

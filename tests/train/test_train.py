@@ -162,6 +162,13 @@ def test_bad_inputs_raise_clear_errors(regression):
     # test labels are held to the same rules as the training labels (not broadcast)
     with pytest.raises(ValueError, match=r"test\[1\] \(y\): regression targets of shape \(10,\)"):
         ck.fit(model, (x, y), test=(x[:10], y[:10, 0]), progress=False)
+    loader_data = torch.utils.data.TensorDataset(x, y)
+    with pytest.raises(TypeError, match=r"got TensorDataset; for a TensorDataset pass its "
+                                        r"tensors: data=ds.tensors"):
+        ck.fit(model, loader_data, progress=False)
+    with pytest.raises(TypeError, match="got DataLoader; clipkit batches the data itself"):
+        ck.fit(model, torch.utils.data.DataLoader(loader_data), progress=False)
+    ck.fit(ck.models.mlp([1, 4, 1]), loader_data.tensors, epochs=1, progress=False)
     with pytest.raises(TypeError, match="method must be a clipkit method"):
         ck.fit(model, (x, y), method="clip", progress=False)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):

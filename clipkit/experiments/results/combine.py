@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ def _differing_attrs(runs: list[xr.Dataset]) -> list[str]:
     return sorted(k for k, v in values.items() if len(v) > 1)
 
 
-def _as_grid_cell(ds: xr.Dataset, source: str, per_run: Iterable[str] = ()) -> xr.Dataset:
+def _as_grid_cell(ds: xr.Dataset, source: str, per_run: Sequence[str] = ()) -> xr.Dataset:
     """One run, reduced to what a combined sweep holds, with its swept coords as dims;
     the attrs ``per_run`` become string variables."""
     status = str(ds.attrs.get("status", STATUS_DONE))
@@ -66,7 +66,7 @@ def _as_grid_cell(ds: xr.Dataset, source: str, per_run: Iterable[str] = ()) -> x
         source=((), source),
         **{k: ((), str(ds.attrs.get(k, "")), {"description": PER_RUN_ATTR}) for k in per_run},
     )
-    keep.attrs = {k: v for k, v in keep.attrs.items() if k not in set(per_run)}
+    keep.attrs = {k: v for k, v in keep.attrs.items() if k not in per_run}
     swept = _swept_names(ds)
     return keep.expand_dims(swept) if swept else keep
 

@@ -9,14 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clipkit.experiments import results
-from clipkit.experiments.sweep.spec import (
-    Point,
-    Spec,
-    SweepError,
-    load_spec,
-    naming,
-    plan,
-)
+from clipkit.experiments.sweep.spec import Point, Spec, SweepError, load_spec, naming, plan
 from clipkit.experiments.types import accepted, list_hint, type_matches
 
 # --------------------------------------------------------------------------- validation

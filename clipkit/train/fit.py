@@ -40,7 +40,7 @@ def fit(
     device: str | torch.device = "auto",
     test: tuple[Tensor, Tensor] | None = None,
     task: str = "auto",
-    progress: bool = True,
+    progress: bool | None = None,
     on_epoch: EpochMeasure | None = None,
     select: BestEpoch | None = None,
     on_nonfinite: str = "raise",
@@ -55,6 +55,9 @@ def fit(
     ``on_epoch(models, epoch) -> {name: values}`` measures the model after each epoch into
     the history; ``select`` (``ck.BestEpoch``) leaves the model with the weights of its
     best-scoring epoch instead of the last (``clipkit.train.selection``).
+
+    ``progress``: a tqdm bar over the epochs; None shows it where someone watches (a Jupyter
+    kernel, or a terminal) and not in a script's log file.
 
     ``device``: "auto" trains on the GPU where torch sees one, else on the CPU. The model
     goes back to the device it came on when training ends (or fails), so a notebook's

@@ -68,6 +68,12 @@ def _as_list(value, name: str) -> list:
     return values
 
 
+def _as_numpy(t: Tensor) -> np.ndarray:
+    """A tensor's values as a numpy array; bfloat16 (which numpy lacks) as float32, exactly."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def _param_name(name: str) -> str:
     return "param_" + name.replace(".", "_")
 
@@ -92,7 +98,7 @@ def fit_path(
     test: tuple[Tensor, Tensor] | None = None,
     task: str = "auto",
     max_models: int | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     on_epoch: EpochMeasure | None = None,
     select: BestEpoch | None = None,
     on_nonfinite: str = "raise",
@@ -102,8 +108,9 @@ def fit_path(
     The result has dims (lam, seed, epoch) for the history, and the trained parameters
     as variables ``param_<name>`` over (lam, seed, …) (see :func:`model_at`).
     ``max_models`` splits the K copies into chunks trained one after another (memory).
-    ``on_epoch`` and ``select`` as in ``ck.fit``: the measure gets the chunk's copies as
-    modules, and with a selection the stored parameters are each copy's kept epoch's.
+    ``on_epoch``, ``select`` and ``progress`` as in ``ck.fit``: the measure gets the
+    chunk's copies as modules, and with a selection the stored parameters are each copy's
+    kept epoch's.
 
     ``on_nonfinite``: when a copy's objective becomes NaN or infinite (a λ too large for
     the learning rate, say), ``"raise"`` stops the whole path with a NonFiniteLossError;
@@ -234,9 +241,9 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup, on_nonfinite: 
                     "copies on and records this one as diverged",)
         raise
     template.eval()
-    trained = {_param_name(n): p.detach().cpu().numpy() for n, p in params.items()}
+    trained = {_param_name(n): _as_numpy(p) for n, p in params.items()}
     # the copies' buffers too: batch norm's running statistics are what eval mode uses
-    trained.update({_buffer_name(n): b.detach().cpu().numpy() for n, b in buffers.items()})
+    trained.update({_buffer_name(n): _as_numpy(b) for n, b in buffers.items()})
     labels = {**{_param_name(n): {"parameter": n} for n in params},
               **{_buffer_name(n): {"buffer": n} for n in buffers}}
     if "diverged" in hist:

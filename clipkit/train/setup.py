@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,20 @@ from clipkit.train.protocol import Method
 from clipkit.train.selection import BestEpoch, EpochMeasure
 
 OPTIMIZERS = ("sgd", "adam")
+
+
+def someone_watches() -> bool:
+    """Whether a progress bar would be seen: a Jupyter kernel, or stderr on a terminal.
+
+    What ``progress=None`` means in ``fit`` and ``fit_path``: a script whose output goes to a
+    log file gets no bar, whose carriage-return updates would fill the log.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None and hasattr(shell, "kernel"):
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty is not None and isatty())
 TASKS = ("auto", "regression", "classification")
 
 
@@ -140,7 +155,7 @@ class TrainSetup:
 
 def plan_run(
     method: Method | None, data, *, epochs: int, batch_size: int, optimizer: str, lr: float,
-    momentum: float, device: str | torch.device, task: str, progress: bool, desc: str,
+    momentum: float, device: str | torch.device, task: str, progress: bool | None, desc: str,
     on_epoch: EpochMeasure | None = None, select: BestEpoch | None = None,
 ) -> tuple[TrainSetup, Tensor, Tensor]:
     """Validate what ``fit`` and ``fit_path`` share; return the set-up and the data (x, y)."""
@@ -172,7 +187,7 @@ def plan_run(
         momentum=check_number(momentum, "momentum"),
         task=task,
         device=resolve_device(device),
-        progress=bool(progress),
+        progress=someone_watches() if progress is None else bool(progress),
         desc=f"{desc} {method.name}",
         on_epoch=on_epoch,
         select=select,

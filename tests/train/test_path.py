@@ -291,3 +291,19 @@ def test_a_model_fn_that_seeds_itself_is_named(data64):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ck.fit_path(model_fn, data64, ck.Standard(), seed=[0, 1], **KW)  # no warning
+
+
+def test_bfloat16_models_train_and_their_path_stores_the_weights_exactly(data64):
+    x, y = (t.to(torch.bfloat16) for t in data64)
+
+    def bf16_model():
+        return ck.models.mlp([1, 8, 1], activation="relu", seed=0).to(torch.bfloat16)
+
+    hist = ck.fit(bf16_model(), (x, y), ck.CLIP(lam=0.1), **KW)
+    assert np.isfinite(hist.loss.values).all()
+    ds = ck.fit_path(bf16_model, (x, y), ck.CLIP(), lam=[0.0, 0.1], **KW)
+    rebuilt = model_at(ds, bf16_model, lam=0.1)
+    for name, p in rebuilt.named_parameters():
+        assert p.dtype == torch.bfloat16
+        stored = torch.from_numpy(ds["param_" + name.replace(".", "_")].sel(lam=0.1).values)
+        assert torch.equal(p.float(), stored.reshape(p.shape)), name

@@ -351,3 +351,35 @@ def test_a_lambda_the_schedule_never_applies_is_warned_about():
         warnings.simplefilter("error")  # applied from epoch 2 on: no warning
         ck.fit(ck.models.mlp([1, 8, 1]), (x, y), ck.CLIP(lam=0.1, pairs=4,
                                                          schedule=ck.Warmup(1)), **kw)
+
+
+class _Stream:
+    """A stand-in for sys.stderr that records what is written and says whether it is a tty."""
+
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tty, progress, shown", [
+    (False, None, False),  # a script's log file: no bar by default
+    (True, None, True),    # a terminal: a bar
+    (False, True, True),   # forced on
+    (True, False, False),  # forced off
+])
+def test_progress_bar_by_default_only_where_someone_watches(regression, monkeypatch, tty,
+                                                            progress, shown):
+    stream = _Stream(tty)
+    monkeypatch.setattr("sys.stderr", stream)
+    model = ck.models.mlp([1, 8, 1], seed=0)
+    ck.fit(model, regression, epochs=2, batch_size=64, progress=progress)
+    assert ("fit Standard" in stream.text) == shown, stream.text

@@ -104,8 +104,7 @@ def controls(ds: xr.Dataset) -> dict[str, list[tuple[str, Any]]]:
             values = [(plots.line_label(dim, v.item()), v.item()) for v in ds[dim]]
             many = [(ALL, ALL)] if len(values) > 1 else []
             out[dim] = values[:1] + many + values[1:] if dim == "dataset" else many + values
-        out["lam"] = [(ALL, ALL)] + [(plots.line_label("lam", float(v)), float(v))
-                                       for v in ds.lam.values]
+        out["lam"] = lam_options(ds)
         out["attack"] = [(plots.ATTACK_LABELS.get(str(a), str(a)), str(a))
                          for a in ds.attack.values]
         return out
@@ -115,6 +114,19 @@ def controls(ds: xr.Dataset) -> dict[str, list[tuple[str, Any]]]:
         if dim not in out:  # the figures show one run: one value each
             out[dim] = [(plots.line_label(dim, v.item()), v.item()) for v in ds[dim]]
     return out
+
+
+def lam_options(ds: xr.Dataset, choice: Mapping[str, Any] | None = None
+                ) -> list[tuple[str, Any]]:
+    """The λ choices of a classification sweep: :data:`ALL`, then each λ at which some run
+    of the other choices (method, setting, …) has a result; a sweep's λ are the union over
+    its methods, and a λ that the chosen method was never run at would draw nothing."""
+    ds = _prepare(ds)
+    d = _select(ds, choice or {}, skip=("attack", "lam"))
+    ran = d["clean_acc"].notnull()
+    ran = ran.any([dim for dim in ran.dims if dim != "lam"])
+    return [(ALL, ALL)] + [(plots.line_label("lam", float(v)), float(v))
+                           for v, r in zip(ds.lam.values, ran.values, strict=True) if r]
 
 
 def _select(ds: xr.Dataset, choice: Mapping[str, Any], skip: tuple[str, ...] = ()) -> xr.Dataset:
@@ -249,6 +261,7 @@ class Explorer:
                 options=options, value=value, description="λ" if name == "lam" else name,
                 style={"description_width": "initial"}, layout={"width": "max-content"})
         self._handles: list[Any] = []
+        self._refreshing = False
 
     @property
     def choice(self) -> dict[str, Any]:
@@ -275,7 +288,30 @@ class Explorer:
         self._handles = [display(f if f is not None else HTML(""), display_id=True)
                          for f in self._draw()]
         for w in self.widgets.values():
-            w.observe(self.redraw, names="value")
+            w.observe(self._changed, names="value")
+
+    def _changed(self, change: Any) -> None:
+        if self._refreshing:
+            return  # the λ list being replaced: one redraw follows, from _changed's caller
+        lam = self.widgets.get("lam")
+        if self.kind == "classification" and lam is not None and change["owner"] is not lam:
+            self._refresh_lam(lam)
+        self.redraw()
+
+    def _refresh_lam(self, lam: Any) -> None:
+        """Offer the λ at which the chosen method and setting were run; keep the chosen
+        one where it is among them, else show all."""
+        options = lam_options(self.ds, self.choice)
+        values = [v for _, v in options]
+        if values == [v for _, v in lam.options]:
+            return
+        keep = lam.value if lam.value in values else ALL
+        self._refreshing = True
+        try:
+            lam.options = options
+            lam.value = keep
+        finally:
+            self._refreshing = False
 
     def redraw(self, change: Any = None) -> None:
         """Draw the current choice into the figure areas."""

@@ -175,3 +175,27 @@ def test_a_choice_with_nothing_to_draw_says_why():
     (note,) = explore.figures(sweep, {"method": "weight_decay", "lam": 0.5})
     assert "nothing to draw for this choice (runs " in note.axes[0].texts[0].get_text()
     assert len(explore.figures(sweep, {"method": "clip", "lam": 0.5})) == 3
+
+
+def test_the_lam_list_offers_what_the_chosen_method_was_run_at():
+    """A sweep's λ are the union over its methods; the λ list follows the chosen method."""
+    pytest.importorskip("ipywidgets")
+    sweep = results.combine([classification_run("clip", False, [0.0, 0.1, 0.5]),
+                             classification_run("weight_decay", False, [0.0, 1e-3])])
+    every = [0.0, 1e-3, 0.1, 0.5]
+    assert [v for _, v in explore.lam_options(sweep)] == ["all", *every]
+    assert [v for _, v in explore.lam_options(sweep, {"method": "weight_decay"})] == [
+        "all", 0.0, 1e-3]
+    ex = explore.Explorer(sweep)
+    ex.show()
+    lam = ex.widgets["lam"]
+    assert [v for _, v in lam.options] == ["all", *every]
+    lam.value = 0.5
+    ex.widgets["method"].value = "weight_decay"  # 0.5 was not run: back to all
+    assert [v for _, v in lam.options] == ["all", 0.0, 1e-3] and lam.value == "all"
+    lam.value = 0.0
+    ex.widgets["method"].value = "clip"  # 0 was: kept
+    assert [v for _, v in lam.options] == ["all", 0.0, 0.1, 0.5] and lam.value == 0.0
+    assert ex.redraws == 4  # one per change made above, none from replacing the list
+    for widget in ex.widgets.values():
+        widget.close()

@@ -192,6 +192,16 @@ def result_file(result_path: str, notebook: str) -> Path:
     return _runs_root() / "notebooks" / f"{notebook}-{stamp}.nc"
 
 
+def saved(out: Path, seconds: float) -> str:
+    """The line a notebook prints once its result is written. In a sweep the notebook
+    writes ``NAME.nc.part``, which the sweep checks and renames, so the line names both."""
+    out = Path(out)
+    if out.suffix == ".part":
+        return (f"wrote {out} ({seconds:.1f} s); the sweep checks it and renames it "
+                f"{out.with_suffix('').name}")
+    return f"wrote {out} ({seconds:.1f} s)"
+
+
 class Timer:
     """Wall time since creation: ``Timer().seconds``."""
 

@@ -113,3 +113,12 @@ def test_per_method_merges_over_the_notebooks_defaults_and_refuses_typos():
         per_method("lams", {"weightdecay": 5.0}, lams)
     with pytest.raises(ParameterError, match="must map method names to settings, got 0.1"):
         per_method("lams", 0.1, lams)
+
+
+def test_the_saved_line_names_the_file_a_sweep_renames_the_result_to(tmp_path):
+    from clipkit.experiments.notebook import saved
+
+    assert saved(tmp_path / "r.nc", 1.25) == f"wrote {tmp_path / 'r.nc'} (1.2 s)"
+    line = saved(tmp_path / "lam=0.1.nc.part", 3.0)
+    assert line.startswith(f"wrote {tmp_path / 'lam=0.1.nc.part'} (3.0 s)")
+    assert line.endswith("renames it lam=0.1.nc")

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 
@@ -218,3 +219,44 @@ def test_eps_grids_from_numpy_and_torch_are_taken():
     c = attacks.robust_accuracy(model, (x, y), attacks.FGSM(eps=0.1), eps=[0.0, 0.1, 0.2])
     np.testing.assert_array_equal(a.values, c.values)
     np.testing.assert_array_equal(b.values, c.values)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: attacks.PGD(eps=0.5, norm="l2", steps=10, seed=2),
+    lambda: attacks.PGD(eps=0.1, norm="linf", steps=10, seed=2),
+    lambda: attacks.FGSM(eps=0.1),
+], ids=["pgd_l2", "pgd_linf", "fgsm"])
+def test_a_final_sigmoid_is_left_out_of_the_gradient_not_out_of_the_accuracy(make):
+    """The published setting squeezes the logits through a sigmoid: the attack aims through
+    the logits (the same decision, an unsqueezed gradient); logits=False goes through it."""
+    net = small_classifier()
+    squeezed = nn.Sequential(*net, nn.Sigmoid())
+    x, y = data()
+    assert attacks.logits_part(squeezed)[-1] is net[-1]
+    torch.testing.assert_close(make()(squeezed, x, y), make()(net, x, y), rtol=0, atol=0)
+    through = make()
+    through.logits = False
+    assert not torch.equal(through(squeezed, x, y), make()(net, x, y))
+    assert json.loads(json.dumps(make().config()))["logits"] is True
+    # the accuracy is the whole model's: here argmax σ(z) = argmax z on every input
+    acc = attacks.robust_accuracy(squeezed, (x, y), make(), eps=[0.0, 0.3])
+    ref = attacks.robust_accuracy(net, (x, y), make(), eps=[0.0, 0.3])
+    np.testing.assert_array_equal(acc.values, ref.values)
+
+
+def test_only_a_strictly_increasing_final_activation_is_left_out():
+    net = small_classifier()
+    for last in (nn.ReLU(), nn.Softmax(dim=1)):  # ReLU ties negative logits; softmax is no
+        model = nn.Sequential(*net, last)       # elementwise map
+        assert attacks.logits_part(model) is model
+    tanh = nn.Sequential(*net, nn.Tanh())
+    assert len(attacks.logits_part(tanh)) == len(net)
+    x, y = data()
+    # a loss of one's own sees the model's output: the cross-entropy given by hand goes
+    # through the sigmoid, as logits=False does
+    own = attacks.PGD(eps=0.5, steps=5,
+                      loss=lambda out, t: F.cross_entropy(out, t, reduction="sum"))
+    through = attacks.PGD(eps=0.5, steps=5, logits=False)
+    wrapped = nn.Sequential(*net, nn.Sigmoid())
+    torch.testing.assert_close(own(wrapped, x, y), through(wrapped, x, y), rtol=0, atol=0)
+    assert not torch.equal(own(wrapped, x, y), own(net, x, y))

@@ -35,7 +35,7 @@ def fit(
     batch_size: int = 128,
     optimizer: str = "adam",
     lr: float = 1e-3,
-    momentum: float = 0.9,
+    momentum: float | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",
     test: tuple[Tensor, Tensor] | None = None,
@@ -55,6 +55,9 @@ def fit(
     ``on_epoch(models, epoch) -> {name: values}`` measures the model after each epoch into
     the history; ``select`` (``ck.BestEpoch``) leaves the model with the weights of its
     best-scoring epoch instead of the last (``clipkit.train.selection``).
+
+    ``optimizer``: "adam" (``lr``) or "sgd" (``lr``, ``momentum``; None: 0.9, the
+    authors'). A momentum given with Adam, which has none, is named in a warning.
 
     ``progress``: a tqdm bar over the epochs; None shows it where someone watches (a Jupyter
     kernel, or a terminal) and not in a script's log file.

@@ -93,7 +93,7 @@ def fit_path(
     batch_size: int = 128,
     optimizer: str = "adam",
     lr: float = 1e-3,
-    momentum: float = 0.9,
+    momentum: float | None = None,
     device: str | torch.device = "auto",
     test: tuple[Tensor, Tensor] | None = None,
     task: str = "auto",

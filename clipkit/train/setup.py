@@ -126,12 +126,28 @@ def check_optimizer(optimizer: str) -> str:
     return name
 
 
-def make_optimizer(params, optimizer: str, lr: float, momentum: float) -> torch.optim.Optimizer:
+SGD_MOMENTUM = 0.9  # the authors' setting, and the default of fit's momentum under SGD
+
+
+def check_momentum(momentum: float | None, optimizer: str) -> float | None:
+    """SGD's momentum (None: 0.9); Adam has none, so a momentum given with it is named in a
+    warning, not silently dropped, and None is what the run records."""
+    if optimizer != "sgd":
+        if momentum is not None:
+            warnings.warn(f"momentum={momentum!r} has no effect with optimizer={optimizer!r}: "
+                          f"it is SGD's setting (optimizer='sgd')", stacklevel=4)
+        return None
+    return SGD_MOMENTUM if momentum is None else check_number(momentum, "momentum")
+
+
+def make_optimizer(params, optimizer: str, lr: float,
+                   momentum: float | None) -> torch.optim.Optimizer:
     optimizer = check_optimizer(optimizer)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM if momentum is None
+                               else momentum)
     return torch.optim.Adam(params, lr=lr)
 
 
@@ -144,7 +160,7 @@ class TrainSetup:
     batch_size: int
     optimizer: str
     lr: float
-    momentum: float
+    momentum: float | None
     task: str
     device: torch.device
     progress: bool
@@ -155,7 +171,8 @@ class TrainSetup:
 
 def plan_run(
     method: Method | None, data, *, epochs: int, batch_size: int, optimizer: str, lr: float,
-    momentum: float, device: str | torch.device, task: str, progress: bool | None, desc: str,
+    momentum: float | None, device: str | torch.device, task: str, progress: bool | None,
+    desc: str,
     on_epoch: EpochMeasure | None = None, select: BestEpoch | None = None,
 ) -> tuple[TrainSetup, Tensor, Tensor]:
     """Validate what ``fit`` and ``fit_path`` share; return the set-up and the data (x, y)."""
@@ -184,7 +201,7 @@ def plan_run(
         batch_size=check_int(batch_size, "batch_size", 1),
         optimizer=check_optimizer(optimizer),
         lr=check_positive(lr, "lr"),
-        momentum=check_number(momentum, "momentum"),
+        momentum=check_momentum(momentum, check_optimizer(optimizer)),
         task=task,
         device=resolve_device(device),
         progress=someone_watches() if progress is None else bool(progress),

@@ -144,7 +144,7 @@ def test_warmup_schedule_keeps_lambda_zero_first(regression):
 
 def test_numpy_scalars_are_taken_as_the_numbers_they_hold(regression):
     hist = ck.fit(ck.models.mlp([1, 8, 1]), regression, lr=np.float32(0.01),
-                  momentum=np.float64(0.5), epochs=1, progress=False)
+                  momentum=np.float64(0.5), optimizer="sgd", epochs=1, progress=False)
     config = json.loads(hist.attrs["config"])
     assert config["lr"] == pytest.approx(0.01) and config["momentum"] == 0.5
 
@@ -186,7 +186,7 @@ def test_bad_inputs_raise_clear_errors(regression):
     with pytest.raises(TypeError, match="lr must be a finite number > 0, got '0.1'"):
         ck.fit(model, (x, y), lr="0.1", progress=False)
     with pytest.raises(ValueError, match="momentum must be a finite number >= 0"):
-        ck.fit(model, (x, y), momentum=-0.5, progress=False)
+        ck.fit(model, (x, y), optimizer="sgd", momentum=-0.5, progress=False)
     with pytest.raises(ValueError, match=r"the model has no parameters to train \(Sequential\)"):
         ck.fit(nn.Sequential(nn.ReLU()), (x, y), progress=False)
     frozen = ck.models.mlp([1, 8, 1]).requires_grad_(False)
@@ -383,3 +383,22 @@ def test_progress_bar_by_default_only_where_someone_watches(regression, monkeypa
     model = ck.models.mlp([1, 8, 1], seed=0)
     ck.fit(model, regression, epochs=2, batch_size=64, progress=progress)
     assert ("fit Standard" in stream.text) == shown, stream.text
+
+
+def test_momentum_is_sgds_and_a_momentum_given_with_adam_is_named(regression):
+    def run(**kw):
+        model = ck.models.mlp([1, 8, 1], seed=0)
+        hist = ck.fit(model, regression, epochs=2, batch_size=64, progress=False, **kw)
+        return json.loads(hist.attrs["config"])["momentum"], _params(model)
+
+    assert run(optimizer="sgd", lr=0.01)[0] == 0.9  # None: the authors' 0.9
+    default, w_default = run(optimizer="sgd", lr=0.01)
+    same, w_same = run(optimizer="sgd", lr=0.01, momentum=0.9)
+    assert all(torch.equal(a, b) for a, b in zip(w_default, w_same, strict=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(optimizer="adam")[0] is None
+    with pytest.warns(UserWarning, match=r"momentum=0.5 has no effect with optimizer='adam'"):
+        recorded, w_given = run(optimizer="adam", momentum=0.5)
+    assert recorded is None
+    assert all(torch.equal(a, b) for a, b in zip(w_given, run(optimizer="adam")[1], strict=True))

@@ -221,9 +221,10 @@ def _warn_if_lambda_never_applied(method, lam: Tensor, lam_epoch: np.ndarray) ->
     """A warning where a copy's λ > 0 was 0 in every epoch it trained (its schedule held
     it back: a warm-up as long as the training, an accuracy goal never reached), so that
     it trained as λ = 0 does."""
-    never = (lam.detach().cpu().double().numpy() != 0) & ~(lam_epoch != 0).any(axis=1)
+    lams = lam.detach().cpu().double().numpy()  # double: numpy has no bfloat16
+    never = (lams != 0) & ~(lam_epoch != 0).any(axis=1)
     if never.any():
-        held = sorted({float(v) for v in lam.detach().cpu().double().numpy()[never]})
+        held = sorted({float(v) for v in lams[never]})
         warnings.warn(
             f"{method.name}: λ = {', '.join(f'{v:g}' for v in held)} was never applied: the "
             f"schedule {method.schedule} kept λ at 0 in all {lam_epoch.shape[1]} epochs, so "

@@ -146,8 +146,7 @@ def make_optimizer(params, optimizer: str, lr: float,
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM if momentum is None
-                               else momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=check_momentum(momentum, optimizer))
     return torch.optim.Adam(params, lr=lr)
 
 

@@ -179,8 +179,10 @@ class PGD(Attack):
     Random start uniform in the ball; ``steps`` steps x <- P(x + a d), d = g/||g|| (l2) or
     sign(g) (linf), a = ``step_size`` (default 2.5 eps / steps, as in Madry et al.); P projects
     onto the ball around the clean x, then clamps to the data range (which keeps it in the ball:
-    the clean x is in the range). Returns the last iterate. ``loss`` and ``logits`` as in
-    :class:`FGSM`.
+    the clean x is in the range). Returns the last iterate. ``restarts``: that many runs
+    from independent random starts; each point keeps the first run's iterate that the model
+    misclassifies (else the last run's), so more restarts never fool fewer points (the
+    first run is the one-restart attack). ``loss`` and ``logits`` as in :class:`FGSM`.
     """
 
     norm: str = "l2"
@@ -189,6 +191,7 @@ class PGD(Attack):
     random_start: bool = True
     loss: Loss | None = None
     logits: bool = True
+    restarts: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -196,6 +199,10 @@ class PGD(Attack):
             raise ValueError(f"norm must be 'l2' or 'linf', got {self.norm!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        check_int(self.restarts, "restarts", low=1)
+        if self.restarts > 1 and not self.random_start:
+            raise ValueError(f"restarts={self.restarts} needs random_start=True: without a "
+                             f"random start every run is the same")
         if self.step_size is not None:
             _check_eps(self.step_size, "step_size")
 
@@ -213,10 +220,22 @@ class PGD(Attack):
         if self.eps == 0:
             return x
         a = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
-        delta0 = self._start(x) if self.random_start else torch.zeros_like(x)
-        return pgd(lambda xa: (_loss_grad(model, self.loss, xa, y, self.logits), None), x, delta0,
-                   eps=self.eps, steps=self.steps, step_size=a, norm=self.norm,
-                   clamp=self.clamp)
+        best, fooled = x, torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(self.restarts):
+            delta0 = self._start(x) if self.random_start else torch.zeros_like(x)
+            xa = pgd(lambda xa: (_loss_grad(model, self.loss, xa, y, self.logits), None), x,
+                     delta0, eps=self.eps, steps=self.steps, step_size=a, norm=self.norm,
+                     clamp=self.clamp)
+            if self.restarts == 1:
+                return xa
+            with torch.no_grad():
+                now = model(xa).argmax(1) != y
+            # a point not fooled yet takes this run's iterate; a fooled one keeps its own
+            best = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), best, xa)
+            fooled |= now
+            if bool(fooled.all()):
+                break
+        return best
 
 
 @dataclass

@@ -260,3 +260,31 @@ def test_only_a_strictly_increasing_final_activation_is_left_out():
     wrapped = nn.Sequential(*net, nn.Sigmoid())
     torch.testing.assert_close(own(wrapped, x, y), through(wrapped, x, y), rtol=0, atol=0)
     assert not torch.equal(own(wrapped, x, y), own(net, x, y))
+
+
+def test_pgd_restarts_never_fool_fewer_points_and_stay_in_the_ball():
+    # a steep 2-D classifier, labelled by itself: one short run from a random start reaches
+    # the boundary or not depending on the start
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 3))
+    with torch.no_grad():
+        net[0].weight.mul_(8)
+        x = torch.rand(256, 2, generator=torch.Generator().manual_seed(1))
+        y = net(x).argmax(1)
+    one = attacks.PGD(eps=0.1, norm="l2", steps=1, step_size=0.01, seed=4)
+    more = attacks.PGD(eps=0.1, norm="l2", steps=1, step_size=0.01, seed=4, restarts=4)
+    xa1, xa4 = one(net, x, y), more(net, x, y)
+    with torch.no_grad():
+        fooled1, fooled4 = net(xa1).argmax(1) != y, net(xa4).argmax(1) != y
+    assert bool((fooled4 | ~fooled1).all())  # every point the first run fooled stays fooled
+    assert fooled4.sum() > fooled1.sum()      # and here the other starts fool more
+    torch.testing.assert_close(xa4[fooled1], xa1[fooled1], rtol=0, atol=0)  # run 1's iterate
+    assert float((xa4 - x).flatten(1).norm(dim=1).max()) <= 0.1 * (1 + 1e-6)
+    assert 0 <= float(xa4.min()) and float(xa4.max()) <= 1
+    acc1 = attacks.robust_accuracy(net, (x, y), one, eps=[0.05, 0.1])
+    acc4 = attacks.robust_accuracy(net, (x, y), more, eps=[0.05, 0.1])
+    assert bool((acc4 <= acc1).all()) and json.loads(acc4.attrs["config"])["restarts"] == 4
+    with pytest.raises(ValueError, match="restarts=2 needs random_start=True"):
+        attacks.PGD(eps=0.5, restarts=2, random_start=False)
+    with pytest.raises(ValueError, match="restarts must be an int >= 1"):
+        attacks.PGD(eps=0.5, restarts=0)

@@ -226,6 +226,8 @@ def main() -> None:
     ap.add_argument("--pairwise", action="store_true",
                     help="also certify with pairwise global margin bounds (45 solves)")
     args = ap.parse_args()
+    if args.certify < 1:
+        ap.error(f"--certify must be at least 1 (test images to certify), got {args.certify}")
     torch.set_num_threads(args.threads)
     train, (xt, yt), source = data(args.seed)
     tag = "fmnist" if source.startswith("Fashion") else "random"

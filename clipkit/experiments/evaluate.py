@@ -101,17 +101,20 @@ CERTIFY = {
 }
 
 
-def make_attack(name: str, *, seed: int = 0, steps: int = 20) -> atk.Attack:
+def make_attack(name: str, *, seed: int = 0, steps: int = 20, restarts: int = 1
+                ) -> atk.Attack:
     """The attack called ``name`` (see :data:`ATTACKS`), its ε set per call of the evaluation.
 
-    ``steps`` is the number of PGD iterations (the authors' attack: their test uses 100).
+    ``steps`` is the number of PGD iterations (the authors' attack: their test uses 100);
+    ``restarts`` the random restarts of clipkit's PGD-ℓ2/ℓ∞ (the other attacks have none:
+    FGSM and noise take no steps, and the authors' PGD stays theirs).
     """
     if name == "noise":
         return atk.GaussianNoise(eps=0.0, seed=seed)
     if name == "fgsm":
         return atk.FGSM(eps=0.0, seed=seed)
     if name in ("pgd_l2", "pgd_linf"):
-        return atk.PGD(eps=0.0, norm=name[4:], steps=steps, seed=seed)
+        return atk.PGD(eps=0.0, norm=name[4:], steps=steps, seed=seed, restarts=restarts)
     if name == "pgd_l2_authors":
         return atk.AuthorsPGD(eps=0.0, steps=steps, seed=seed)
     raise ValueError(f"unknown attack {name!r}; accepted: {', '.join(ATTACKS)}")
@@ -171,7 +174,7 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) ->
 def evaluate_classifier(
     model: nn.Module, test: tuple[Tensor, Tensor], *, eval_data: tuple[Tensor, Tensor],
     attacks: Mapping[str, Sequence[float]], seed: int = 0, pgd_steps: int = 20,
-    authors_steps: int | None = None, bracket_steps: int = 20,
+    authors_steps: int | None = None, pgd_restarts: int = 1, bracket_steps: int = 20,
     domain: tuple[float, float] | None = None, progress: bool = False,
     certified: str = "global", sdp_iters: int = 20,
 ) -> xr.Dataset:
@@ -180,7 +183,8 @@ def evaluate_classifier(
     ``lam`` dimension yet.
 
     ``pgd_steps`` are the iterations of clipkit's PGD attacks, ``authors_steps`` those of
-    the authors' PGD (None: ``pgd_steps``; their test: 100). ``progress``: a tqdm bar over
+    the authors' PGD (None: ``pgd_steps``; their test: 100); ``pgd_restarts`` the random
+    restarts of clipkit's PGD (``ck.attacks.PGD(restarts=...)``). ``progress``: a tqdm bar over
     the attacks and the bracket (a widget in a notebook).
 
     ``certified_acc`` (over ``eps``, at the radii of :data:`L2_ATTACKS`' grids, NaN at the
@@ -218,8 +222,8 @@ def evaluate_classifier(
     for i, (name, grid) in enumerate(attacks.items()):
         bar.set_postfix_str(name)
         steps = authors_steps if name == "pgd_l2_authors" and authors_steps else pgd_steps
-        acc = atk.robust_accuracy(model, eval_data, make_attack(name, seed=seed, steps=steps),
-                                  eps=list(grid))
+        attack = make_attack(name, seed=seed, steps=steps, restarts=pgd_restarts)
+        acc = atk.robust_accuracy(model, eval_data, attack, eps=list(grid))
         for e, v in zip(acc.eps.values, acc.values, strict=True):
             robust[i, all_eps.index(float(e))] = v
         bar.update()

@@ -165,7 +165,9 @@ def _classification_line(name: str, facts: list[dict]) -> str:
             f" (the authors' rule: validation under their PGD with {cfg('val_steps')} "
             "iterations)" if "authors" in select else ""),
         f"attacks and bracket on {cfg('n_eval')} test images (the authors' PGD "
-        f"{cfg('authors_pgd_steps')} iterations, clipkit's PGD {cfg('pgd_steps')})",
+        f"{cfg('authors_pgd_steps')} iterations, clipkit's PGD {cfg('pgd_steps')}"
+        + (f" with {cfg('pgd_restarts')} restarts"
+           if any(f["config"].get("pgd_restarts", 1) != 1 for f in facts) else "") + ")",
     ]
     if any(f["config"].get("curve_every") for f in facts):
         parts.append(f"learning curves every {cfg('curve_every')} epochs on "

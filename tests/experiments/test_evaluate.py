@@ -261,3 +261,20 @@ def test_on_a_gpu_trained_models_come_back_and_evaluation_takes_cpu_data(images)
                                           torch.linspace(-1, 1, 11)[:, None],
                                           ck.data.regression_target)
     assert np.isfinite(fit.f.values).all() and float(fit.lip_exact) <= float(fit.lip_upper) * 1.01
+
+
+def test_pgd_restarts_reach_clipkits_pgd_and_never_raise_its_robust_accuracy(images):
+    for name in ("pgd_l2", "pgd_linf"):
+        assert ck.evaluate.make_attack(name, restarts=3).restarts == 3
+    assert not hasattr(ck.evaluate.make_attack("pgd_l2_authors", restarts=3), "restarts")
+    torch.manual_seed(0)
+    net = model_fn()
+    ck.fit(net, images, epochs=20, batch_size=20, lr=1e-2, progress=False)
+    grids = {"pgd_l2": [0.0, 0.2, 0.5], "pgd_linf": [0.0, 0.05, 0.1]}
+    one, more = (ck.evaluate.evaluate_classifier(net, images, eval_data=images, attacks=grids,
+                                                 pgd_steps=2, pgd_restarts=r, bracket_steps=2,
+                                                 certified="none") for r in (1, 4))
+    measured = one.robust_acc.notnull()  # NaN: ε not in that attack's grid
+    assert bool((more.robust_acc <= one.robust_acc).where(measured, True).all())
+    assert bool((more.robust_acc.isnull() == ~measured).all())
+    np.testing.assert_array_equal(more.clean_acc, one.clean_acc)

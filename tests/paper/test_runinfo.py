@@ -30,3 +30,18 @@ def test_point_attrs_are_read_again_after_a_file_is_rewritten(tmp_path):
     # what a caller does with the attrs does not change what the next caller reads
     runinfo.point_attrs(runs, "table")[0]["data_source"] = "edited"
     assert runinfo.data_sources(runs, ["table"]) == {"second data"}
+
+
+def test_the_profile_line_names_pgd_restarts_only_where_a_run_used_them():
+    from clipkit.paper.runinfo import _classification_line
+
+    def fact(**config):
+        base = {"dataset": "mnist", "epochs": 2, "seed": 0, "select": "last", "n_eval": 50,
+                "authors_pgd_steps": 100, "pgd_steps": 20}
+        return {"config": {**base, **config}, "method_config": {"method": "Standard"},
+                "train_images": 100, "validation_images": None}
+
+    assert "clipkit's PGD 20)" in _classification_line("table", [fact()])
+    assert "clipkit's PGD 20)" in _classification_line("table", [fact(pgd_restarts=1)])
+    line = _classification_line("table", [fact(pgd_restarts=5)])
+    assert "clipkit's PGD 20 with 5 restarts)" in line

@@ -71,6 +71,7 @@ from clipkit.train.schedules import check_lam
 
 __all__ = [
     "ATTACKS",
+    "ATTACK_SETTINGS",
     "CERTIFY",
     "L2_ATTACKS",
     "classification_result",
@@ -92,6 +93,9 @@ ATTACKS = {
 }
 #: the attacks whose ε grid (ℓ2 radii) the certified accuracy is computed on
 L2_ATTACKS = ("pgd_l2", "pgd_l2_authors")
+#: the attr of ``robust_acc`` that holds each attack's settings (JSON: attack name → its
+#: ``config()`` without ε, e.g. steps, step size, restarts, which loss it climbs)
+ATTACK_SETTINGS = "attack_settings"
 #: how ``evaluate_classifier`` certifies: the bound it uses
 CERTIFY = {
     "global": "√2 × the bracket's upper bound (the smallest certified one: LipSDP-neuron for "
@@ -217,12 +221,14 @@ def evaluate_classifier(
 
     all_eps = sorted({float(e) for grid in attacks.values() for e in grid})
     robust = np.full((len(attacks), len(all_eps)), np.nan)
+    settings = {}
     model.eval()
     bar = tqdm(total=len(attacks) + 1, desc="evaluate", disable=not progress, leave=False)
     for i, (name, grid) in enumerate(attacks.items()):
         bar.set_postfix_str(name)
         steps = authors_steps if name == "pgd_l2_authors" and authors_steps else pgd_steps
         attack = make_attack(name, seed=seed, steps=steps, restarts=pgd_restarts)
+        settings[name] = {k: v for k, v in attack.config().items() if k != "eps"}
         acc = atk.robust_accuracy(model, eval_data, attack, eps=list(grid))
         for e, v in zip(acc.eps.values, acc.values, strict=True):
             robust[i, all_eps.index(float(e))] = v
@@ -249,6 +255,7 @@ def evaluate_classifier(
     )
     ds.attrs["bracket_note"] = note
     ds.attrs["certified_note"] = cert_note
+    ds["robust_acc"].attrs[ATTACK_SETTINGS] = to_json(settings)
     return ds
 
 
@@ -324,4 +331,5 @@ def classification_result(history: xr.Dataset, evaluations: Sequence[xr.Dataset 
     ds.attrs["certified_notes"] = " | ".join(e.attrs.get("certified_note", "")
                                              for e in evaluations)
     ds.attrs["method_config"] = to_json(method.config())
+    ds["robust_acc"].attrs[ATTACK_SETTINGS] = done[0]["robust_acc"].attrs.get(ATTACK_SETTINGS, "{}")
     return ds

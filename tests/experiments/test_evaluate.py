@@ -1,5 +1,6 @@
 """clipkit.experiments.evaluate: the result schema on tiny models, and the λ-grid training."""
 
+import json
 import math
 
 import numpy as np
@@ -145,6 +146,13 @@ def test_a_classification_result_has_the_documented_variables(images):
                  <= ds.robust_acc.sel(attack="pgd_l2", eps=0.5) + 1e-12).all())
     assert "bracket upper" in ds.attrs["certified_notes"]
     assert "√2·L·ε" in ds.certified_acc.attrs["description"]
+    # each attack's settings ride on robust_acc, ε left out (it is the axis)
+    settings = json.loads(ds.robust_acc.attrs[ck.evaluate.ATTACK_SETTINGS])
+    assert list(settings) == sorted(grids)
+    assert settings["pgd_l2"]["steps"] == 3 and settings["pgd_l2"]["restarts"] == 1
+    assert settings["pgd_l2"]["logits"] is True and settings["pgd_l2_authors"]["steps"] == 3
+    assert settings["noise"]["attack"] == "GaussianNoise"
+    assert not any("eps" in s for s in settings.values())
 
 
 def antipodal_linear(seed: int = 0) -> torch.nn.Module:

@@ -9,6 +9,7 @@ checked through the data behind them.
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -193,6 +194,10 @@ def test_classification_result_has_the_variables(classification):
     # notebook passes the NaN check without allow_nan
     assert results.has_nan(ds) == []
     assert ds.robust_acc.attrs["nan_means"] == "ε not in this attack's grid"
+    # the attacks' settings survive the notebook's netCDF file
+    settings = json.loads(ds.robust_acc.attrs["attack_settings"])
+    assert sorted(settings) == sorted(ds.attack.values.tolist())
+    assert settings["pgd_l2"]["steps"] == TINY["pgd_steps"] == settings["pgd_linf"]["steps"]
 
 
 def test_classification_numbers_are_consistent(classification):

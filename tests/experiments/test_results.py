@@ -250,3 +250,19 @@ def test_an_attr_that_differs_between_runs_becomes_a_variable_not_dropped(tmp_pa
     assert str(config.sel({"method": "spectral"}).item()) == ""  # the failed run had none
     back = results.load(results.save(combined, tmp_path / "out" / "combined.nc"))
     xr.testing.assert_identical(back["method_config"], config)
+
+
+def test_a_variable_attr_survives_where_the_runs_agree_and_is_dropped_where_they_differ(
+        tmp_path):
+    # e.g. robust_acc's attack_settings: one run's settings must never label another's numbers
+    for lam, seed, steps in ((0.1, 0, 20), (1.0, 0, 20), (0.1, 1, 100)):
+        ds = run_ds(lam, seed)
+        ds["lip"].attrs["settings"] = json.dumps({"steps": steps})
+        ds["loss"].attrs["settings"] = "the same in every run"
+        results.save(ds, tmp_path / f"lam={lam}_seed={seed}.nc")
+    combined = results.open_sweep(tmp_path)
+    assert "settings" not in combined["lip"].attrs
+    assert combined["loss"].attrs["settings"] == "the same in every run"
+    agreeing = results.combine([results.load(tmp_path / f"lam={lam}_seed=0.nc")
+                                for lam in (0.1, 1.0)])
+    assert json.loads(agreeing["lip"].attrs["settings"]) == {"steps": 20}

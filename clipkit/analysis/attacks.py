@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import Tensor, nn
 
+from clipkit.core.models import without_final_squash
 from clipkit.core.pgd import check_in_range, pgd, uniform_ball
 from clipkit.core.utils import (
     broadcast_to,
@@ -119,11 +120,6 @@ class Attack:
         raise NotImplementedError
 
 
-#: Final activations that are strictly increasing elementwise: they change no predicted
-#: class, so a gradient attack may differentiate the logits before them.
-INCREASING = (nn.Sigmoid, nn.Tanh)
-
-
 def logits_part(model: nn.Module) -> nn.Module:
     """The part of ``model`` whose output a gradient attack differentiates by default:
     ``model[:-1]`` where ``model`` is an ``nn.Sequential`` ending in a sigmoid or tanh (the
@@ -133,10 +129,20 @@ def logits_part(model: nn.Module) -> nn.Module:
     of the squeezed outputs points elsewhere than that of z (on a published-setting net,
     PGD-ℓ2 at ε = 2 left 15.8 % of the test images robust through the sigmoid and 10.0 %
     through z). The accuracy is always that of the whole model at the attacked input.
+
+    A model that knows its own logits part says so with a ``logits_part()`` method (a
+    ``fit_path`` copy, ``clipkit.train.path.CopyView``: the learning curves attack those);
+    a ``torch.compile``'d model is looked into (its part runs uncompiled).
     """
-    if isinstance(model, nn.Sequential) and len(model) > 1 and isinstance(model[-1], INCREASING):
-        return model[:-1]
-    return model
+    inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule wraps it
+    if isinstance(inner, nn.Module):
+        part = logits_part(inner)
+        return model if part is inner else part
+    own = getattr(model, "logits_part", None)
+    if callable(own):
+        return own()
+    part = without_final_squash(model)
+    return model if part is None else part
 
 
 def _loss_grad(model: nn.Module, loss: Loss | None, x: Tensor, y: Tensor,

@@ -9,13 +9,26 @@ from torch import nn
 
 from clipkit.core.utils import check_int, seeded
 
-__all__ = ["ACTIVATIONS", "activation_module", "classifier", "cnn", "mlp"]
+__all__ = ["ACTIVATIONS", "INCREASING", "activation_module", "classifier", "cnn", "mlp",
+           "without_final_squash"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
 }
+
+#: Final activations that are strictly increasing elementwise: they change no predicted
+#: class, so a gradient attack may differentiate the logits before them.
+INCREASING = (nn.Sigmoid, nn.Tanh)
+
+
+def without_final_squash(model: nn.Module) -> nn.Sequential | None:
+    """``model[:-1]`` where ``model`` is an ``nn.Sequential`` ending in a sigmoid or tanh
+    (:data:`INCREASING`; argmax s(z) = argmax z), else None. The part shares the modules."""
+    if isinstance(model, nn.Sequential) and len(model) > 1 and isinstance(model[-1], INCREASING):
+        return model[:-1]
+    return None
 
 
 def activation_module(name: str) -> nn.Module:

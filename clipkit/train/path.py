@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from clipkit.core.affine_first import split_stacked
+from clipkit.core.models import without_final_squash
 from clipkit.core.provenance import provenance
 from clipkit.core.utils import check_choice, check_int, seeded
 from clipkit.train.history import DIVERGED, history_dataset
@@ -277,15 +278,28 @@ class CopyView(nn.Module):
     """
 
     def __init__(self, template: nn.Module, params: dict[str, Tensor],
-                 buffers: dict[str, Tensor], k: int):
+                 buffers: dict[str, Tensor], k: int | None):
         super().__init__()
         self.template = template
-        self._params = {n: p[k].detach() for n, p in params.items()}
-        self._buffers_k = {n: b[k] for n, b in buffers.items()}
+        # k None: params and buffers are this copy's already (``logits_part``)
+        self._params = {n: (p if k is None else p[k]).detach() for n, p in params.items()}
+        self._buffers_k = {n: b if k is None else b[k] for n, b in buffers.items()}
         self.train(template.training)
 
     def forward(self, x: Tensor) -> Tensor:
         return functional_call(self.template, (self._params, self._buffers_k), (x,))
+
+    def logits_part(self) -> nn.Module:
+        """This copy before the template's final sigmoid or tanh, where it ends in one
+        (``clipkit.core.models.without_final_squash``), else the copy itself: what the
+        attacks differentiate (``ck.attacks.logits_part``), as for a model of ``model_at``."""
+        part = without_final_squash(self.template)
+        if part is None:
+            return self
+        names = {n for n, _ in part.named_parameters()}
+        kept = {n for n, _ in part.named_buffers()}
+        return CopyView(part, {n: p for n, p in self._params.items() if n in names},
+                        {n: b for n, b in self._buffers_k.items() if n in kept}, None)
 
 
 def model_at(ds: xr.Dataset, model_fn: Callable[[], nn.Module], **where) -> nn.Module:

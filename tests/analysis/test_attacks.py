@@ -244,6 +244,33 @@ def test_a_final_sigmoid_is_left_out_of_the_gradient_not_out_of_the_accuracy(mak
     np.testing.assert_array_equal(acc.values, ref.values)
 
 
+def test_a_path_copy_and_a_compiled_model_are_attacked_through_their_logits():
+    # fit_path's copies (CopyView, what the learning curves attack) and torch.compile's
+    # wrapper are no nn.Sequential: their logits part is found all the same
+    from clipkit.train.path import CopyView
+    nets = [nn.Sequential(*small_classifier(), nn.Sigmoid()) for _ in range(2)]
+    with torch.no_grad():
+        for p in nets[1].parameters():
+            p.mul_(1.5)
+    params = {n: torch.stack([dict(m.named_parameters())[n] for m in nets])
+              for n, _ in nets[0].named_parameters()}
+    x, y = data()
+    make = lambda: attacks.PGD(eps=0.5, norm="l2", steps=5, seed=2)  # noqa: E731
+    for k, net in enumerate(nets):
+        view = CopyView(nets[0], params, {}, k).eval()
+        assert isinstance(attacks.logits_part(view), CopyView)
+        torch.testing.assert_close(make()(view, x, y), make()(net[:-1], x, y), rtol=0, atol=0)
+        through = make()
+        through.logits = False
+        assert not torch.equal(through(view, x, y), make()(view, x, y))
+    plain = CopyView(nets[0][:-1], params, {}, 0)
+    assert attacks.logits_part(plain) is plain  # no sigmoid to leave out
+    compiled = torch.compile(nets[0])  # not called: nothing is compiled
+    assert attacks.logits_part(compiled)[-1] is nets[0][-2]
+    wrapped = torch.compile(plain)
+    assert attacks.logits_part(wrapped) is wrapped  # nothing to leave out: the model itself
+
+
 def test_only_a_strictly_increasing_final_activation_is_left_out():
     net = small_classifier()
     for last in (nn.ReLU(), nn.Softmax(dim=1)):  # ReLU ties negative logits; softmax is no

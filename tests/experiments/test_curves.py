@@ -1,5 +1,6 @@
 """The per-epoch measures: the authors' validation score and the learning curves under attack."""
 
+import dataclasses
 import math
 
 import pytest
@@ -60,3 +61,33 @@ def test_attack_names_are_checked_when_the_measure_is_built_not_when_first_due()
         curves.epoch_measure(epochs=8, curve=data, every=4, curve_attacks=["pgd_l3"])
     with pytest.raises(TypeError, match=r"curve_attacks must be a list .* \['pgd_l2'\]"):
         curves.epoch_measure(epochs=8, curve=data, curve_attacks="pgd_l2")
+
+
+def test_a_path_copys_curve_attacks_the_logits_as_the_evaluation_does():
+    # The published setting ends in a sigmoid. The curves attack fit_path's copies
+    # (CopyView), the evaluation the model model_at rebuilds: clipkit's attacks must
+    # differentiate the logits in both, so that a curve's last point is the table's number.
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(400, 36, generator=g)
+    y = ((x - 0.5) @ torch.randn(36, 3, generator=g)).argmax(1)
+    test = (x[200:], y[200:])
+
+    def model_fn():
+        return ck.models.mlp([36, 16, 3], activation="sigmoid", last_activation=True)
+
+    measure = curves.epoch_measure(epochs=10, curve=test, curve_steps=3, eps=0.25, every=10,
+                                   curve_attacks=("pgd_l2", "fgsm"))
+    path = ck.fit_path(model_fn, (x[:200], y[:200]), seed=[0, 1], epochs=10, lr=0.01,
+                       on_epoch=measure, progress=False)
+    differs = []
+    for seed in (0, 1):
+        model = ck.path.model_at(path, model_fn, seed=seed).eval()
+        for name in ("pgd_l2", "fgsm"):
+            attack = ck.evaluate.make_attack(name, seed=0, steps=3)
+            ref = float(ck.attacks.robust_accuracy(model, test, attack, eps=[0.25])[0])
+            curve = float(path[f"curve_{name}"].sel(seed=seed).squeeze().isel(epoch=-1))
+            assert curve == ref, (name, seed, curve, ref)
+            through = dataclasses.replace(attack, logits=False)  # the attack the curves had
+            differs.append(ref != float(ck.attacks.robust_accuracy(model, test, through,
+                                                                   eps=[0.25])[0]))
+    assert any(differs)  # through the sigmoid is another attack here: the check can fail

@@ -11,7 +11,7 @@ __all__ = ["LABEL_ORDER", "METHOD_NAMES", "line_label"]
 #: the dims that name a line, in the order they appear in its label
 LABEL_ORDER = ("method", "lam", "last_activation", "dataset")
 #: how a method's name reads in a legend
-METHOD_NAMES = {"standard": "standard", "weight_decay": "weight decay", "clip": "CLIP",
+METHOD_NAMES = {"standard": "no regularization", "weight_decay": "weight decay", "clip": "CLIP",
                 "gradient_penalty": "gradient penalty", "spectral_norm": "spectral norm",
                 "adversarial": "adversarial training"}
 

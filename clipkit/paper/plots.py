@@ -98,7 +98,10 @@ def theory_fits(ds: xr.Dataset, power: int = 1, n_lam: int = 4) -> plt.Figure:
             rel = float(d.lam_rel[i])
             ax.plot(xg, d[var].isel(lam_rel=i), color=c, label=f"λ = {rel:g} λ*")
         ax.set_title(title)
-    for c, i in zip(colors, _pick(d.wd_lam.values, n_lam), strict=False):
+    # every weight-decay λ (the grid is short): a pick could leave out the one λ whose fit
+    # passes near ȳ on its way to 0
+    wd_colors = plt.cm.viridis(np.linspace(0, 0.9, d.sizes["wd_lam"]))
+    for c, i in zip(wd_colors, range(d.sizes["wd_lam"]), strict=True):
         axes[2].plot(xg, d.wd_f.isel(wd_lam=i), color=c, label=f"λ = {float(d.wd_lam[i]):g}")
     axes[2].set_title("weight regularization λ‖θ‖²")
     for ax in axes:
@@ -266,11 +269,19 @@ def robustness(ds: xr.Dataset, attacks: Sequence[str] | None = None) -> plt.Figu
             ok = ~np.isnan(line.values)
             ax.plot(line.eps.values[ok], line.values[ok], "o-", ms=3, label=label)
         ax.set_title(ATTACK_LABELS.get(str(att), str(att)), fontsize=9)
-        ax.set_xlabel("ε")
+        ax.set_xlabel("σ (noise level)" if str(att) == "noise" else "ε (radius)")
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("accuracy")
-    axes[0][-1].legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
+    # one legend under the panels, where it covers no line
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        ncol = min(3, len(handles))
+        rows = -(-len(handles) // ncol)
+        fig.set_figheight(3.6 + 0.25 * rows)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.25 * rows / (3.6 + 0.25 * rows) + 0.02, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 

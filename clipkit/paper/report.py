@@ -167,8 +167,9 @@ def _run_lines(runs: Path, profile: str, data: dict[str, xr.Dataset | None]) -> 
     lines.append(f"* What the **{profile}** profile ran (from the result files' "
                  "configurations; the paper: 54,000 training images, 100 epochs, 3 seeds):")
     lines += ["  " + line for line in runinfo.profile_lines(runs, SPECS)]
-    sources = sorted(runinfo.data_sources(runs, ("table", "table_goal97", "tradeoff")))
-    lines += [f"* Data: {s}." for s in sources]
+    sources = runinfo.data_sources(runs, ("table", "table_goal97", "tradeoff"))
+    lines += [f"* Data ({', '.join(sources[s])} sweep{'s' * (len(sources[s]) > 1)}): {s}."
+              for s in sorted(sources)]
     if any("TEST split" in s for s in sources):
         lines.append(
             "* **MNIST differs from the paper**: the MNIST training images were not available, "

@@ -83,13 +83,26 @@ def _plan(args: argparse.Namespace, paper: Path) -> list[str]:
     return names
 
 
+#: the folders of ``paper/`` the report owns: a file there that the report did not build
+#: this time (a figure an older version drew) is removed, so none outlives its code
+BUILT_FOLDERS = ("figures", "tables")
+
+
 def _install(staging: Path, paper: Path) -> None:
-    """Move the files built in ``staging`` into ``paper``, each with an atomic rename."""
+    """Move the files built in ``staging`` into ``paper``, each with an atomic rename; then
+    remove the files of :data:`BUILT_FOLDERS` that this build did not make."""
+    built = set()
     for src in sorted(staging.rglob("*")):
         if src.is_file():
-            dst = paper / src.relative_to(staging)
+            rel = src.relative_to(staging)
+            dst = paper / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
+            built.add(rel)
+    for folder in BUILT_FOLDERS:
+        for old in sorted((paper / folder).glob("*")):
+            if old.is_file() and old.relative_to(paper) not in built:
+                old.unlink()
 
 
 def _build_report(runs: Path, paper: Path, **kwargs) -> Path:

@@ -121,7 +121,7 @@ class Change:
         """The verdict as a verb phrase on "it", e.g. "raises it by more than the seeds'
         spread", "raises it on average only, within the seeds' spread"."""
         if not math.isfinite(self.gain) or abs(self.gain) <= self.tol:
-            return f"leaves it unchanged (|Δ| ≤ {100 * self.tol:g} points)"
+            return f"changes it by {100 * self.tol:g} points or less (counted as no change)"
         word = up if self.gain > 0 else down
         if self.seeds < 2:
             return f"{word} it (one seed: no spread to compare with)"
@@ -190,6 +190,9 @@ def table_rows(ds: xr.Dataset, row_name: str | None = None) -> list[dict]:
                     clean = Stat.of(e.clean_acc)
                     if not clean.n:
                         continue
+                    kept = _kept_epoch(e)  # of the seeds that were evaluated (not diverged)
+                    if isinstance(kept, xr.DataArray):
+                        kept = kept.where(e.clean_acc.notnull())
                     row = {
                         "dataset": str(dataset),
                         "setting": "published (sigmoid on logits)" if bool(last)
@@ -201,7 +204,7 @@ def table_rows(ds: xr.Dataset, row_name: str | None = None) -> list[dict]:
                         "clean": clean,
                         "lip_lower": Stat.of(e.lip_lower),
                         "lip_upper": Stat.of(e.lip_upper),
-                        "epoch": Stat.of(_kept_epoch(e)),
+                        "epoch": Stat.of(kept),
                         "lam_end": Stat.of(e.lam_epoch.isel(epoch=-1)) if "lam_epoch" in e
                         else Stat(()),
                         "seeds": clean.n,

@@ -95,14 +95,15 @@ def device_lines(prov: dict, profile: str) -> list[str]:
     return lines
 
 
-def data_sources(runs: Path, names: Sequence[str]) -> set[str]:
-    """The ``data_source`` sentences of the run files (combining drops differing attrs)."""
-    found = set()
+def data_sources(runs: Path, names: Sequence[str]) -> dict[str, list[str]]:
+    """The ``data_source`` sentences of the run files (combining drops differing attrs),
+    each with the sweeps (of ``names``, in that order) whose runs say it."""
+    found: dict[str, list[str]] = {}
     for name in names:
         for attrs in point_attrs(runs, name):
             text = attrs.get("data_source")
-            if text:
-                found.add(str(text))
+            if text and name not in found.setdefault(str(text), []):
+                found[str(text)].append(name)
     return found
 
 

@@ -77,7 +77,14 @@ def gains(rows: list[dict]) -> str:
     return ("\n".join(lines + ["| " + " | ".join(r) + " |" for r in out]) + "\n\n"
             f"A change within {100 * GAIN_TOL:g} points counts as none; \"by more than the "
             "seeds' spread\" means that every seed of the one row is beyond every seed of the "
-            f"other by more than {100 * GAIN_TOL:g} points.\n")
+            f"other by more than {100 * GAIN_TOL:g} points. The rule compares seeds; the test "
+            "images' own sampling error is not part of it (one seed's accuracy on n images has "
+            "a standard error of up to 50/√n points: 2.2 on 500). Gains are differences of "
+            "the unrounded means, so one can differ by 0.1 from the rounded means beside it. "
+            "Every accuracy is that of each seed's tested epoch (the authors' selection, the "
+            "tables' \"tested epoch, per seed\"): where a row's tested epochs are early, as "
+            "they often are without regularization, it is compared there, not at the end of "
+            "training; the learning curves show every epoch.\n")
 
 
 def _collapsed(row: dict) -> list[int]:
@@ -164,11 +171,13 @@ def goal_rows(rows: list[dict]) -> list[str]:
                 continue
             n = min(g95["clean"].n, g97["clean"].n)  # seeds run in both (the first n)
             same_lam = g95["lam_end"].values[:n] == g97["lam_end"].values[:n]
-            if g95["epoch"].values[:n] == g97["epoch"].values[:n]:
-                diff = f"the same epochs were kept (mean {g95['epoch'].num()})"
+            kept95, kept97 = (", ".join(f"{v:g}" for v in g["epoch"].values[:n])
+                              for g in (g95, g97))
+            both = f"the {n} seed{'s' * (n > 1)} run in both rows"
+            if kept95 == kept97:
+                diff = f"the same epochs were kept ({kept95}: {both})"
             else:
-                diff = (f"the kept epochs differ (mean {g95['epoch'].num()} and "
-                        f"{g97['epoch'].num()})")
+                diff = f"the kept epochs differ ({kept95} against {kept97}: {both})"
             out.append(f"{title}, {g95['setting']}: λ per epoch "
                        f"{'is the same' if same_lam else 'differs'} in the two CLIP rows; "
                        f"{diff}.")

@@ -30,8 +30,9 @@ def grid() -> xr.Dataset:
 
 
 def labels(fig) -> list[str]:
-    return [text.get_text() for ax in fig.axes if ax.get_legend()
-            for text in ax.get_legend().get_texts()]
+    """The legend entries of a figure: its panels' legends, then its own (robustness')."""
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + list(fig.legends)
+    return [text.get_text() for legend in legends for text in legend.get_texts()]
 
 
 def test_a_missing_sweep_names_the_command_that_makes_one(tmp_path):

@@ -13,7 +13,7 @@ from clipkit.experiments import results
 from clipkit.paper import plots
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_sweeps import classification_run, regression_run  # noqa: E402
+from fake_sweeps import classification_run, regression_run, theory_run  # noqa: E402
 
 matplotlib.use("Agg")
 
@@ -73,3 +73,24 @@ def test_learning_curves_count_the_seeds_that_have_data():
     with pytest.raises(ValueError, match="learning_curves needs a classification result with a "
                                          "history .*; this one has f, "):
         plots.learning_curves(regression_run(0))
+
+
+def test_robustness_legend_sits_under_the_panels_and_names_the_methods_as_the_tables_do():
+    ds = results.combine([classification_run("standard", False, [0.0]),
+                          classification_run("clip", False, [0.1])])
+    fig = plots.robustness(ds, attacks=["noise", "pgd_l2"])
+    assert all(ax.get_legend() is None for ax in fig.axes)  # none over a panel's lines
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith("no regularization") for t in labels)
+    assert any(t.startswith("CLIP") for t in labels)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["σ (noise level)", "ε (radius)"]
+    legend_top = fig.legends[0].get_window_extent().transformed(fig.transFigure.inverted()).y1
+    assert legend_top <= min(ax.get_position().y0 for ax in fig.axes)
+
+
+def test_theory_fits_draw_every_weight_decay_lambda():
+    run = theory_run(0)
+    run = run.reindex(wd_lam=[1e-3, 1e-2, 1e-1, 1.0, 10.0]).fillna(0.5)  # a 5-value grid
+    fig = plots.theory_fits(run)
+    drawn = [ln.get_label() for ln in fig.axes[2].get_lines() if ln.get_label().startswith("λ")]
+    assert drawn == [f"λ = {v:g}" for v in run.wd_lam.values]

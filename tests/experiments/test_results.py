@@ -266,3 +266,21 @@ def test_a_variable_attr_survives_where_the_runs_agree_and_is_dropped_where_they
     agreeing = results.combine([results.load(tmp_path / f"lam={lam}_seed=0.nc")
                                 for lam in (0.1, 1.0)])
     assert json.loads(agreeing["lip"].attrs["settings"]) == {"steps": 20}
+
+
+def test_an_integer_variable_made_float_by_a_failed_point_is_saved_as_nan(tmp_path):
+    # diverged is an integer in each run file; a failed point makes it NaN in the combination
+    for lam in (0.1,):  # one finished point: the combination keeps its file's encoding
+        ds = run_ds(lam, 0)
+        ds["diverged"] = ("method", [0, 0])  # per method, as the regression notebook's
+        results.save(ds.assign_coords(method=["wd", "clip"]),
+                     tmp_path / "points" / f"lam={lam}_seed=0.nc")
+    # the failed point's file comes first, so the combination takes diverged's encoding
+    # (int64) from a finished one
+    results.record_failure(tmp_path / "points" / "lam=0.01_seed=0.nc",
+                           {"lam": 0.01, "seed": 0}, "ValueError: no")
+    combined = results.open_sweep(tmp_path)
+    assert combined["diverged"].dtype.kind == "f"
+    back = results.load(results.save(combined, tmp_path / "combined.nc"))
+    np.testing.assert_array_equal(back["diverged"].sel(seed=0, drop=True).values,
+                                  [[np.nan, np.nan], [0.0, 0.0]])

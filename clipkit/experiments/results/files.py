@@ -71,6 +71,14 @@ def _with_encoded_attrs(ds: xr.Dataset) -> xr.Dataset:
             # for "clip") in its encoding; after a merge with longer strings ("standard")
             # writing with it would truncate them, so strings are written at their own width
             out[name].encoding.pop("dtype", None)
+        encoded_as = out[name].encoding.get("dtype")
+        if (encoded_as is not None and np.dtype(encoded_as).kind in "iub"
+                and out[name].dtype.kind == "f"):
+            # an integer variable loaded from a file (``diverged``) turns float when a merge
+            # gives it NaN (a failed or missing point); written with its old integer dtype,
+            # each NaN would become -2**63 in the file: it is written as the float it is now
+            for key in ("dtype", "_FillValue", "missing_value"):
+                out[name].encoding.pop(key, None)
     return out
 
 

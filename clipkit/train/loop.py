@@ -12,12 +12,14 @@ import torch
 from torch import Tensor, nn
 
 from clipkit.core.affine_first import AffineFirst
+from clipkit.core.utils import seeded
 from clipkit.train.protocol import Run, Step
 from clipkit.train.selection import Keeper, measured
 from clipkit.train.setup import (
     NonFiniteLossError,
     TrainSetup,
     make_optimizer,
+    random_layers_seed,
     sample_loss_fn,
     seeds_for,
 )
@@ -39,7 +41,14 @@ def evaluate_copies(forward, x: Tensor, y: Tensor, k: int, loss_fn, task: str, c
     return total / n, (correct / n if task == "classification" else None)
 
 
-def train_loop(
+def train_loop(**kwargs) -> dict[str, np.ndarray]:
+    """:func:`_train_loop` with torch's global generator seeded from the copies' seeds
+    (``random_layers_seed``: dropout's masks), and restored afterwards."""
+    with seeded(random_layers_seed(kwargs["seeds"])):
+        return _train_loop(**kwargs)
+
+
+def _train_loop(
     *,
     forward: Callable[[Tensor], Tensor],
     opt_params: Sequence[Tensor],

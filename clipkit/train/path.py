@@ -37,6 +37,7 @@ from clipkit.train.setup import (
     plan_run,
     seeds_for,
     warn_if_batch_norm,
+    warn_if_random_layers,
 )
 
 __all__ = ["CopyView", "fit_path", "init_copy", "model_at"]
@@ -203,6 +204,7 @@ def _train_chunk(model_fn, copies, x, y, test, setup: TrainSetup, on_nonfinite: 
     template = models[0]
     check_trainable(template)
     warn_if_batch_norm(template, setup.method)
+    warn_if_random_layers(template, len(copies))
     dtype = next(template.parameters()).dtype
     names = [n for n, _ in template.named_parameters()]
     params = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +63,20 @@ def seeds_for(seed: int) -> tuple[int, int]:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     a, b = np.random.SeedSequence(int(seed)).generate_state(2)
     return int(a), int(b)
+
+
+def random_layers_seed(seeds: Sequence[int]) -> int:
+    """The seed of torch's global generator while a run trains: what its random layers
+    (dropout) draw from, which no method generator covers. From the copies' seeds alone, so
+    the same seeds give the same masks whatever the generator's state before the call.
+
+    A vectorised path draws one mask for all its copies at once (vmap), so a copy's masks
+    are not those of a separate ``fit`` with its seed; the path is reproducible all the same.
+    """
+    return int(np.random.SeedSequence([*map(int, seeds), _LAYERS_STREAM]).generate_state(1)[0])
+
+
+_LAYERS_STREAM = 0x1A7E5  # keeps this stream apart from seeds_for's two
 
 
 def _as_tensor(value, name: str) -> Tensor:
@@ -230,6 +244,20 @@ def eager_module(model: nn.Module, method: Method) -> nn.Module:
         f"parameters and is trained too; pass the uncompiled model to avoid this warning.",
         UserWarning, stacklevel=3)
     return inner
+
+
+def warn_if_random_layers(model: nn.Module, copies: int) -> None:
+    """Warn where a vectorised path of several copies trains a model with dropout: vmap
+    draws the copies' masks together (``random_layers_seed``), so no copy is the ``fit``
+    of its seed, as a path otherwise is."""
+    drops = [n for n, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    if copies < 2 or not drops:
+        return
+    warnings.warn(
+        f"fit_path on a model with dropout ({', '.join(drops)}): the {copies} copies' masks "
+        f"are drawn together, so a copy does not train as ck.fit with its seed would (the "
+        f"path itself is reproducible: the same seeds give the same path)",
+        UserWarning, stacklevel=4)
 
 
 def warn_if_batch_norm(model: nn.Module, method: Method) -> None:

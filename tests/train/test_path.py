@@ -307,3 +307,35 @@ def test_bfloat16_models_train_and_their_path_stores_the_weights_exactly(data64)
         assert p.dtype == torch.bfloat16
         stored = torch.from_numpy(ds["param_" + name.replace(".", "_")].sel(lam=0.1).values)
         assert torch.equal(p.float(), stored.reshape(p.shape)), name
+
+
+def test_dropout_draws_from_the_seed_not_from_the_global_generator():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(96, 6, generator=g), torch.randint(3, (96,), generator=g)
+
+    def dropout_net():
+        return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(),
+                                   torch.nn.Dropout(0.5), torch.nn.Linear(16, 3))
+
+    def fit(seed: int, global_seed: int) -> np.ndarray:
+        torch.manual_seed(0)
+        net = dropout_net()
+        torch.manual_seed(global_seed)  # whatever the caller's generator holds
+        return ck.fit(net, (x, y), epochs=2, batch_size=32, seed=seed, progress=False).loss.values
+
+    np.testing.assert_array_equal(fit(0, 1), fit(0, 2))
+    assert not np.array_equal(fit(0, 1), fit(1, 1))  # the seed chooses the masks
+
+    def path(global_seed: int, seeds=(0, 1)):
+        torch.manual_seed(global_seed)
+        return ck.fit_path(dropout_net, (x, y), seed=list(seeds), epochs=2, batch_size=32,
+                           progress=False)
+
+    with pytest.warns(UserWarning, match=r"dropout \(2\): the 2 copies' masks are drawn"):
+        first = path(1)
+    with pytest.warns(UserWarning, match="dropout"):
+        np.testing.assert_array_equal(first.loss.values, path(2).loss.values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one copy: no warning, and it is the fit of its seed
+        one = path(1, seeds=(0,))
+    np.testing.assert_array_equal(one.loss.values.ravel(), fit(0, 5))

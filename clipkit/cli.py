@@ -7,9 +7,11 @@ arguments to a parser, and a function that runs it and returns the exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 __all__ = ["main", "COMMANDS", "Command", "positive_int", "EXIT_INTERRUPTED"]
@@ -105,9 +107,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: signals that stop a command as Ctrl-C does (its workers and kernels stopped, finished
+#: points kept, the log and combined.nc written): ``kill``, ``timeout``, a batch system's
+#: time limit, a closed terminal. A signal that was ignored when the command started
+#: (``nohup``) stays ignored.
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stopping_on_signals() -> Iterator[None]:
+    """Within, :data:`STOP_SIGNALS` raise KeyboardInterrupt in the main thread."""
+    previous = {}
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)  # (Windows has no SIGHUP)
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, _interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``clipkit COMMAND ...``; return the exit status (0 ok, 1 failures, 2 bad input)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # "Input Notebook: ..." per call
-    return COMMANDS[args.command].run(args)
+    with _stopping_on_signals():
+        return COMMANDS[args.command].run(args)

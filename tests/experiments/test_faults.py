@@ -56,7 +56,10 @@ def start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
 
 
 def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # (and SIGHUP, SIGTERM: under nohup SIGHUP arrives ignored, and clipkit keeps a signal
+    # that was ignored when it started)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def done_files(runs: Path) -> dict[str, int]:
@@ -152,6 +155,40 @@ def test_reproduce_survives_ctrl_c_and_sigkill_and_resumes(tmp_path):
     for name in ("first", "second"):
         ds = results.load(runs / name / results.COMBINED_NAME)
         assert (ds["status"] == "done").all()
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_to_the_sweep_alone_stops_its_workers_as_ctrl_c_does(tmp_path,
+                                                                                signame):
+    # `kill PID` (a script, `timeout`, a batch system) or a closed terminal reaches the
+    # command only, not its workers: they must not go on computing points unsupervised
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    spec = write_yaml(tmp_path / "spec.yaml", {
+        "notebook": str(QUADRATIC), "grid": {"lam": [0.1, 1.0, 2.0], "seed": [0, 1]},
+        "fixed": {"sleep": 1.0, "log_dir": str(counts)}})
+    runs = tmp_path / "runs"
+    args = ["sweep", str(spec), "--out", str(runs), "--workers", "2", "--no-progress"]
+    proc = start(args, tmp_path)
+    wait_until(lambda: done_files(runs), proc)
+    os.kill(proc.pid, getattr(signal, signame))  # the command's own process only
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == cli.EXIT_INTERRUPTED, err
+    assert "interrupted" in err and "Traceback" not in err
+    stopped = done_files(runs)
+    started = sum(f.read_text().count("started") for f in counts.iterdir())
+    time.sleep(3)  # a point takes 1 s: a worker left running would finish more by now
+    assert done_files(runs) == stopped
+    assert sum(f.read_text().count("started") for f in counts.iterdir()) == started
+    assert "interrupted" in (runs / "sweep.log").read_text()
+    combined = results.load(runs / results.COMBINED_NAME)
+    assert int((combined["status"] == "done").sum()) == len(stopped) < 6
+    # and the same command resumes: the finished points are not run again
+    proc = start(args, tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    final = done_files(runs)
+    assert len(final) == 6 and {k: final[k] for k in stopped} == stopped
 
 
 # --------------------------------------------------------------------------- relative paths

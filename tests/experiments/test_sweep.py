@@ -556,3 +556,24 @@ def test_an_interrupted_sweep_resumes_without_recomputing(tmp_path):
     assert (ds["status"] == "done").all()
     np.testing.assert_allclose(ds["loss"], expected_loss(ds))
     assert not list((out / "points").glob(".*.tmp")) + list((out / "points").glob("*.part"))
+
+
+def test_a_broken_pool_records_no_failure_for_points_it_never_finished(tmp_path):
+    # a worker killed (or out of memory) breaks the whole local pool: every pending point
+    # gets BrokenProcessPool, the queued ones never started; none is written as failed
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+    from types import SimpleNamespace
+
+    from clipkit.experiments.sweep import runner
+    point = SimpleNamespace(name="lam=1", swept={"lam": 1.0}, params={"lam": 1.0})
+    task = SimpleNamespace(point=point, result=str(tmp_path / "lam=1.nc"))
+    broken = Future()
+    broken.set_exception(BrokenProcessPool("A process in the process pool was terminated"))
+    outcome = runner._outcome(task, broken)
+    assert outcome.status == results.STATUS_FAILED and outcome.error == runner.POOL_BROKE
+    assert not (tmp_path / "lam=1.nc").exists()  # "missing" when combined; a rerun runs it
+    crashed = Future()  # any other error of the worker is the point's recorded failure
+    crashed.set_exception(RuntimeError("boom"))
+    assert "boom" in runner._outcome(task, crashed).error
+    assert results.status_of(tmp_path / "lam=1.nc") == results.STATUS_FAILED

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,10 +341,20 @@ def _run_tasks(spec: Spec, tasks: Sequence[Task], summary: Summary, workers: int
         raise
 
 
+#: why a point has no outcome when the local pool broke: which point's worker died is not
+#: known, and the queued points never started, so none is recorded as failed on disk
+POOL_BROKE = ("not finished: the pool of worker processes broke (a worker died: killed, or "
+              "out of memory) before this point's result came back; nothing is recorded for "
+              "it, and a rerun runs it")
+
+
 def _outcome(task: Task, fut: Any) -> Outcome:
-    """The outcome of a future; a worker that died is recorded as the point's failure."""
+    """The outcome of a future; a worker that died is recorded as the point's failure,
+    except where the whole local pool broke (:data:`POOL_BROKE`)."""
     try:
         return fut.result()
+    except BrokenExecutor:
+        return Outcome(task.point.name, results.STATUS_FAILED, POOL_BROKE)
     except Exception as exc:
         error = f"worker failed: {error_text(exc)}"
         with contextlib.suppress(Exception):

@@ -13,6 +13,7 @@ to put them.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -142,7 +143,16 @@ def _download(root: Path, name: str, train: bool) -> tuple[np.ndarray, np.ndarra
     import torchvision
 
     cls = getattr(torchvision.datasets, _TORCHVISION_CLASS[name])
-    ds = cls(str(root), train=train, download=True)
+    raw = root / _TORCHVISION_CLASS[name] / "raw"
+    created = [p for p in (raw, *raw.parents) if not p.exists()]  # deepest first
+    try:
+        ds = cls(str(root), train=train, download=True)
+    except BaseException:
+        # a failed download (no network, a mistyped root) leaves no empty folders behind
+        for folder in created:
+            with contextlib.suppress(OSError):  # not empty (a partial file): kept
+                folder.rmdir()
+        raise
     return ds.data.numpy(), ds.targets.numpy()
 
 

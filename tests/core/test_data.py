@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,22 @@ def test_missing_files_name_the_files_and_the_folder(tmp_path):
     msg = str(err.value)
     assert "train-images-idx3-ubyte" in msg and str(tmp_path / "mnist") in msg
     assert "CLIPKIT_DATA" in msg
+
+
+def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
+    import torchvision
+
+    class Offline:  # torchvision's layout: it makes <root>/<Class>/raw, then fails to fetch
+        def __init__(self, root, train, download):
+            (Path(root) / "FashionMNIST" / "raw").mkdir(parents=True)
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+    (tmp_path / "kept").mkdir()
+    typo = tmp_path / "kept" / "dtaa" / "root"  # a mistyped root, two folders deep
+    with pytest.raises(ck.data.DataNotFoundError, match="torchvision failed: Error downloading"):
+        ck.data.load("fashion-mnist", root=typo)
+    assert list((tmp_path / "kept").iterdir()) == []  # what existed before stays
 
 
 def test_unknown_dataset_is_named():

@@ -199,6 +199,9 @@ def load(
             )
             if error is not None:
                 msg += f"; downloading through torchvision failed: {error}"
+            if key == "mnist" and train:
+                msg += (". Without the MNIST training images, ck.data.train_test('mnist') "
+                        "divides the test split into a training and a test part")
             raise DataNotFoundError(msg)
     if len(images) != len(labels):
         raise ValueError(f"{key}: {len(images)} images but {len(labels)} labels")

@@ -79,6 +79,7 @@ def test_missing_files_name_the_files_and_the_folder(tmp_path):
     msg = str(err.value)
     assert "train-images-idx3-ubyte" in msg and str(tmp_path / "mnist") in msg
     assert "CLIPKIT_DATA" in msg
+    assert "ck.data.train_test('mnist') divides the test split" in msg  # the way round it
 
 
 def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):

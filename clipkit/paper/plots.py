@@ -276,10 +276,10 @@ def robustness(ds: xr.Dataset, attacks: Sequence[str] | None = None) -> plt.Figu
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         ncol = min(3, len(handles))
-        rows = -(-len(handles) // ncol)
-        fig.set_figheight(3.6 + 0.25 * rows)
+        legend_height = 0.25 * -(-len(handles) // ncol)  # inches: a quarter per row
+        fig.set_figheight(3.6 + legend_height)
         fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, 0.25 * rows / (3.6 + 0.25 * rows) + 0.02, 1, 1))
+        fig.tight_layout(rect=(0, legend_height / fig.get_figheight() + 0.02, 1, 1))
     else:
         fig.tight_layout()
     return fig

@@ -49,7 +49,7 @@ def theory_fits(ds: xr.Dataset, power: int = 1, n_lam: int = 4) -> plt.Figure:
     # every weight-decay λ (the grid is short): a pick could leave out the one λ whose fit
     # passes near ȳ on its way to 0
     wd_colors = plt.cm.viridis(np.linspace(0, 0.9, d.sizes["wd_lam"]))
-    for c, i in zip(wd_colors, range(d.sizes["wd_lam"]), strict=True):
+    for i, c in enumerate(wd_colors):
         axes[2].plot(xg, d.wd_f.isel(wd_lam=i), color=c, label=f"λ = {float(d.wd_lam[i]):g}")
     axes[2].set_title("weight regularization λ‖θ‖²")
     for ax in axes:

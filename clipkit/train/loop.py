@@ -41,11 +41,11 @@ def evaluate_copies(forward, x: Tensor, y: Tensor, k: int, loss_fn, task: str, c
     return total / n, (correct / n if task == "classification" else None)
 
 
-def train_loop(**kwargs) -> dict[str, np.ndarray]:
+def train_loop(*, seeds: Sequence[int], **kwargs) -> dict[str, np.ndarray]:
     """:func:`_train_loop` with torch's global generator seeded from the copies' seeds
     (``random_layers_seed``: dropout's masks), and restored afterwards."""
-    with seeded(random_layers_seed(kwargs["seeds"])):
-        return _train_loop(**kwargs)
+    with seeded(random_layers_seed(seeds)):
+        return _train_loop(seeds=seeds, **kwargs)
 
 
 def _train_loop(

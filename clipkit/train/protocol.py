@@ -8,6 +8,7 @@ K copies at once with vmap. Random choices use one torch.Generator per copy.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,8 +61,24 @@ class Step:
     extra_out: Tensor | None = None  # the model's outputs on ``Method.extra_inputs``
 
 
+class _KeywordsChecked(type):
+    """Metaclass of Method: a setting the method does not have is an error that names the
+    accepted ones (a dataclass's own says only "unexpected keyword argument")."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if dataclasses.is_dataclass(cls):
+            fields = [f.name for f in dataclasses.fields(cls) if f.init]
+            unknown = [k for k in kwargs if k not in fields]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], fields, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise TypeError(f"{cls.__name__} has no setting {unknown[0]!r}{hint}; "
+                                f"its settings: {', '.join(sorted(fields))}")
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass
-class Method:
+class Method(metaclass=_KeywordsChecked):
     """Base class: a training method with a penalty weight λ and a λ schedule."""
 
     lam: float = 0.0

@@ -118,6 +118,23 @@ def test_settings_of_the_wrong_type_are_named(make, match):
         make()
 
 
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        # a dataclass alone says "unexpected keyword argument 'pair'"
+        (lambda: ck.CLIP(pair=64), r"CLIP has no setting 'pair' \(did you mean 'pairs'\?\); "
+                                   r"its settings: accept_rtol, .*pairs, power"),
+        (lambda: ck.CLIP.authors(ascent_step=2), r"did you mean 'ascent_steps'"),
+        (lambda: ck.CLIP().replace(lamb=0.5), r"CLIP has no setting 'lamb' \(did you mean 'lam'"),
+        (lambda: ck.WeightDecay(xyz=1), r"^WeightDecay has no setting 'xyz'; its settings: lam, "
+                                        r"schedule$"),
+    ],
+)
+def test_unknown_settings_name_the_accepted_ones(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
 def test_config_is_json_ready_and_replace_checks_again():
     cfg = ck.WeightDecay(1e-3, schedule=ck.Warmup(2)).config()
     assert json.loads(json.dumps(cfg))["schedule"] == {"schedule": "Warmup", "epochs": 2}

@@ -494,6 +494,45 @@ def test_a_bad_dotted_name_is_refused_before_anything_runs(tmp_path, fields, mes
         sweep.run(spec, out=tmp_path / "out", dry_run=True)
 
 
+CHECKED = NOTEBOOKS / "checked.ipynb"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_values_the_notebooks_checks_reject_stop_the_sweep_before_anything_runs(
+        tmp_path, capsys, dry_run):
+    import torch
+
+    spec = write_spec(tmp_path, notebook=CHECKED,
+                      grid={"lam": [0.1, -1.0], "settings.scale": [1.0, 3.0]})
+    threads = torch.get_num_threads()
+    with pytest.raises(sweep.SweepError) as info:
+        sweep.run(spec, out=tmp_path / "out", dry_run=dry_run, progress=False)
+    message = str(info.value)
+    assert "3 of 4 points have values that notebook 'checked.ipynb' rejects" in message
+    assert "lam=0.1_settings.scale=1.0" not in message  # the good point
+    assert ("lam=-1.0_settings.scale=1.0: ValueError: lam must be >= 0, got -1.0"
+            in message)
+    assert ("lam=0.1_settings.scale=3.0: ValueError: settings.scale must be one of "
+            "(1.0, 2.0), got 3.0" in message)
+    assert not (tmp_path / "out").exists()
+    assert "checking lam" not in capsys.readouterr().out  # the check cells' output
+    assert torch.get_num_threads() == threads  # the check cell set 1
+
+
+def test_values_the_notebooks_checks_accept_run(tmp_path):
+    spec = write_spec(tmp_path, notebook=CHECKED, grid={"lam": [0.5]},
+                      fixed={"settings": {"scale": 2.0}})
+    summary = sweep.run(spec, out=tmp_path / "out", workers=1, progress=False, verbose=False)
+    assert float(summary.dataset["value"].squeeze()) == 1.0
+
+
+def test_a_notebook_without_check_cells_is_checked_by_type_only(tmp_path):
+    from clipkit.experiments.sweep import checks
+
+    assert checks.check_cells(QUADRATIC) == []
+    assert [tag for tag, _ in checks.check_cells(CHECKED)] == ["checks", "parameters", "checks"]
+
+
 def test_a_combine_error_is_logged_and_the_point_files_kept(tmp_path, monkeypatch):
     spec = write_spec(tmp_path, grid={"lam": [0.1], "seed": [0]})
 

@@ -58,3 +58,43 @@ def test_notebook_metadata_is_what_jupyterlab_writes(notebook):
     expected = {k: v for k, v in IPythonKernel.language_info.items() if k != "version"}
     assert {k: v for k, v in meta["language_info"].items() if k != "version"} == expected
     assert set(meta) == {"kernelspec", "language_info"}
+
+
+PAPER = NOTEBOOKS[0].parents[1] / "paper"
+
+
+@pytest.mark.parametrize("spec", sorted(PAPER.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_paper_profile_passes_the_notebooks_own_checks(spec):
+    """``sweep.check`` runs each notebook's cells tagged ``checks`` for every point."""
+    import yaml
+
+    from clipkit.experiments import sweep
+    from clipkit.experiments.sweep import checks
+
+    _, points = sweep.check(spec)
+    assert checks.check_cells(sweep.load_spec(spec).notebook)  # the notebook has checks
+    for profile in yaml.safe_load(spec.read_text()).get("profiles", {}):
+        assert sweep.check(spec, profile)[1]
+
+
+@pytest.mark.parametrize(
+    "notebook, fixed, message",
+    [
+        ("classification", {"dataset": "cifar10"},
+         r"parameter 'dataset' = 'cifar10'; accepted: 'mnist', 'fashion-mnist'"),
+        ("classification", {"lam": [-0.1]}, r"CLIP: lam must be a finite number >= 0, got -0.1"),
+        ("classification", {"options": {"clip": {"pairs": 0}}}, r"pairs must be an int >= 1"),
+        ("classification", {"model": "resnet"}, r"unknown kind 'resnet'"),
+        ("regression", {"methods": ["clip", "lipschitz"]}, r"unknown method 'lipschitz'"),
+        ("lambda_to_constant", {"powers": [3]}, r"parameter 'powers' = 3; accepted: 1, 2"),
+    ],
+)
+def test_the_notebooks_checks_refuse_bad_values_before_a_sweep_runs(tmp_path, notebook, fixed,
+                                                                   message):
+    from clipkit.experiments import sweep
+
+    spec = {"notebook": str(NOTEBOOKS[0].parent / f"{notebook}.ipynb"), "fixed": fixed}
+    with pytest.raises(sweep.SweepError, match=r"1 of 1 points have values .* rejects.*\n.*"
+                                               + message):
+        sweep.run(spec, out=tmp_path / "out", dry_run=True)
+    assert not (tmp_path / "out").exists()

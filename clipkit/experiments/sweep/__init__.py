@@ -27,8 +27,10 @@ float, bool): each becomes a coordinate of the combined results, so a notebook's
 must not have a swept name as a dimension (unless the spec's ``batch`` lists it). A
 dotted name sets one key of a mapping parameter: ``options.clip.pairs: [64, 128]`` gives
 each point ``options = {"clip": {"pairs": 64}}`` (merged over a fixed ``options``), and
-the coordinate is named ``options.clip.pairs``. Every value is checked against the
-notebook's parameters before anything runs (a dotted name's value by the notebook).
+the coordinate is named ``options.clip.pairs``. Every value is checked before anything
+runs: against the notebook's declared types, then by the notebook's own cells tagged
+``checks``, run in this process for every point (``checks``; a dotted name's value is
+checked there only).
 YAML numbers such as ``1e-3`` are read as floats (PyYAML alone would leave them strings).
 
 Each point runs once through papermill into ``OUT/points/``: the executed notebook

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clipkit.experiments import results
+from clipkit.experiments.sweep.checks import check_values
 from clipkit.experiments.sweep.spec import Point, Spec, SweepError, load_spec, naming, plan
 from clipkit.experiments.types import accepted, list_hint, type_matches
 
@@ -128,12 +129,15 @@ def check(
 ) -> tuple[Spec, list[Point]]:
     """Read a spec, plan its points and validate them; errors name the spec file.
 
+    The values are checked twice: against the notebook's annotations (``validate``), then by
+    the notebook's own cells tagged ``checks`` (``checks.check_values``).
     Runs nothing and writes nothing; raises :class:`SweepError`.
     """
     spec = load_spec(spec_or_path, profile)
     with naming(spec.source):
         points = plan(spec)
         validate(spec, points)
+        check_values(spec.notebook, points)
     return spec, points
 
 

@@ -41,6 +41,7 @@ has the variables) and available here.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -154,6 +155,7 @@ def train_lambda_grid(
         hist = hist.sel(seed=seed, drop=True).drop_attrs(deep=False)
         models = [None if "diverged" in hist and int(hist.diverged[i]) > 0
                   else model_at(path, model_fn, lam=lv, seed=seed) for i, lv in enumerate(lams)]
+        warn_at_chance(hist, data[1])
         return models, hist
     models, histories = [], []
     for lv in lams:
@@ -164,7 +166,36 @@ def train_lambda_grid(
         models.append(None if diverged_epoch(histories[-1]) > 0 else net.eval())
     hist = xr.concat(histories, dim=xr.DataArray(lams, dims="lam", name="lam"),
                      coords="minimal", compat="override")
+    warn_at_chance(hist, data[1])
     return models, hist.drop_attrs(deep=False)
+
+
+#: a final test accuracy within this of 1/classes counts as chance level
+CHANCE_MARGIN = 0.02
+
+
+def warn_at_chance(hist: xr.Dataset, y: Tensor) -> list[float]:
+    """Warn, naming them, about the λ whose test accuracy after the last epoch is at chance
+    (≤ 1/C + 0.02 for C classes in ``y``): a network that does no better than a guess, which a
+    table of robust accuracies would otherwise report without comment. Returns those λ."""
+    if "test_acc" not in hist or y.dtype.is_floating_point or y.ndim != 1 or len(y) == 0:
+        return []  # no test set, or not a classification
+    classes = int(y.max()) + 1
+    if classes < 2:
+        return []
+    last = hist.test_acc.isel(epoch=-1)
+    at_chance = [float(lv) for lv, acc in zip(np.atleast_1d(hist.lam.values),
+                                              np.atleast_1d(last.values), strict=True)
+                 if np.isfinite(acc) and acc <= 1 / classes + CHANCE_MARGIN]
+    if at_chance:
+        warnings.warn(
+            f"test accuracy after the last epoch is at chance level (1/{classes}) for λ = "
+            f"{', '.join(f'{v:g}' for v in at_chance)}: the network does no better than a guess. "
+            f"Its curve (the history's test_acc by epoch) tells which: a run that fell there "
+            f"has collapsed (in the published setting, a sigmoid on the logits, CLIP runs "
+            f"lose some seeds when λ switches on: docs/method.md); one that never left it "
+            f"needs more epochs or images, or another learning rate", stacklevel=3)
+    return at_chance
 
 
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) -> float:

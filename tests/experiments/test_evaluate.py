@@ -286,3 +286,22 @@ def test_pgd_restarts_reach_clipkits_pgd_and_never_raise_its_robust_accuracy(ima
     assert bool((more.robust_acc <= one.robust_acc).where(measured, True).all())
     assert bool((more.robust_acc.isnull() == ~measured).all())
     np.testing.assert_array_equal(more.clean_acc, one.clean_acc)
+
+
+def test_a_lambda_at_chance_is_named_in_a_warning():
+    import warnings
+
+    import xarray as xr
+
+    from clipkit.experiments.evaluate import warn_at_chance
+
+    hist = xr.Dataset({"test_acc": (("lam", "epoch"), [[0.5, 0.115], [0.11, 0.8], [0.2, np.nan]])},
+                      coords={"lam": [0.0, 0.1, 1.0]})
+    labels = torch.arange(10).repeat(3)  # 10 classes: chance 0.1, at chance up to 0.12
+    with pytest.warns(UserWarning, match=r"at chance level \(1/10\) for λ = 0: .* collapsed"):
+        assert warn_at_chance(hist, labels) == [0.0]  # not 0.1 (learnt), not 1.0 (diverged)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_at_chance(hist.assign(test_acc=hist.test_acc + 0.1), labels) == []
+        assert warn_at_chance(hist, labels.float()) == []  # a regression: no classes
+        assert warn_at_chance(hist.drop_vars("test_acc"), labels) == []

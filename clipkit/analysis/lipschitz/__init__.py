@@ -46,6 +46,7 @@ from clipkit.analysis.lipschitz.bracket import bracket
 from clipkit.analysis.lipschitz.chain import MLPChain, mlp_chain, require_chain
 from clipkit.analysis.lipschitz.estimate import (
     Bracket,
+    BracketContradiction,
     Estimate,
     LayerBound,
     UnsupportedModuleError,
@@ -76,6 +77,7 @@ from clipkit.analysis.lipschitz.upper import (
 
 __all__ = [
     "Bracket",
+    "BracketContradiction",
     "Certificate",
     "CertificateError",
     "Estimate",

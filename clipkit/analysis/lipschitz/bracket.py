@@ -8,9 +8,10 @@ import time
 import torch
 from torch import Tensor, nn
 
-from clipkit.analysis.lipschitz.estimate import Bracket, Estimate
+from clipkit.analysis.lipschitz.estimate import Bracket, BracketContradiction, Estimate
 from clipkit.analysis.lipschitz.lower import (
     MAX_DENSE,
+    confirmed_norms,
     jacobian_ascent,
     jacobian_norms,
     quotient_search,
@@ -36,6 +37,10 @@ from clipkit.core.utils import (
     device_dtype,
     eval_mode,
 )
+
+#: relative excess of the lower over the upper bound taken for rounding, not contradiction
+#: (the certificates already carry a relative 1e-9)
+CONTRADICTION_RTOL = 1e-6
 
 
 def bracket(
@@ -139,9 +144,11 @@ def bracket(
     sig = jacobian_norms(model, x, batch_size=batch_size, method=jacobian,
                          iters=jacobian_iters, generator=gen)
     top = sig.topk(min(4, len(sig))).indices
-    sig64 = jacobian_norms(float64_copy(model), x[top].to(device, torch.float64),
-                           batch_size=batch_size, method=jacobian, iters=4 * jacobian_iters,
-                           generator=seeded_generator(seed, device))
+    model64 = float64_copy(model)
+    x_top = x[top].to(device, torch.float64)
+    sig64 = jacobian_norms(model64, x_top, batch_size=batch_size, method=jacobian,
+                           iters=4 * jacobian_iters, generator=seeded_generator(seed, device))
+    sig64 = confirmed_norms(model64, x_top, sig64, batch_size)  # no kink's one-sided value
     with eval_mode(model), torch.no_grad():
         n_out = model(x[:1]).numel()
     dense = jacobian == "dense" or (
@@ -194,6 +201,13 @@ def bracket(
 
     lower_by = max((e for e in estimates if e.kind == "lower"), key=lambda e: e.value)
     upper_by = min((e for e in estimates if e.kind == "upper"), key=lambda e: e.value)
+    if lower_by.value > upper_by.value * (1 + CONTRADICTION_RTOL):
+        raise BracketContradiction(
+            f"bracket: the attained lower bound {lower_by.value:.6g} ({lower_by.method}) "
+            f"exceeds the certified upper bound {upper_by.value:.6g} ({upper_by.method}), "
+            f"which cannot be for one function: the layers the bounds read do not compute what "
+            f"the model's forward does, or an estimator is wrong. Please report it with the "
+            f"model; nothing is returned")
     return Bracket(lower_by.value, upper_by.value, lower_by, upper_by, tuple(estimates),
                    tuple(layers))
 

@@ -10,6 +10,11 @@ class UnsupportedModuleError(TypeError):
     """A module whose Lipschitz constant clipkit can not bound (named in the message)."""
 
 
+class BracketContradiction(RuntimeError):
+    """An attained lower bound above a certified upper bound: one of them is not of the model
+    (a forward that its layers do not describe, or a bug), so neither is reported."""
+
+
 @dataclass(frozen=True)
 class Estimate:
     """One estimate of Lip(f).

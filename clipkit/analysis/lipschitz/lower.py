@@ -8,11 +8,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from clipkit.analysis.lipschitz.estimate import UnsupportedModuleError
 from clipkit.analysis.lipschitz.structure import (
+    PIECEWISE_LINEAR,
     check_batch_size,
     check_samples,
     check_search,
     float64_copy,
+    hook_weights_kept,
+    kinks,
+    model_layers,
 )
 from clipkit.core.pairs import AscentRule, PairState, ascend, quotients_from, stacked, value
 from clipkit.core.utils import check_int, device_dtype, eval_mode, flat_norm, sqrt_nonneg
@@ -49,7 +54,7 @@ def jacobian_norms(
     x = x.to(device)
     max_dense = MAX_DENSE if max_dense is None else max_dense
     out: list[Tensor] = []
-    with eval_mode(model):
+    with eval_mode(model), hook_weights_kept(model):
         n_out = model(x[:1]).numel()
         n_in = x[0].numel()
         use_dense = method == "dense" or (
@@ -115,7 +120,77 @@ def jacobian_ascent(
             if domain is not None:
                 with torch.no_grad():
                     v.clamp_(*domain)
-        return norms(v.detach()).detach()
+        reached = v.detach()
+        return confirmed_norms(model64, reached, norms(reached).detach())
+
+
+#: at a point where a kink is hit, a Jacobian norm stands where a close pair along its top
+#: direction confirms this share of it
+CONFIRM_SHARE = 1 - 1e-3
+#: that pair's half distance, relative to 1 + ||x||
+CONFIRM_STEP = 1e-7
+
+
+def kink_hits(model: nn.Module, x: Tensor) -> Tensor:
+    """(N,) bool: whether some pre-activation of a piecewise-linear activation (ReLU,
+    LeakyReLU, Hardtanh, ReLU6, ELU with alpha != 1) sits exactly at one of its kinks at x_i.
+    All True where the model is not a chain of layers clipkit reads (``model_layers``)."""
+    try:
+        layers = model_layers(model)
+    except UnsupportedModuleError:
+        return torch.ones(len(x), dtype=torch.bool, device=x.device)
+    hit = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    h = x
+    with eval_mode(model), torch.no_grad():
+        for _, m in layers:
+            points = _kinks_of(m)
+            if points:
+                flat = h.reshape(len(h), -1)
+                for k in points:
+                    hit |= (flat == k).any(dim=1)
+            h = m(h)
+    return hit
+
+
+def _kinks_of(m: nn.Module) -> tuple[float, ...]:
+    if isinstance(m, nn.ELU):
+        return () if float(m.alpha) == 1.0 else (0.0,)
+    if isinstance(m, PIECEWISE_LINEAR) and not isinstance(m, nn.Identity):
+        return kinks(m)
+    return ()
+
+
+def confirmed_norms(model64: nn.Module, x: Tensor, sigma: Tensor, batch_size: int = 256
+                    ) -> Tensor:
+    """sigma_i = sigma_max(J_f(x_i)), checked at the points where a kink is hit.
+
+    At a kink autograd takes a one-sided derivative per neuron; with several neurons at
+    their kinks at once, that combination need not be the slope of any piece of f:
+    relu(t + 10) - relu(t) + relu(-t) - relu(-t - 10) is constant, while its autograd
+    derivative at 0 is 1. Where no pre-activation sits exactly at a kink (``kink_hits``;
+    always, for smooth networks) J is the derivative of f near x and sigma stands. Where one
+    does, the pair x ± hv (v: J's top right singular vector, h = 1e-7 (1 + ||x||)) decides:
+    sigma stands if its float64-verified quotient reaches 0.999 sigma, else that quotient
+    (attained) is returned. ``model64``: a float64 model (``float64_copy``).
+    """
+    x = x.detach().to(torch.float64)
+    hit = kink_hits(model64, x).to(sigma.device)
+    if not bool(hit.any()):
+        return sigma
+    xs = x[hit.to(x.device)]
+    shape = x.shape[1:]
+
+    def f1(xi: Tensor) -> Tensor:
+        return model64(xi.view(1, *shape)).reshape(-1)
+
+    with eval_mode(model64):
+        J = torch.func.vmap(torch.func.jacrev(f1))(xs).reshape(len(xs), -1, xs[0].numel())
+    v = torch.linalg.svd(J.detach(), full_matrices=False).Vh[:, 0].reshape(xs.shape)
+    step = (CONFIRM_STEP * (1 + flat_norm(xs))).view(-1, *[1] * (xs.ndim - 1)) * v
+    q = _verify64(model64, xs + step, xs - step, batch_size).to(sigma.device, sigma.dtype)
+    out = sigma.clone()
+    out[hit] = torch.where(q >= CONFIRM_SHARE * sigma[hit], sigma[hit], q)
+    return out
 
 
 def _spectral_norms(J: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from clipkit.analysis.lipschitz.chain import MLPChain, mlp_chain
-from clipkit.analysis.lipschitz.lower import jacobian_norms
+from clipkit.analysis.lipschitz.lower import confirmed_norms, jacobian_norms
 from clipkit.analysis.lipschitz.slopes import global_slopes
 from clipkit.analysis.lipschitz.structure import float64_copy
 from clipkit.core.utils import check_int, one_thread, sqrt_nonneg
@@ -234,5 +234,5 @@ def preactivation_ascent(model: nn.Module, input_shape: tuple[int, ...], *, star
         x = torch.linalg.pinv(chain.weights[0]) @ (z - chain.biases[0]).T
         x = x.T.reshape(len(z), *input_shape)
         model64 = float64_copy(model)
-        values = jacobian_norms(model64, x, method="dense")
+        values = confirmed_norms(model64, x, jacobian_norms(model64, x, method="dense"))
     return values, x

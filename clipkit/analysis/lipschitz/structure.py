@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -15,10 +17,41 @@ from clipkit.core.utils import check_int
 
 def float64_copy(model: nn.Module) -> nn.Module:
     """A float64 copy of the model, in eval mode, without parameter gradients."""
-    m64 = copy.deepcopy(model).to(torch.float64).eval()
+    with _hook_weights_set_aside(model):
+        m64 = copy.deepcopy(model).to(torch.float64).eval()
     for p in m64.parameters():
         p.requires_grad_(False)
     return m64
+
+
+@contextlib.contextmanager
+def hook_weights_kept(model: nn.Module) -> Iterator[None]:
+    """Put back, on leaving, the weights that hook-based weight normalisations
+    (``torch.nn.utils.spectral_norm`` / ``weight_norm``) store on their modules.
+
+    Their pre-hook sets ``module.weight`` at every forward; inside a torch.func transform
+    (vmap, jacrev, jvp) that is a functorch wrapper, which outlives the transform: the
+    user's model then failed to deepcopy ("Cannot access storage of TensorWrapper")."""
+    saved = [(m, h.name, m.__dict__[h.name]) for m in model.modules()
+             for h in _weight_hooks(m) if h.name in m.__dict__]
+    try:
+        yield
+    finally:
+        for m, name, value in saved:
+            m.__dict__[name] = value
+
+
+@contextlib.contextmanager
+def _hook_weights_set_aside(model: nn.Module) -> Iterator[None]:
+    """Without the weights that hook-based weight normalisations store (non-leaf tensors,
+    which deepcopy refuses; the hook computes them again at the next forward)."""
+    stale = [(m, h.name, m.__dict__.pop(h.name)) for m in model.modules()
+             for h in _weight_hooks(m) if h.name in m.__dict__]
+    try:
+        yield
+    finally:
+        for m, name, value in stale:
+            m.__dict__[name] = value
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -111,26 +144,84 @@ SUPPORTED = "Linear, Conv1d/2d/3d, BatchNorm1d/2d/3d (eval, running stats), AvgP
 def model_layers(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     """The layers of a (nested) nn.Sequential in execution order, with their dotted names.
 
+    Every entry counts, a module placed twice included (``nn.Sequential.forward`` runs each;
+    ``named_children`` would list it once). The bounds are computed from these layers, so a
+    model whose forward is not their composition is refused (``UnsupportedModuleError``): a
+    subclass that overrides the forward of its torch class (a residual ``nn.Sequential``, a
+    scaled ``nn.ReLU``), or a forward hook (the module's own or global). Each such model
+    got upper bounds below attained quotients, and points certified that an attack broke.
+
     A layer with a parametrized weight (torch.nn.utils.parametrize, e.g. the spectral
     normalisation of ``ck.SpectralNorm``) is given as a plain copy holding the weight it
-    computes in eval mode (``_materialized``), the weight the bounds must see.
+    computes in eval mode (``_materialized``), the weight the bounds must see; so is one with
+    the hook-based ``torch.nn.utils.spectral_norm`` / ``weight_norm``.
     """
+    name = prefix or "<model>"
+    if not prefix:
+        _check_no_global_hooks()
+    _check_hooks(model, name)
+    _check_own_forward(model, name)
     if isinstance(model, nn.Sequential):
         out: list[tuple[str, nn.Module]] = []
-        for name, child in model.named_children():
-            out += model_layers(child, f"{prefix}.{name}" if prefix else name)
+        for key, child in model._modules.items():
+            out += model_layers(child, f"{prefix}.{key}" if prefix else key)
         return out
     if parametrize.is_parametrized(model):
-        return [(prefix or "<model>", _materialized(model))]
+        return [(name, _materialized(model))]
     if _weight_hooks(model):
-        return [(prefix or "<model>", _hook_materialized(model))]
+        return [(name, _hook_materialized(model))]
     if next(iter(model.children()), None) is not None:
         raise UnsupportedModuleError(
-            f"module {prefix or '<model>'} ({type(model).__name__}) has submodules and a custom "
+            f"module {name} ({type(model).__name__}) has submodules and a custom "
             "forward; only nested nn.Sequential containers can be bounded layer by layer. "
             f"Supported: {SUPPORTED}"
         )
-    return [(prefix or "<model>", model)]
+    return [(name, model)]
+
+
+def _torch_class(module: nn.Module) -> type:
+    """The first class of torch's own in the module's class hierarchy (parametrization's
+    generated class seen through)."""
+    cls = parametrize.type_before_parametrizations(module)
+    return next(c for c in cls.__mro__ if c.__module__.startswith("torch."))
+
+
+def _check_own_forward(module: nn.Module, name: str) -> None:
+    """A subclass of a torch layer must compute what that layer computes: its forward is the
+    torch class's own. (A plain nn.Module subclass is left to ``check_supported``.)"""
+    base = _torch_class(module)
+    cls = parametrize.type_before_parametrizations(module)
+    if base is not nn.Module and cls.forward is not base.forward:
+        example = (" (a residual block computes x + f(x), not f(x))"
+                   if base is nn.Sequential else "")
+        raise UnsupportedModuleError(
+            f"module {name} ({cls.__name__}) overrides the forward of torch's "
+            f"{base.__name__}: a bound read from its layers would be of another "
+            f"function{example}. Bound a model whose forward is its layers' composition. "
+            f"Supported: {SUPPORTED}")
+
+
+def _check_hooks(module: nn.Module, name: str) -> None:
+    """Forward hooks change what a module computes, which its layers do not show (the
+    weight-normalisation pre-hooks of ``_weight_hooks`` excepted: the bounds read their
+    weight)."""
+    known = {id(h) for h in _weight_hooks(module)}
+    pre = [h for h in module._forward_pre_hooks.values() if id(h) not in known]
+    if module._forward_hooks or pre:
+        raise UnsupportedModuleError(
+            f"module {name} ({type(module).__name__}) has a forward hook: what it computes "
+            f"is not what its layers say, so no bound is read from them; remove the hook "
+            f"(handle.remove()) to bound the model without it")
+
+
+def _check_no_global_hooks() -> None:
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        raise UnsupportedModuleError(
+            "a global forward hook is registered (torch.nn.modules.module."
+            "register_module_forward_hook / _pre_hook): it may change what every module "
+            "computes, so no bound is read from the layers; remove it first")
 
 
 def _materialized(module: nn.Module) -> nn.Module:
@@ -176,12 +267,8 @@ def _hook_materialized(module: nn.Module) -> nn.Module:
             weight = (hook.compute_weight(module, do_power_iteration=False)
                       if isinstance(hook, SpectralNormHook) else hook.compute_weight(module))
             values[hook.name] = weight.detach().clone()
-    # the hook's last weight is a non-leaf tensor, which deepcopy refuses: set it aside
-    stale = {name: module.__dict__.pop(name) for name in values if name in module.__dict__}
-    try:
+    with _hook_weights_set_aside(module):
         plain = copy.deepcopy(module)
-    finally:
-        module.__dict__.update(stale)
     plain._forward_pre_hooks.clear()
     for name, value in values.items():
         plain._parameters[name] = nn.Parameter(value, requires_grad=False)
@@ -195,8 +282,10 @@ SOFTPLUS_MAX_JUMP = 1e-8
 
 def softplus_jump(m: nn.Softplus) -> float:
     """|f(t+) - f(t-)| of torch's Softplus at its switch t = threshold/beta:
-    log1p(exp(-threshold)) / beta."""
-    return math.log1p(math.exp(-m.threshold)) / m.beta
+    log1p(exp(-threshold)) / |beta| (inf for beta 0)."""
+    if m.beta == 0:
+        return math.inf
+    return math.log1p(math.exp(-m.threshold)) / abs(m.beta)
 
 
 def check_supported(name: str, m: nn.Module) -> None:
@@ -211,6 +300,10 @@ def check_supported(name: str, m: nn.Module) -> None:
             f"module {name} ({type(m).__name__}) has track_running_stats=False: in eval mode it "
             "still normalises by batch statistics, which is not a fixed affine map"
         )
+    if isinstance(m, nn.Softplus) and not m.beta > 0:
+        raise UnsupportedModuleError(
+            f"module {name} (Softplus(beta={m.beta})): beta must be > 0 (torch divides by it; "
+            f"with beta < 0 the function and its switch to the identity change side)")
     if isinstance(m, nn.Softplus) and softplus_jump(m) > SOFTPLUS_MAX_JUMP:
         raise UnsupportedModuleError(
             f"module {name} (Softplus(beta={m.beta}, threshold={m.threshold})): torch switches "

@@ -199,6 +199,11 @@ def load(
             )
             if error is not None:
                 msg += f"; downloading through torchvision failed: {error}"
+            env = os.environ.get("CLIPKIT_DATA", "")
+            if env and not Path(env).expanduser().is_absolute():
+                msg += (f". CLIPKIT_DATA={env} is relative, so it was taken from the current "
+                        f"folder {Path.cwd()}; a Jupyter kernel runs in its notebook's folder, "
+                        f"not where JupyterLab was started: give an absolute path")
             if key == "mnist" and train:
                 msg += (". Without the MNIST training images, ck.data.train_test('mnist') "
                         "divides the test split into a training and a test part")

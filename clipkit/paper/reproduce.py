@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,9 +79,28 @@ def _plan(args: argparse.Namespace, paper: Path) -> list[str]:
     if unknown:
         raise ReproduceError(f"--only: unknown sweep {unknown[0]!r}; the sweeps of {paper}: "
                              f"{', '.join(available)}")
+    notebooks = []
     for name in names:
-        sweep.check(paper / f"{name}.yaml", args.profile)
+        spec, _ = sweep.check(paper / f"{name}.yaml", args.profile)
+        notebooks.append(spec.notebook)
+    for notebook in sorted(set(notebooks)):
+        if _edited(notebook):
+            print(f"clipkit reproduce: warning: {notebook} differs from its committed version "
+                  f"(git diff): every parameter a spec does not set takes that notebook's "
+                  f"edited defaults, so these runs are not the paper's; `git checkout -- "
+                  f"{notebook}` restores it", file=sys.stderr)
     return names
+
+
+def _edited(path: Path) -> bool:
+    """Whether git says a tracked file has changes (False outside a git checkout)."""
+    try:
+        run = subprocess.run(["git", "status", "--porcelain", "--", path.name],
+                             cwd=path.parent, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    state = run.stdout[:2]
+    return run.returncode == 0 and bool(state.strip()) and state != "??"
 
 
 #: the folders of ``paper/`` the report owns: a file there that the report did not build

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -362,6 +363,33 @@ def test_reproduce_outside_a_checkout_says_where_the_sweeps_come_from(tmp_path, 
     assert f"--paper {str(tmp_path / 'site-packages' / 'paper')!r} is not a folder; the " \
            "sweeps (paper/) and their notebooks (notebooks/) come with a clone" in err, err
     assert not (tmp_path / "site-packages").exists()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_reproduce_warns_when_a_notebook_differs_from_its_commit(tmp_path, capsys):
+    """JupyterLab saves an edited parameters cell into the notebook, and a spec takes every
+    parameter it does not set from there: such a reproduction is not the paper's."""
+    repo = tmp_path / "repo"
+    (repo / "paper").mkdir(parents=True)
+    notebook = repo / "quadratic.ipynb"
+    shutil.copy(QUADRATIC, notebook)
+    write_yaml(repo / "paper" / "first.yaml", {"notebook": "../quadratic.ipynb",
+                                               "grid": {"seed": [0]}})
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    base = ["reproduce", "--paper", str(repo / "paper"), "--runs", str(tmp_path / "runs")]
+    from clipkit.paper.reproduce import _edited, _plan
+
+    assert not _edited(notebook)
+    notebook.write_text(notebook.read_text().replace("seed: int = 0", "seed: int = 3"))
+    assert _edited(notebook) and not _edited(tmp_path / "elsewhere.ipynb")
+    args = cli.build_parser().parse_args(base)
+    assert _plan(args, repo / "paper") == ["first"]
+    err = capsys.readouterr().err
+    assert "warning: " in err and "quadratic.ipynb differs from its committed version" in err
+    assert "git checkout -- " in err
 
 
 def test_notebook_parameter_errors_name_the_parameter_value_and_what_is_accepted():

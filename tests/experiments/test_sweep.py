@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -358,6 +359,45 @@ def test_a_point_computed_by_another_notebook_is_not_taken_as_done(local_2x2, tm
         "other.ipynb"
     again = sweep.run(changed, workers=1, out=out, progress=False)
     assert again.skipped == ["lam=0.1_seed=0"] and not again.done
+
+
+def test_an_edited_parameters_cell_is_another_run_and_so_is_its_revert(tmp_path):
+    """A spec takes every parameter it does not set from the notebook's parameters cell,
+    which JupyterLab saves as the user edits it: a finished point ran with the old defaults,
+    so it is not taken as done (a sweep reused it, and again after the edit was undone)."""
+    import nbformat
+
+    notebook = tmp_path / "quadratic.ipynb"
+    shutil.copy(QUADRATIC, notebook)
+    spec = write_spec(tmp_path, notebook=notebook, grid={"lam": [0.1]})
+    out = tmp_path / "out"
+
+    def set_seed_default(value: int) -> None:
+        nb = nbformat.read(notebook, as_version=4)
+        (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        cell.source = re.sub(r"seed: int = \d+", f"seed: int = {value}", cell.source)
+        nbformat.write(nb, notebook)
+
+    first = sweep.run(spec, workers=1, out=out, progress=False)
+    assert first.done == ["lam=0.1"]
+    assert json.loads(results.load(out / "points" / "lam=0.1.nc").attrs["notebook_defaults"]) \
+        ["seed"] == 0
+    assert sweep.run(spec, workers=1, out=out, progress=False).skipped == ["lam=0.1"]
+    set_seed_default(5)
+    edited = sweep.run(spec, workers=1, out=out, progress=False)
+    assert edited.done == ["lam=0.1"] and not edited.skipped
+    assert "notebook default seed: 0 -> 5" in edited.superseded["lam=0.1"]
+    assert float(edited.dataset["loss"].isel(epoch=0).squeeze()) == pytest.approx(0.1 + 5)
+    set_seed_default(0)  # undone: the seed-5 result is not the point's either
+    reverted = sweep.run(spec, workers=1, out=out, progress=False)
+    assert reverted.done == ["lam=0.1"]
+    assert "notebook default seed: 5 -> 0" in reverted.superseded["lam=0.1"]
+    # a result written before the defaults were recorded is taken as before
+    old = results.load(out / "points" / "lam=0.1.nc")
+    del old.attrs["notebook_defaults"]
+    results.save(old, out / "points" / "lam=0.1.nc")
+    set_seed_default(7)
+    assert sweep.run(spec, workers=1, out=out, progress=False).skipped == ["lam=0.1"]
 
 
 def test_the_cli_names_a_combined_file_it_cannot_write(local_2x2, tmp_path, capsys):

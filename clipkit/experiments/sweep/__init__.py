@@ -39,8 +39,10 @@ The notebook receives a path as its ``result_path`` parameter (``NAME.nc.part``)
 writes its Dataset there with :func:`clipkit.results.save`; the runner checks it, stamps
 the sweep's coordinates and provenance, and only then writes ``NAME.nc`` (atomically), so
 every ``NAME.nc`` is a checked, final result. A point whose result file says ``done``
-for the same parameters is skipped; a point that raises, reports NaN or times out gets a
-failed record (its error text) and the others go on. The sweep ends by writing
+for the same parameters is skipped (the same spec values, and the same notebook defaults of
+the parameters the spec does not set, recorded as ``notebook_defaults``: a parameters cell
+edited and saved in JupyterLab makes another run); a point that raises, reports NaN or
+times out gets a failed record (its error text) and the others go on. The sweep ends by writing
 ``OUT/combined.nc`` (:func:`clipkit.results.combine`) and a summary; an interrupted sweep
 (Ctrl-C) writes it too, with the points finished so far (the others ``missing``). A point
 whose finished result was made with other parameters is moved aside (``NAME.nc`` and its

@@ -47,6 +47,21 @@ def notebook_parameters(notebook: Path) -> dict[str, str]:
     return {name: _declared_type(info) for name, info in inspected.items()}
 
 
+def notebook_defaults(notebook: Path) -> dict[str, Any]:
+    """The default of each parameter of a notebook's ``parameters`` cell, as a value where
+    it is a literal, else as its source text (via papermill)."""
+    import papermill
+
+    out: dict[str, Any] = {}
+    for name, info in papermill.inspect_notebook(str(notebook)).items():
+        source = str(info.get("default", ""))
+        try:
+            out[name] = ast.literal_eval(source)
+        except (ValueError, SyntaxError):
+            out[name] = source
+    return out
+
+
 def _check_kernel(name: str) -> None:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 

@@ -22,6 +22,9 @@ from clipkit.experiments.sweep.spec import Point
 POINT_ATTR = results.POINT_ATTR  # JSON of the parameters a finished result was computed with
 NOTEBOOK_ATTR = results.NOTEBOOK_ATTR  # the file name of the notebook that computed it
 ENV_ATTR = "environment"  # JSON of the path environment variables the kernel got
+#: JSON of the notebook's defaults of the parameters the point did not set: what it ran
+#: with besides the point's own values (an edited parameters cell changes them)
+DEFAULTS_ATTR = "notebook_defaults"
 PATH_ENV = ("CLIPKIT_DATA", "CLIPKIT_RUNS")  # made absolute for the kernels
 
 
@@ -45,6 +48,7 @@ class Task:
     env: tuple[tuple[str, str], ...] = ()  # environment variables the kernel gets
     ipc_parent: str = ""  # where kernels' socket folders go ("": the system's temporary one)
     headless: tuple[tuple[str, Any], ...] = ()  # parameters set unless the point sets them
+    defaults: str = ""  # DEFAULTS_ATTR of the point ("": not known)
 
     @property
     def partial(self) -> str:
@@ -101,33 +105,50 @@ def kernel_environment() -> dict[str, str]:
             for k in PATH_ENV if os.environ.get(k)}
 
 
-def finished_as(result: str | os.PathLike[str]) -> tuple[str, str] | None:
-    """(parameters JSON, notebook file name) of a readable result file marked done, else None.
-
-    The notebook is "" for files written before it was recorded.
-    """
+def _done_attrs(result: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
         with xr.open_dataset(result, engine=results.ENGINE) as ds:
             attrs = dict(ds.attrs)
     except (OSError, ValueError):
         return None
-    if attrs.get("status") != results.STATUS_DONE:
+    return attrs if attrs.get("status") == results.STATUS_DONE else None
+
+
+def finished_as(result: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(parameters JSON, notebook file name) of a readable result file marked done, else None.
+
+    The notebook is "" for files written before it was recorded.
+    """
+    attrs = _done_attrs(result)
+    if attrs is None:
         return None
     return str(attrs.get(POINT_ATTR, "")), str(attrs.get(NOTEBOOK_ATTR, ""))
 
 
-def is_finished(result: str | os.PathLike[str], point: Point, notebook: str = "") -> bool:
+def is_finished(result: str | os.PathLike[str], point: Point, notebook: str = "",
+                defaults: str = "") -> bool:
     """Whether ``result`` is a readable result file marked done for exactly ``point``
-    (and, when both are known, by the notebook of that file name)."""
-    found = finished_as(result)
-    if found is None:
+    (and, when both are known, by the notebook of that file name, with the same defaults of
+    the parameters the point does not set: an edited ``parameters`` cell is another run)."""
+    attrs = _done_attrs(result)
+    if attrs is None:
         return False
-    key, by = found
-    return key == point.key and (not by or not notebook or by == Path(notebook).name)
+    by, had = str(attrs.get(NOTEBOOK_ATTR, "")), str(attrs.get(DEFAULTS_ATTR, ""))
+    return (str(attrs.get(POINT_ATTR, "")) == point.key
+            and (not by or not notebook or by == Path(notebook).name)
+            and (not had or not defaults or had == defaults))
 
 
-def differences(result_key: str, point: Point, by: str, notebook: str) -> str:
-    """What differs between a finished result and a point, e.g. ``epochs: 1 -> 3``."""
+def defaults_of(result: str | os.PathLike[str]) -> str:
+    """The DEFAULTS_ATTR of a finished result ("" where not recorded)."""
+    attrs = _done_attrs(result)
+    return "" if attrs is None else str(attrs.get(DEFAULTS_ATTR, ""))
+
+
+def differences(result_key: str, point: Point, by: str, notebook: str,
+                old_defaults: str = "", new_defaults: str = "") -> str:
+    """What differs between a finished result and a point, e.g. ``epochs: 1 -> 3``, or
+    ``notebook default lr: 0.1 -> 0.01``."""
     try:
         old = json.loads(result_key)
     except ValueError:
@@ -139,6 +160,9 @@ def differences(result_key: str, point: Point, by: str, notebook: str) -> str:
         parts += [f"{k}: {a!r} -> {b!r}" for k, a, b in changed(old, point.params)]
     elif result_key != point.key:
         parts.append("parameters not recorded")
+    if old_defaults and new_defaults and old_defaults != new_defaults:
+        was, now = json.loads(old_defaults), json.loads(new_defaults)
+        parts += [f"notebook default {k}: {a!r} -> {b!r}" for k, a, b in changed(was, now)]
     return ", ".join(parts[:4]) + (f" and {len(parts) - 4} more" if len(parts) > 4 else "")
 
 
@@ -218,6 +242,8 @@ def _finalize(ds: xr.Dataset, task: Task, wall: float) -> xr.Dataset:
     stamped.attrs[results.SWEPT_ATTR] = json.dumps(list(task.point.swept))
     stamped.attrs[POINT_ATTR] = task.point.key
     stamped.attrs[NOTEBOOK_ATTR] = Path(task.notebook).name
+    if task.defaults:
+        stamped.attrs[DEFAULTS_ATTR] = task.defaults
     return stamped
 
 

@@ -19,10 +19,11 @@ import xarray as xr
 from clipkit.experiments import results
 from clipkit.experiments.sweep.executors import dask_futures, local_futures, visible_gpus
 from clipkit.experiments.sweep.kernels import error_text
-from clipkit.experiments.sweep.parameters import check, notebook_parameters
+from clipkit.experiments.sweep.parameters import check, notebook_defaults, notebook_parameters
 from clipkit.experiments.sweep.point import (
     Outcome,
     Task,
+    defaults_of,
     differences,
     finished_as,
     is_finished,
@@ -90,10 +91,16 @@ def make_tasks(spec: Spec, points: Sequence[Point], out: Path, ipc_parent: str =
     declared = notebook_parameters(spec.notebook)
     headless = tuple((k, v) for k, v in HEADLESS.items()
                      if k in declared and k not in spec.grid and k not in spec.fixed)
+    defaults = notebook_defaults(spec.notebook)
+    unset = {k for k in defaults if k != spec.result_param and k not in dict(headless)}
+
+    def own_defaults(p: Point) -> str:
+        return results.to_json({k: defaults[k] for k in sorted(unset - set(p.params))})
+
     return [
         Task(p, str(spec.notebook), str(folder / f"{p.name}.ipynb"), str(folder / f"{p.name}.nc"),
              spec.kernel, spec.result_param, spec.timeout, spec.allow_nan, spec.batch,
-             spec.start_timeout, env, ipc_parent, headless)
+             spec.start_timeout, env, ipc_parent, headless, own_defaults(p))
         for p in points
     ]
 
@@ -114,12 +121,13 @@ def _existing(task: Task) -> tuple[str, str]:
     error = results.read_error(path)
     if error:
         return "unreadable", error
-    if is_finished(path, task.point, task.notebook):
+    if is_finished(path, task.point, task.notebook, task.defaults):
         return "done", ""
     found = finished_as(path)
     if found is None:
         return "failed", ""
-    return "superseded", differences(found[0], task.point, found[1], task.notebook)
+    return "superseded", differences(found[0], task.point, found[1], task.notebook,
+                                     defaults_of(path), task.defaults)
 
 
 @contextlib.contextmanager

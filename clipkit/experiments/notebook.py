@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -27,8 +28,8 @@ from typing import Any
 from clipkit.experiments.types import accepted, list_hint, type_matches
 
 __all__ = [
-    "ParameterError", "Timer", "choice", "errors_name_parameters", "injected_names",
-    "parameters", "per_method", "positive", "result_file",
+    "ParameterError", "Timer", "choice", "distinct", "errors_name_parameters",
+    "injected_names", "nonnegative", "parameters", "per_method", "positive", "result_file",
 ]
 
 #: the first line of the cell papermill injects (its Python translator's comment)
@@ -123,11 +124,38 @@ def choice(name: str, value: Any, accepted: Iterable[Any]) -> Any:
     return value
 
 
+def _values(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def positive(params: Mapping[str, Any], *names: str) -> None:
-    """A :class:`ParameterError` naming the first of ``names`` whose value is below 1."""
+    """A :class:`ParameterError` naming the first of ``names`` whose value (or a value of
+    whose list) is below 1."""
     for name in names:
-        if params[name] < 1:
-            raise ParameterError(f"parameter {name!r} must be >= 1, got {params[name]!r}")
+        if any(v < 1 for v in _values(params[name])):
+            each = " (each value)" if isinstance(params[name], (list, tuple)) else ""
+            raise ParameterError(f"parameter {name!r} must be >= 1{each}, got {params[name]!r}")
+
+
+def nonnegative(params: Mapping[str, Any], *names: str) -> None:
+    """A :class:`ParameterError` naming the first of ``names`` whose value (or a value of
+    whose list) is not a finite number >= 0 (radii, noise levels, λ)."""
+    for name in names:
+        if any(not (math.isfinite(v) and v >= 0) for v in _values(params[name])):
+            each = " (each value)" if isinstance(params[name], (list, tuple)) else ""
+            raise ParameterError(f"parameter {name!r} must be a finite number >= 0{each}, "
+                                 f"got {params[name]!r}")
+
+
+def distinct(params: Mapping[str, Any], *names: str) -> None:
+    """A :class:`ParameterError` naming the first list of ``names`` with a repeated value
+    (a grid's values become coordinates, which must differ)."""
+    for name in names:
+        values = _values(params[name])
+        repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ParameterError(f"parameter {name!r} repeats {', '.join(repeated)}; each value "
+                                 f"must appear once, got {params[name]!r}")
 
 
 def per_method(name: str, value: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
@@ -165,7 +193,9 @@ def errors_name_parameters(*names: str) -> Iterator[None]:
     except (ValueError, TypeError) as exc:
         if isinstance(exc, ParameterError):
             raise
-        raise ParameterError(f"{exc} (from the parameters {', '.join(names)})") from exc
+        # from None: the message says it all; the chained traceback through clipkit's and
+        # contextlib's frames ran to 70 lines in a notebook, the message at the bottom
+        raise ParameterError(f"{exc} (from the parameters {', '.join(names)})") from None
 
 
 def _runs_root() -> Path:

@@ -8,6 +8,7 @@ from ``ck.CLIP.authors()``. Unknown names and options are errors that list what 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any
 
 from clipkit.train.baselines import (
@@ -38,7 +39,14 @@ PRESETS = ("default", "authors")
 
 def _known(name: str, accepted, what: str) -> None:
     if name not in accepted:
-        raise ValueError(f"unknown {what} {name!r}; accepted: {', '.join(map(repr, accepted))}")
+        raise ValueError(f"unknown {what} {name!r}{_close(name, accepted)}; accepted: "
+                         f"{', '.join(map(repr, accepted))}")
+
+
+def _close(name: object, accepted) -> str:
+    """' (did you mean 'x'?)' for a near miss among ``accepted``, else ''."""
+    close = difflib.get_close_matches(str(name), [str(a) for a in accepted], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def make_schedule(kind: str = "constant", *, warmup: int = 0, goal_acc: float = 0.95,
@@ -80,8 +88,9 @@ def make_method(name: str, lam: float | None = None, *, schedule: Schedule | Non
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - fields)
     if unknown:
-        raise ValueError(f"method {name!r} has no option(s) {', '.join(map(repr, unknown))}; "
-                         f"accepted: {', '.join(sorted(fields - {'lam', 'schedule'}))}")
+        accepted = sorted(fields - {"lam", "schedule"})
+        raise ValueError(f"method {name!r} has no option(s) {', '.join(map(repr, unknown))}"
+                         f"{_close(unknown[0], accepted)}; accepted: {', '.join(accepted)}")
     if not has_lambda(name):
         if lam not in (None, 0, 0.0):
             raise ValueError(f"method {name!r} has no λ; leave lam empty (or 0), got {lam!r}")

@@ -82,11 +82,21 @@ def test_every_paper_profile_passes_the_notebooks_own_checks(spec):
     [
         ("classification", {"dataset": "cifar10"},
          r"parameter 'dataset' = 'cifar10'; accepted: 'mnist', 'fashion-mnist'"),
-        ("classification", {"lam": [-0.1]}, r"CLIP: lam must be a finite number >= 0, got -0.1"),
+        ("classification", {"lam": [-0.1]}, r"parameter 'lam' must be a finite number >= 0"),
         ("classification", {"options": {"clip": {"pairs": 0}}}, r"pairs must be an int >= 1"),
         ("classification", {"model": "resnet"}, r"unknown kind 'resnet'"),
         ("regression", {"methods": ["clip", "lipschitz"]}, r"unknown method 'lipschitz'"),
         ("lambda_to_constant", {"powers": [3]}, r"parameter 'powers' = 3; accepted: 1, 2"),
+        # each of these passed the checks and failed in a later cell, some after training
+        ("classification", {"eps_pgd_l2": [0.0, -1.0]},
+         r"parameter 'eps_pgd_l2' must be a finite number >= 0 \(each value\)"),
+        ("classification", {"lam": [0.1, -0.1]}, r"parameter 'lam' must be a finite number"),
+        ("classification", {"lam": [0.1, 0.1]}, r"parameter 'lam' repeats 0.1"),
+        ("classification", {"method": "standard", "lam": [0.0, 0.1]},
+         r"Standard has no penalty weight: lam must be 0, got 0.1"),
+        ("lambda_to_constant", {"hidden": [0]}, r"parameter 'hidden' must be >= 1 \(each"),
+        ("lambda_to_constant", {"lam_factors": [0.1, 0.1]}, r"'lam_factors' repeats 0.1"),
+        ("regression", {"options": {"clip": {"pair": 3}}}, r"did you mean 'pairs'"),
     ],
 )
 def test_the_notebooks_checks_refuse_bad_values_before_a_sweep_runs(tmp_path, notebook, fixed,

@@ -35,7 +35,8 @@ def test_schedules_by_name():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: ck.make_method("clipp"), "unknown method 'clipp'; accepted: 'standard'"),
+        (lambda: ck.make_method("clipp"), "unknown method 'clipp' \\(did you mean 'clip'\\?\\); "
+                                            "accepted: 'standard'"),
         (lambda: ck.make_method("clip", pairz=3), "no option.*'pairz'.*accepted:.*pairs"),
         (lambda: ck.make_method("standard", 0.1), "'standard' has no λ"),
         (lambda: ck.make_method("clip", clip_preset="paper"), "unknown clip_preset 'paper'"),

@@ -14,6 +14,7 @@ draws from its variables only, so a figure can be regenerated from the result fi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -120,6 +121,13 @@ def _series(ds: xr.Dataset, var: str, keep: Sequence[str]) -> list[tuple[str, xr
     return lines
 
 
+def _images(ds: xr.Dataset, var: str) -> str:
+    """' (N test images)' from ``var``'s description, where it says how many: the clean
+    accuracy and the attacks are measured on different numbers of test images."""
+    found = re.search(r"on (?:the )?(\d+) test images", str(ds[var].attrs.get("description", "")))
+    return f" ({found.group(1)} test images)" if found else ""
+
+
 def _check_attacks(ds: xr.Dataset, attacks: Sequence[str], who: str) -> None:
     """A ValueError naming an attack the result does not have, and the ones it has."""
     have = [str(a) for a in ds.attack.values] if "attack" in ds.coords else []
@@ -142,7 +150,7 @@ def robustness(ds: xr.Dataset, attacks: Sequence[str] | None = None) -> plt.Figu
         ax.set_title(ATTACK_LABELS.get(str(att), str(att)), fontsize=9)
         ax.set_xlabel("σ (noise level)" if str(att) == "noise" else "ε (radius)")
         ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].set_ylabel(f"accuracy{_images(ds, 'robust_acc')}")
     # one legend under the panels, where it covers no line
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
@@ -255,13 +263,15 @@ def tradeoff(ds: xr.Dataset, attack: str = "pgd_l2", eps: float | None = None) -
     pos = lam[lam > 0]
     zero_at = pos.min() / 3 if len(pos) else 1.0  # λ = 0 drawn left of the smallest λ
     xs = np.where(lam > 0, lam, zero_at)
-    curves = [(ax, ds, "clean_acc", "o-", "clean"),
-              (ax, sub, "robust_acc", "s--", f"{ATTACK_LABELS.get(attack, attack)} = {eps:g}")]
+    # clean accuracy and the attacks may count different test images: the legend says which
+    curves = [(ax, ds, "clean_acc", "o-", f"clean{_images(ds, 'clean_acc')}"),
+              (ax, sub, "robust_acc", "s--", f"{ATTACK_LABELS.get(attack, attack)} = {eps:g}"
+                                             f"{_images(ds, 'robust_acc')}")]
     if "certified_acc" in ds and attack.startswith("pgd_l2"):
         cert, c_eps = certified_at(ds.certified_acc)  # the report column's radius
         if np.isfinite(c_eps):
             curves.append((ax, xr.Dataset({"certified_acc": cert}), "certified_acc", "d-.",
-                           f"certified ℓ2, ε = {c_eps:g}"))
+                           f"certified ℓ2, ε = {c_eps:g}{_images(ds, 'certified_acc')}"))
     curves += [(bx, ds, "lip_lower", "o-", "lower"), (bx, ds, "lip_upper", "v:", "upper")]
     for a, d, var, style, name in curves:
         draw = a.semilogx if a is ax else a.loglog

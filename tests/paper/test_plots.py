@@ -50,6 +50,13 @@ def test_tradeoff_draws_an_eps_of_the_attack_and_labels_the_one_drawn():
     line = next(ln for ln in fig.axes[0].get_lines() if "PGD" in ln.get_label())
     np.testing.assert_allclose(line.get_ydata(),
                                ds.robust_acc.sel(attack="pgd_l2", eps=grid[-2]).squeeze())
+    # clean accuracy and the attacks count different test images: the legend says so
+    ds.clean_acc.attrs["description"] = "accuracy on the 1000 test images"
+    ds.robust_acc.attrs["description"] = "accuracy under attack on 200 test images (...)"
+    labels = [t.get_text() for t in plots.tradeoff(ds).axes[0].get_legend().get_texts()]
+    assert any(t.startswith("clean (1000 test images)") for t in labels)
+    assert any("PGD" in t and "(200 test images)" in t for t in labels)
+    assert plots.robustness(ds).axes[0].get_ylabel() == "accuracy (200 test images)"
     with pytest.raises(ValueError, match="tradeoff: attack 'pgd' is not in this result; it has: "
                                          "'noise'"):
         plots.tradeoff(ds, attack="pgd")

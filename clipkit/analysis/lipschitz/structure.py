@@ -17,40 +17,37 @@ from clipkit.core.utils import check_int
 
 def float64_copy(model: nn.Module) -> nn.Module:
     """A float64 copy of the model, in eval mode, without parameter gradients."""
-    with _hook_weights_set_aside(model):
+    with _hook_weights(model, set_aside=True):
         m64 = copy.deepcopy(model).to(torch.float64).eval()
     for p in m64.parameters():
         p.requires_grad_(False)
     return m64
 
 
-@contextlib.contextmanager
-def hook_weights_kept(model: nn.Module) -> Iterator[None]:
+def hook_weights_kept(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Put back, on leaving, the weights that hook-based weight normalisations
     (``torch.nn.utils.spectral_norm`` / ``weight_norm``) store on their modules.
 
     Their pre-hook sets ``module.weight`` at every forward; inside a torch.func transform
     (vmap, jacrev, jvp) that is a functorch wrapper, which outlives the transform: the
     user's model then failed to deepcopy ("Cannot access storage of TensorWrapper")."""
-    saved = [(m, h.name, m.__dict__[h.name]) for m in model.modules()
-             for h in _weight_hooks(m) if h.name in m.__dict__]
-    try:
-        yield
-    finally:
-        for m, name, value in saved:
-            m.__dict__[name] = value
+    return _hook_weights(model, set_aside=False)
 
 
 @contextlib.contextmanager
-def _hook_weights_set_aside(model: nn.Module) -> Iterator[None]:
-    """Without the weights that hook-based weight normalisations store (non-leaf tensors,
-    which deepcopy refuses; the hook computes them again at the next forward)."""
-    stale = [(m, h.name, m.__dict__.pop(h.name)) for m in model.modules()
-             for h in _weight_hooks(m) if h.name in m.__dict__]
+def _hook_weights(model: nn.Module, set_aside: bool) -> Iterator[None]:
+    """The hook-stored weights of ``model``, restored on leaving; ``set_aside``: removed
+    meanwhile (non-leaf tensors, which deepcopy refuses; the hook computes them again at
+    the next forward)."""
+    stored = [(m, h.name, m.__dict__[h.name]) for m in model.modules()
+              for h in _weight_hooks(m) if h.name in m.__dict__]
+    if set_aside:
+        for m, name, _ in stored:
+            del m.__dict__[name]
     try:
         yield
     finally:
-        for m, name, value in stale:
+        for m, name, value in stored:
             m.__dict__[name] = value
 
 
@@ -267,7 +264,7 @@ def _hook_materialized(module: nn.Module) -> nn.Module:
             weight = (hook.compute_weight(module, do_power_iteration=False)
                       if isinstance(hook, SpectralNormHook) else hook.compute_weight(module))
             values[hook.name] = weight.detach().clone()
-    with _hook_weights_set_aside(module):
+    with _hook_weights(module, set_aside=True):
         plain = copy.deepcopy(module)
     plain._forward_pre_hooks.clear()
     for name, value in values.items():

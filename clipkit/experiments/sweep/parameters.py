@@ -34,26 +34,28 @@ def _declared_type(info: Mapping[str, Any]) -> str:
     return declared
 
 
-def notebook_parameters(notebook: Path) -> dict[str, str]:
-    """Names and declared types of a notebook's ``parameters`` cell (via papermill)."""
+def _inspect(notebook: Path) -> dict[str, Any]:
+    """papermill's view of a notebook's ``parameters`` cell; errors name the notebook."""
     import papermill
 
     if not notebook.is_file():
         raise SweepError(f"notebook {str(notebook)!r} does not exist")
     try:
-        inspected = papermill.inspect_notebook(str(notebook))
+        return papermill.inspect_notebook(str(notebook))
     except Exception as exc:  # papermill raises several kinds for unreadable notebooks
         raise SweepError(f"cannot inspect notebook {str(notebook)!r}: {exc}") from exc
-    return {name: _declared_type(info) for name, info in inspected.items()}
+
+
+def notebook_parameters(notebook: Path) -> dict[str, str]:
+    """Names and declared types of a notebook's ``parameters`` cell (via papermill)."""
+    return {name: _declared_type(info) for name, info in _inspect(notebook).items()}
 
 
 def notebook_defaults(notebook: Path) -> dict[str, Any]:
     """The default of each parameter of a notebook's ``parameters`` cell, as a value where
     it is a literal, else as its source text (via papermill)."""
-    import papermill
-
     out: dict[str, Any] = {}
-    for name, info in papermill.inspect_notebook(str(notebook)).items():
+    for name, info in _inspect(notebook).items():
         source = str(info.get("default", ""))
         try:
             out[name] = ast.literal_eval(source)

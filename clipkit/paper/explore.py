@@ -31,7 +31,7 @@ from clipkit.experiments import results
 from clipkit.paper import plots
 
 __all__ = ["ALL", "KINDS", "MAKE_A_SWEEP", "Explorer", "controls", "figures", "kind", "open_sweep",
-           "summary"]
+           "summary", "summary_tables"]
 
 #: sweep kinds, each recognised by a variable only its notebook writes
 KINDS = {"classification": "robust_acc", "theory": "exact_f", "regression": "test_mse_target"}
@@ -225,6 +225,16 @@ def summary(ds: xr.Dataset) -> xr.Dataset:
             eps_max=("attack", [float(r.eps[-1]) for r in per_attack]),
         )
     return out.drop_attrs()
+
+
+def summary_tables(summary_ds: xr.Dataset) -> list[Any]:
+    """The summary as tables (pandas DataFrames), one per set of dimensions: a single
+    ``to_dataframe()`` repeats each value along the dimensions it does not have (a theory
+    sweep's exact and CLIP values once per weight-decay λ)."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, da in summary_ds.data_vars.items():
+        groups.setdefault(tuple(da.dims), []).append(str(name))
+    return [summary_ds[names].to_dataframe().dropna(how="all") for names in groups.values()]
 
 
 def describe(ds: xr.Dataset) -> str:

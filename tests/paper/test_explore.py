@@ -139,7 +139,14 @@ def test_a_theory_sweep_shows_one_run_and_power():
     np.testing.assert_allclose(first.get_ydata(),
                                sweep.exact_f.sel(seed=1, power=2).isel(lam_rel=0))
     assert "p = 2" in lipschitz.axes[0].get_title() and "p = 2" in distance.axes[0].get_title()
-    assert set(explore.summary(sweep).dims) == {"seed", "power", "lam_rel", "wd_lam"}
+    summary = explore.summary(sweep)
+    assert set(summary.dims) == {"seed", "power", "lam_rel", "wd_lam"}
+    # one table per set of dims: no value repeated along a dimension it does not have
+    tables = explore.summary_tables(summary)
+    assert sum(len(t.columns) for t in tables) == len(summary.data_vars)
+    exact = next(t for t in tables if "exact_lip" in t.columns)
+    assert "wd_lam" not in exact.index.names
+    assert len(exact) == summary.exact_lip.size
 
 
 def test_a_regression_sweep_shows_each_method_of_one_run():

@@ -218,6 +218,14 @@ def check_range(value: Any, name: str) -> tuple[float, float]:
     return lo, hi
 
 
+def close_match_hint(name: object, accepted: Iterable[Any]) -> str:
+    """' (did you mean 'x'?)' for a near miss of ``name`` among ``accepted``, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(a) for a in accepted], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def check_choice(value: Any, name: str, accepted: Iterable[Any]) -> Any:
     """``value`` if it is one of ``accepted``, else a ValueError listing them."""
     accepted = tuple(accepted)

@@ -8,7 +8,6 @@ K copies at once with vmap. Random choices use one torch.Generator per copy.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from clipkit.core.affine_first import AffineFirst
+from clipkit.core.utils import close_match_hint
 from clipkit.train.schedules import Constant, Schedule, check_lam
 
 
@@ -70,9 +70,8 @@ class _KeywordsChecked(type):
             fields = [f.name for f in dataclasses.fields(cls) if f.init]
             unknown = [k for k in kwargs if k not in fields]
             if unknown:
-                close = difflib.get_close_matches(unknown[0], fields, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise TypeError(f"{cls.__name__} has no setting {unknown[0]!r}{hint}; "
+                raise TypeError(f"{cls.__name__} has no setting {unknown[0]!r}"
+                                f"{close_match_hint(unknown[0], fields)}; "
                                 f"its settings: {', '.join(sorted(fields))}")
         return super().__call__(*args, **kwargs)
 

@@ -8,9 +8,9 @@ from ``ck.CLIP.authors()``. Unknown names and options are errors that list what 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any
 
+from clipkit.core.utils import close_match_hint
 from clipkit.train.baselines import (
     AdversarialTraining,
     GradientPenalty,
@@ -39,14 +39,8 @@ PRESETS = ("default", "authors")
 
 def _known(name: str, accepted, what: str) -> None:
     if name not in accepted:
-        raise ValueError(f"unknown {what} {name!r}{_close(name, accepted)}; accepted: "
+        raise ValueError(f"unknown {what} {name!r}{close_match_hint(name, accepted)}; accepted: "
                          f"{', '.join(map(repr, accepted))}")
-
-
-def _close(name: object, accepted) -> str:
-    """' (did you mean 'x'?)' for a near miss among ``accepted``, else ''."""
-    close = difflib.get_close_matches(str(name), [str(a) for a in accepted], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def make_schedule(kind: str = "constant", *, warmup: int = 0, goal_acc: float = 0.95,
@@ -90,7 +84,8 @@ def make_method(name: str, lam: float | None = None, *, schedule: Schedule | Non
     if unknown:
         accepted = sorted(fields - {"lam", "schedule"})
         raise ValueError(f"method {name!r} has no option(s) {', '.join(map(repr, unknown))}"
-                         f"{_close(unknown[0], accepted)}; accepted: {', '.join(accepted)}")
+                         f"{close_match_hint(unknown[0], accepted)}; "
+                         f"accepted: {', '.join(accepted)}")
     if not has_lambda(name):
         if lam not in (None, 0, 0.0):
             raise ValueError(f"method {name!r} has no λ; leave lam empty (or 0), got {lam!r}")

@@ -62,11 +62,7 @@ def jacobian_norms(
         )
         for xb in x.split(batch_size):
             if use_dense:
-                def f1(xi: Tensor) -> Tensor:
-                    return model(xi.unsqueeze(0)).reshape(-1)
-
-                J = torch.func.vmap(torch.func.jacrev(f1))(xb).reshape(len(xb), n_out, n_in)
-                out.append(_spectral_norms(J.detach()))
+                out.append(_spectral_norms(dense_jacobians(model, xb).detach()))
             else:
                 out.append(_jacobian_power(model, xb, iters, generator))
     return torch.cat(out)
@@ -96,14 +92,9 @@ def jacobian_ascent(
     steps = check_int(steps, "steps", 0)
     model64 = float64_copy(model)
     device, _ = device_dtype(model64)
-    shape = starts.shape[1:]
 
-    def f1(xi: Tensor) -> Tensor:
-        return model64(xi.view(1, *shape)).reshape(-1)
-
-    def norms(v: Tensor) -> Tensor:
-        J = torch.func.vmap(torch.func.jacrev(f1))(v).reshape(len(v), -1, v[0].numel())
-        return _spectral_norms(J)  # differentiable in v: the ascent's objective
+    def norms(v: Tensor) -> Tensor:  # differentiable in v: the ascent's objective
+        return _spectral_norms(dense_jacobians(model64, v))
 
     v = starts.detach().to(device, torch.float64).clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=lr)
@@ -155,9 +146,7 @@ def kink_hits(model: nn.Module, x: Tensor) -> Tensor:
 def _kinks_of(m: nn.Module) -> tuple[float, ...]:
     if isinstance(m, nn.ELU):
         return () if float(m.alpha) == 1.0 else (0.0,)
-    if isinstance(m, PIECEWISE_LINEAR) and not isinstance(m, nn.Identity):
-        return kinks(m)
-    return ()
+    return kinks(m) if isinstance(m, PIECEWISE_LINEAR) else ()
 
 
 def confirmed_norms(model64: nn.Module, x: Tensor, sigma: Tensor, batch_size: int = 256
@@ -178,19 +167,25 @@ def confirmed_norms(model64: nn.Module, x: Tensor, sigma: Tensor, batch_size: in
     if not bool(hit.any()):
         return sigma
     xs = x[hit.to(x.device)]
-    shape = x.shape[1:]
-
-    def f1(xi: Tensor) -> Tensor:
-        return model64(xi.view(1, *shape)).reshape(-1)
-
     with eval_mode(model64):
-        J = torch.func.vmap(torch.func.jacrev(f1))(xs).reshape(len(xs), -1, xs[0].numel())
-    v = torch.linalg.svd(J.detach(), full_matrices=False).Vh[:, 0].reshape(xs.shape)
+        J = dense_jacobians(model64, xs).detach()
+    v = torch.linalg.svd(J, full_matrices=False).Vh[:, 0].reshape(xs.shape)
     step = (CONFIRM_STEP * (1 + flat_norm(xs))).view(-1, *[1] * (xs.ndim - 1)) * v
     q = _verify64(model64, xs + step, xs - step, batch_size).to(sigma.device, sigma.dtype)
     out = sigma.clone()
     out[hit] = torch.where(q >= CONFIRM_SHARE * sigma[hit], sigma[hit], q)
     return out
+
+
+def dense_jacobians(model: nn.Module, x: Tensor) -> Tensor:
+    """J_f(x_i) for each sample, (N, outputs, inputs), by torch.func (vmap of jacrev);
+    differentiable in x."""
+    shape = x.shape[1:]
+
+    def f1(xi: Tensor) -> Tensor:
+        return model(xi.reshape(1, *shape)).reshape(-1)
+
+    return torch.func.vmap(torch.func.jacrev(f1))(x).reshape(len(x), -1, x[0].numel())
 
 
 def _spectral_norms(J: Tensor) -> Tensor:

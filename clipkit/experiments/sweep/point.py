@@ -105,7 +105,8 @@ def kernel_environment() -> dict[str, str]:
             for k in PATH_ENV if os.environ.get(k)}
 
 
-def _done_attrs(result: str | os.PathLike[str]) -> dict[str, Any] | None:
+def done_attrs(result: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The attrs of a readable result file marked done, else None."""
     try:
         with xr.open_dataset(result, engine=results.ENGINE) as ds:
             attrs = dict(ds.attrs)
@@ -114,35 +115,22 @@ def _done_attrs(result: str | os.PathLike[str]) -> dict[str, Any] | None:
     return attrs if attrs.get("status") == results.STATUS_DONE else None
 
 
-def finished_as(result: str | os.PathLike[str]) -> tuple[str, str] | None:
-    """(parameters JSON, notebook file name) of a readable result file marked done, else None.
-
-    The notebook is "" for files written before it was recorded.
-    """
-    attrs = _done_attrs(result)
-    if attrs is None:
-        return None
-    return str(attrs.get(POINT_ATTR, "")), str(attrs.get(NOTEBOOK_ATTR, ""))
-
-
 def is_finished(result: str | os.PathLike[str], point: Point, notebook: str = "",
                 defaults: str = "") -> bool:
     """Whether ``result`` is a readable result file marked done for exactly ``point``
     (and, when both are known, by the notebook of that file name, with the same defaults of
     the parameters the point does not set: an edited ``parameters`` cell is another run)."""
-    attrs = _done_attrs(result)
-    if attrs is None:
-        return False
+    attrs = done_attrs(result)
+    return attrs is not None and finished_for(attrs, point, notebook, defaults)
+
+
+def finished_for(attrs: dict[str, Any], point: Point, notebook: str = "",
+                 defaults: str = "") -> bool:
+    """``is_finished`` on the attrs of a result marked done (``done_attrs``)."""
     by, had = str(attrs.get(NOTEBOOK_ATTR, "")), str(attrs.get(DEFAULTS_ATTR, ""))
     return (str(attrs.get(POINT_ATTR, "")) == point.key
             and (not by or not notebook or by == Path(notebook).name)
             and (not had or not defaults or had == defaults))
-
-
-def defaults_of(result: str | os.PathLike[str]) -> str:
-    """The DEFAULTS_ATTR of a finished result ("" where not recorded)."""
-    attrs = _done_attrs(result)
-    return "" if attrs is None else str(attrs.get(DEFAULTS_ATTR, ""))
 
 
 def differences(result_key: str, point: Point, by: str, notebook: str,

@@ -21,12 +21,14 @@ from clipkit.experiments.sweep.executors import dask_futures, local_futures, vis
 from clipkit.experiments.sweep.kernels import error_text
 from clipkit.experiments.sweep.parameters import check, notebook_defaults, notebook_parameters
 from clipkit.experiments.sweep.point import (
+    DEFAULTS_ATTR,
+    NOTEBOOK_ATTR,
+    POINT_ATTR,
     Outcome,
     Task,
-    defaults_of,
     differences,
-    finished_as,
-    is_finished,
+    done_attrs,
+    finished_for,
     kernel_environment,
 )
 from clipkit.experiments.sweep.spec import Point, Spec, SweepError, format_value
@@ -121,13 +123,14 @@ def _existing(task: Task) -> tuple[str, str]:
     error = results.read_error(path)
     if error:
         return "unreadable", error
-    if is_finished(path, task.point, task.notebook, task.defaults):
-        return "done", ""
-    found = finished_as(path)
-    if found is None:
+    attrs = done_attrs(path)  # read once: a superseded result needs all three
+    if attrs is None:
         return "failed", ""
-    return "superseded", differences(found[0], task.point, found[1], task.notebook,
-                                     defaults_of(path), task.defaults)
+    if finished_for(attrs, task.point, task.notebook, task.defaults):
+        return "done", ""
+    return "superseded", differences(str(attrs.get(POINT_ATTR, "")), task.point,
+                                     str(attrs.get(NOTEBOOK_ATTR, "")), task.notebook,
+                                     str(attrs.get(DEFAULTS_ATTR, "")), task.defaults)
 
 
 @contextlib.contextmanager
@@ -241,11 +244,10 @@ def run(
         raise SweepError(f"workers must be a positive integer, got {workers!r}")
     out_dir = Path(out).expanduser().resolve() if out is not None else _default_out(spec)
     summary = Summary(out=out_dir, points=points)
-    tasks = make_tasks(spec, points, out_dir)
     if dry_run:
-        for t in tasks:
-            print(f"{t.point.name}: {results.to_json(t.point.params)}")
-        print(f"{len(tasks)} points -> {out_dir}")
+        for p in points:
+            print(f"{p.name}: {results.to_json(p.params)}")
+        print(f"{len(points)} points -> {out_dir}")
         return summary
 
     start = time.perf_counter()

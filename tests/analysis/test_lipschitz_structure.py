@@ -141,9 +141,10 @@ def test_a_kink_does_not_give_a_lower_bound_above_the_constant():
     from clipkit.analysis.lipschitz.lower import confirmed_norms, kink_hits
     assert kink_hits(lin, at_kink).tolist() == [True]
     assert kink_hits(lin, at_kink + 1).tolist() == [False]
-    # at 0, torch's relu'(0) = 0; the pair ±h sees the slope 1 of half the pair: quotient 1
-    assert float(confirmed_norms(lin, at_kink, torch.tensor([2.0], dtype=torch.float64))[0]) \
-        == pytest.approx(1.0, rel=1e-6)
+    # at 0, torch's relu'(0) = 0; the one-sided pair (0, h) sees the slope 2 of the right
+    # piece, and a claimed 3 is replaced by that attained 2
+    assert float(confirmed_norms(lin, at_kink, torch.tensor([3.0], dtype=torch.float64))[0]) \
+        == pytest.approx(2.0, rel=1e-6)
 
 
 def test_hook_based_spectral_norm_survives_the_bracket():

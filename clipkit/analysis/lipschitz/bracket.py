@@ -148,7 +148,7 @@ def bracket(
     x_top = x[top].to(device, torch.float64)
     sig64 = jacobian_norms(model64, x_top, batch_size=batch_size, method=jacobian,
                            iters=4 * jacobian_iters, generator=seeded_generator(seed, device))
-    sig64 = confirmed_norms(model64, x_top, sig64, batch_size)  # no kink's one-sided value
+    sig64 = confirmed_norms(model64, x_top, sig64, batch_size, seed)  # no kink's one-sided value
     with eval_mode(model), torch.no_grad():
         n_out = model(x[:1]).numel()
     dense = jacobian == "dense" or (

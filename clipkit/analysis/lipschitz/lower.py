@@ -8,16 +8,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from clipkit.analysis.lipschitz.estimate import UnsupportedModuleError
+from clipkit.analysis.lipschitz.kinks import kink_hits
 from clipkit.analysis.lipschitz.structure import (
-    PIECEWISE_LINEAR,
     check_batch_size,
     check_samples,
     check_search,
     float64_copy,
     hook_weights_kept,
-    kinks,
-    model_layers,
 )
 from clipkit.core.pairs import AscentRule, PairState, ascend, quotients_from, stacked, value
 from clipkit.core.utils import check_int, device_dtype, eval_mode, flat_norm, sqrt_nonneg
@@ -122,45 +119,25 @@ CONFIRM_SHARE = 1 - 1e-3
 CONFIRM_STEP = 1e-7
 
 
-def kink_hits(model: nn.Module, x: Tensor) -> Tensor:
-    """(N,) bool: whether some pre-activation of a piecewise-linear activation (ReLU,
-    LeakyReLU, Hardtanh, ReLU6, ELU with alpha != 1) sits exactly at one of its kinks at x_i.
-    All True where the model is not a chain of layers clipkit reads (``model_layers``)."""
-    try:
-        layers = model_layers(model)
-    except UnsupportedModuleError:
-        return torch.ones(len(x), dtype=torch.bool, device=x.device)
-    hit = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    h = x
-    with eval_mode(model), torch.no_grad():
-        for _, m in layers:
-            points = _kinks_of(m)
-            if points:
-                flat = h.reshape(len(h), -1)
-                for k in points:
-                    hit |= (flat == k).any(dim=1)
-            h = m(h)
-    return hit
-
-
-def _kinks_of(m: nn.Module) -> tuple[float, ...]:
-    if isinstance(m, nn.ELU):
-        return () if float(m.alpha) == 1.0 else (0.0,)
-    return kinks(m) if isinstance(m, PIECEWISE_LINEAR) else ()
-
-
-def confirmed_norms(model64: nn.Module, x: Tensor, sigma: Tensor, batch_size: int = 256
-                    ) -> Tensor:
+def confirmed_norms(model64: nn.Module, x: Tensor, sigma: Tensor, batch_size: int = 256,
+                    seed: int = 0) -> Tensor:
     """sigma_i = sigma_max(J_f(x_i)), checked at the points where a kink is hit.
 
     At a kink autograd takes a one-sided derivative per neuron; with several neurons at
     their kinks at once, that combination need not be the slope of any piece of f:
     relu(t + 10) - relu(t) + relu(-t) - relu(-t - 10) is constant, while its autograd
-    derivative at 0 is 1. Where no pre-activation sits exactly at a kink (``kink_hits``;
-    always, for smooth networks) J is the derivative of f near x and sigma stands. Where one
-    does, the pair x ± hv (v: J's top right singular vector, h = 1e-7 (1 + ||x||)) decides:
-    sigma stands if its float64-verified quotient reaches 0.999 sigma, else that quotient
-    (attained) is returned. ``model64``: a float64 model (``float64_copy``).
+    derivative at 0 is 1 (a tie in a max-pooling window is such a kink too). Where no
+    pre-activation sits exactly at a kink and no window has a tie (``kink_hits``; always,
+    for smooth networks) J is the derivative of f near x and sigma stands. Where one does,
+    three pairs along J's top right singular vector v decide, x ± hv and the one-sided
+    (x, x + hv), (x − hv, x) (h = 1e-7 (1 + ||x||)): sigma stands if the largest of their
+    float64-verified quotients reaches 0.999 sigma. A one-sided pair sees the slope of the
+    piece on its side, which the symmetric pair averages with the other side's. Else the
+    larger of that quotient and the Jacobian norm at a random point x + hu (u a random unit
+    vector, ``seed``) where nothing sits at a kink is returned, each attained: with many
+    ties (a max pooling over an image's flat background) the pieces around x are many, and
+    one at random is often steeper along its own top direction than any pair along v.
+    ``model64``: a float64 model (``float64_copy``).
     """
     x = x.detach().to(torch.float64)
     hit = kink_hits(model64, x).to(sigma.device)
@@ -170,11 +147,27 @@ def confirmed_norms(model64: nn.Module, x: Tensor, sigma: Tensor, batch_size: in
     with eval_mode(model64):
         J = dense_jacobians(model64, xs).detach()
     v = torch.linalg.svd(J, full_matrices=False).Vh[:, 0].reshape(xs.shape)
-    step = (CONFIRM_STEP * (1 + flat_norm(xs))).view(-1, *[1] * (xs.ndim - 1)) * v
-    q = _verify64(model64, xs + step, xs - step, batch_size).to(sigma.device, sigma.dtype)
+    h = (CONFIRM_STEP * (1 + flat_norm(xs))).view(-1, *[1] * (xs.ndim - 1))
+    q = torch.stack([_verify64(model64, xs + h * v, xs - h * v, batch_size),
+                     _verify64(model64, xs + h * v, xs, batch_size),
+                     _verify64(model64, xs, xs - h * v, batch_size)]).amax(dim=0)
+    q = q.to(sigma.device, sigma.dtype)
+    near = _nearby_norms(model64, xs, h, seed).to(sigma.device, sigma.dtype)
     out = sigma.clone()
-    out[hit] = torch.where(q >= CONFIRM_SHARE * sigma[hit], sigma[hit], q)
+    out[hit] = torch.where(q >= CONFIRM_SHARE * sigma[hit], sigma[hit], torch.maximum(q, near))
     return out
+
+
+def _nearby_norms(model64: nn.Module, xs: Tensor, h: Tensor, seed: int) -> Tensor:
+    """sigma_max(J_f) at x_i + h_i u_i, u_i a random unit vector; 0 where that point hits a
+    kink as well (then it is not known to be a slope of f)."""
+    gen = torch.Generator(device=xs.device).manual_seed(seed)
+    u = torch.randn(xs.shape, generator=gen, dtype=xs.dtype, device=xs.device)
+    u = u / flat_norm(u).clamp_min(1e-300).view(-1, *[1] * (xs.ndim - 1))
+    near = xs + h * u
+    with eval_mode(model64):
+        norms = torch.linalg.matrix_norm(dense_jacobians(model64, near).detach(), ord=2)
+    return torch.where(kink_hits(model64, near), torch.zeros_like(norms), norms)
 
 
 def dense_jacobians(model: nn.Module, x: Tensor) -> Tensor:

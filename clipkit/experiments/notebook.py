@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clipkit.experiments.results import move_aside
 from clipkit.experiments.types import accepted, list_hint, type_matches
 
 __all__ = [
@@ -198,6 +199,10 @@ def errors_name_parameters(*names: str) -> Iterator[None]:
         raise ParameterError(f"{exc} (from the parameters {', '.join(names)})") from None
 
 
+#: an interactive rerun's previous result, beside it: NAME.nc.replaced-DATE
+REPLACED_SUFFIX = "replaced"
+
+
 def _runs_root() -> Path:
     """``$CLIPKIT_RUNS``, else ``runs/`` in the source checkout (git-ignored), else ./runs."""
     env = os.environ.get("CLIPKIT_RUNS")
@@ -214,10 +219,17 @@ def result_file(result_path: str, notebook: str) -> Path:
 
     An interactive run (``result_path == ""``) writes to
     ``runs/notebooks/<notebook>-<date-time>.nc`` (see :func:`_runs_root`), never next to
-    the notebook.
+    the notebook. A ``result_path`` that names an existing result (a notebook run again
+    with the same path) is moved aside first, to ``NAME.nc.replaced-<date-time>``, which
+    no sweep or explorer reads as a result: a rerun never overwrites a finished result
+    unseen. A sweep's own ``NAME.nc.part`` is the sweep's to manage and is left alone.
     """
     if result_path:
-        return Path(result_path)
+        path = Path(result_path)
+        if path.suffix != ".part" and path.is_file():
+            moved = move_aside(path, REPLACED_SUFFIX)
+            print(f"{path} existed: its previous version is kept as {moved.name}")
+        return path
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return _runs_root() / "notebooks" / f"{notebook}-{stamp}.nc"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from clipkit.experiments import notebook as nb
 from clipkit.experiments import sweep
 from clipkit.experiments.notebook import ParameterError, injected_names, parameters
 
@@ -122,3 +123,19 @@ def test_the_saved_line_names_the_file_a_sweep_renames_the_result_to(tmp_path):
     line = saved(tmp_path / "lam=0.1.nc.part", 3.0)
     assert line.startswith(f"wrote {tmp_path / 'lam=0.1.nc.part'} (3.0 s)")
     assert line.endswith("renames it lam=0.1.nc")
+
+
+def test_a_rerun_with_the_same_result_path_keeps_the_previous_result(tmp_path, capsys):
+    """JupyterLab's Run All with an explicit result_path wrote over the last result."""
+    path = tmp_path / "mine.nc"
+    assert nb.result_file(str(path), "classification") == path  # nothing there: untouched
+    assert list(tmp_path.iterdir()) == []
+    path.write_text("first result")
+    assert nb.result_file(str(path), "classification") == path
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("mine.nc.replaced-")]
+    assert len(kept) == 1 and kept[0].read_text() == "first result"
+    assert not path.exists()
+    assert kept[0].name in capsys.readouterr().out
+    part = tmp_path / "point.nc.part"  # a sweep's own file is the sweep's to manage
+    part.write_text("partial")
+    assert nb.result_file(str(part), "classification") == part and part.read_text() == "partial"

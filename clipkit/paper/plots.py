@@ -39,6 +39,9 @@ ATTACK_LABELS = {
     "pgd_linf": "PGD-ℓ∞ (ε)",
     "pgd_l2_authors": "the authors' PGD-ℓ2 (ε)",
 }
+#: the robustness panels: inches a side, at most this many a row (a notebook shrinks a
+#: wider figure to its width, and its fonts with it), and the axis labels' font size
+PANEL, PANELS_PER_ROW, FONT = 3.4, 3, 10
 #: the learning curves' panels: history variable -> its label
 CURVES = {
     "test_acc": "clean test accuracy",
@@ -138,26 +141,35 @@ def _check_attacks(ds: xr.Dataset, attacks: Sequence[str], who: str) -> None:
 
 
 def robustness(ds: xr.Dataset, attacks: Sequence[str] | None = None) -> plt.Figure:
-    """Accuracy under attack against ε, one panel per attack, one line per configuration."""
+    """Accuracy under attack against ε, one panel per attack (up to three a row), one line
+    per configuration; fonts sized for a notebook, which shrinks a wide figure to fit."""
     attacks = list(ds.attack.values) if attacks is None else list(attacks)
     _check_attacks(ds, attacks, "robustness")
-    fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3.6), squeeze=False)
-    for ax, att in zip(axes[0], attacks, strict=True):
+    ncols = min(PANELS_PER_ROW, len(attacks))
+    nrows = -(-len(attacks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL * ncols, PANEL * nrows), squeeze=False)
+    for ax in axes.flat[len(attacks):]:
+        fig.delaxes(ax)  # the last row's empty places
+    for ax, att in zip(axes.flat, attacks, strict=False):
         sub = ds.sel(attack=att)
         for label, line in _series(sub, "robust_acc", ["eps"]):
             ok = ~np.isnan(line.values)
-            ax.plot(line.eps.values[ok], line.values[ok], "o-", ms=3, label=label)
-        ax.set_title(ATTACK_LABELS.get(str(att), str(att)), fontsize=9)
-        ax.set_xlabel("σ (noise level)" if str(att) == "noise" else "ε (radius)")
+            ax.plot(line.eps.values[ok], line.values[ok], "o-", ms=4, label=label)
+        ax.set_title(ATTACK_LABELS.get(str(att), str(att)), fontsize=FONT + 1)
+        ax.set_xlabel("σ (noise level)" if str(att) == "noise" else "ε (radius)", fontsize=FONT)
+        ax.tick_params(labelsize=FONT - 1)
         ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel(f"accuracy{_images(ds, 'robust_acc')}")
+    for row in axes:
+        row[0].set_ylabel(f"accuracy{_images(ds, 'robust_acc')}", fontsize=FONT)
     # one legend under the panels, where it covers no line
     handles, labels = axes[0][0].get_legend_handles_labels()
+    height = PANEL * nrows
     if handles:
         ncol = min(3, len(handles))
-        legend_height = 0.25 * -(-len(handles) // ncol)  # inches: a quarter per row
-        fig.set_figheight(3.6 + legend_height)
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+        legend_height = 0.3 * -(-len(handles) // ncol)  # inches: 0.3 per row
+        fig.set_figheight(height + legend_height)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=FONT - 1,
+                   frameon=False)
         fig.tight_layout(rect=(0, legend_height / fig.get_figheight() + 0.02, 1, 1))
     else:
         fig.tight_layout()

@@ -101,3 +101,31 @@ def test_theory_fits_draw_every_weight_decay_lambda():
     fig = plots.theory_fits(run)
     drawn = [ln.get_label() for ln in fig.axes[2].get_lines() if ln.get_label().startswith("λ")]
     assert drawn == [f"λ = {v:g}" for v in run.wd_lam.values]
+
+
+#: how wide a notebook shows a figure, in inches at the figure's dpi: a wider one is shrunk
+NOTEBOOK_WIDTH = 10.0
+
+
+def shown_size(fig, text) -> float:
+    """The font size of ``text`` as a notebook shows ``fig``: shrunk with a figure too wide."""
+    return text.get_fontsize() * min(1.0, NOTEBOOK_WIDTH / fig.get_figwidth())
+
+
+def test_robustness_fonts_are_readable_at_a_notebooks_width():
+    ds = results.combine([classification_run("standard", False, [0.0]),
+                          classification_run("clip", False, [0.1])])
+    # five attacks, as classification.ipynb measures: pgd_l2's numbers under each name
+    pgd = list(ds.attack.values).index("pgd_l2")
+    five = ds.isel(attack=[pgd] * 5).assign_coords(attack=list(plots.ATTACK_LABELS))
+    fig = plots.robustness(five)
+    fig.canvas.draw()
+    assert [ax.get_title() for ax in fig.axes] == list(plots.ATTACK_LABELS.values())
+    texts = [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label,
+                                           *ax.get_xticklabels(), *ax.get_yticklabels())]
+    texts += list(fig.legends[0].get_texts())
+    small = {t.get_text(): round(shown_size(fig, t), 1) for t in texts
+             if t.get_text() and shown_size(fig, t) < 8}
+    assert not small, f"shown below 8 pt in a notebook: {small}"
+    first_column = [ax for ax in fig.axes if ax.get_subplotspec().is_first_col()]
+    assert len(first_column) == 2 and all(ax.get_ylabel() == "accuracy" for ax in first_column)

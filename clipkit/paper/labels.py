@@ -1,12 +1,13 @@
 """How a result's coordinates read in a figure's legend (the figures and the explorer).
 
 ``line_label("method", "clip")`` → ``CLIP``; ``line_label("lam", 0.1)`` → ``λ = 0.1``;
-``line_label("last_activation", True)`` → ``published (sigmoid on logits)``.
+``line_label("last_activation", True)`` → ``published (sigmoid on logits)``; and how a
+variable reads on an axis: ``var_label("test_acc")`` → ``clean test accuracy``.
 """
 
 from __future__ import annotations
 
-__all__ = ["LABEL_ORDER", "METHOD_NAMES", "line_label"]
+__all__ = ["LABEL_ORDER", "METHOD_NAMES", "VAR_LABELS", "line_label", "var_label"]
 
 #: the dims that name a line, in the order they appear in its label
 LABEL_ORDER = ("method", "lam", "last_activation", "dataset")
@@ -14,6 +15,11 @@ LABEL_ORDER = ("method", "lam", "last_activation", "dataset")
 METHOD_NAMES = {"standard": "no regularization", "weight_decay": "weight decay", "clip": "CLIP",
                 "gradient_penalty": "gradient penalty", "spectral_norm": "spectral norm",
                 "adversarial": "adversarial training"}
+#: how a history variable reads on an axis (accuracies are fractions, 0 to 1, in every figure)
+VAR_LABELS = {"test_acc": "clean test accuracy", "acc": "training accuracy",
+              "loss": "training loss", "test_loss": "test loss", "penalty": "penalty R(θ)",
+              "lam_epoch": "λ in the epoch", "lip": "Lip_X estimate (CLIP's pairs)",
+              "skipped": "fraction of steps without penalty", "time": "seconds since the start"}
 
 
 def line_label(dim: str, value) -> str:
@@ -27,6 +33,11 @@ def line_label(dim: str, value) -> str:
     if dim == "dataset":
         return str(value)
     return f"{dim} = {_fmt(value)}"
+
+
+def var_label(var: str) -> str:
+    """How a variable reads on an axis: ``clean test accuracy``, not ``test_acc``."""
+    return VAR_LABELS.get(var, var.replace("_", " "))
 
 
 def _fmt(v) -> str:

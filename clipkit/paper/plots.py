@@ -13,6 +13,7 @@ draws from its variables only, so a figure can be regenerated from the result fi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -21,15 +22,16 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+from matplotlib.ticker import MaxNLocator
 
-from clipkit.paper.labels import LABEL_ORDER, METHOD_NAMES, line_label
+from clipkit.paper.labels import LABEL_ORDER, METHOD_NAMES, line_label, var_label
 from clipkit.paper.rows import certified_at, run_of
 from clipkit.paper.theory_plots import theory_distance, theory_fits, theory_lipschitz, theory_power
 
 __all__ = [
     "ATTACK_LABELS", "METHOD_NAMES", "history", "learning_curves", "line_label",
     "regression_fits", "robustness", "save", "theory_distance", "theory_fits",
-    "theory_lipschitz", "theory_power", "tradeoff",
+    "theory_lipschitz", "theory_power", "tradeoff", "warmups",
 ]
 
 ATTACK_LABELS = {
@@ -44,7 +46,7 @@ ATTACK_LABELS = {
 PANEL, PANELS_PER_ROW, FONT = 3.4, 3, 10
 #: the learning curves' panels: history variable -> its label
 CURVES = {
-    "test_acc": "clean test accuracy",
+    "test_acc": var_label("test_acc"),
     "curve_pgd_l2_authors": "PGD-ℓ2 ε=2, authors' attack",
     "curve_pgd_l2": "PGD-ℓ2 ε=2, clipkit's",
 }
@@ -177,15 +179,41 @@ def robustness(ds: xr.Dataset, attacks: Sequence[str] | None = None) -> plt.Figu
 
 
 def history(ds: xr.Dataset, var: str = "test_acc") -> plt.Figure:
-    """A history variable (default test accuracy) against the epoch, one line per configuration."""
+    """A history variable (default test accuracy) against the epoch, one line per
+    configuration; a dashed line marks where a warm-up at λ = 0 ends (see :func:`warmups`)."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for label, line in _series(ds, var, ["epoch"]):
         ax.plot(line.epoch, line, label=label)
+    for w in warmups(ds):
+        ax.axvline(w, color="0.3", ls="--", lw=1,
+                   label=f"end of warm-up (λ = 0 for {w} epoch{'s' if w > 1 else ''})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 2.5
     ax.set_xlabel("epoch")
-    ax.set_ylabel(var)
+    ax.set_ylabel(var_label(var))
     ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
+
+
+def warmups(ds: xr.Dataset) -> list[int]:
+    """The warm-ups of ``ds``'s runs: how many epochs trained at λ = 0 before the penalty
+    started (a ``Warmup`` or ``Discrepancy`` schedule), those > 0, from ``method_config``
+    (an attr, or a variable where a sweep's runs differ)."""
+    if "method_config" in ds.attrs:
+        texts = [ds.attrs["method_config"]]
+    else:
+        texts = np.ravel(ds["method_config"].values) if "method_config" in ds else []
+    found = set()
+    for text in texts:
+        try:
+            schedule = json.loads(str(text)).get("schedule")
+        except (ValueError, AttributeError):  # a failed run's "", a filled-in "nan"
+            continue
+        if isinstance(schedule, dict) and schedule.get("schedule") in ("Warmup", "Discrepancy"):
+            epochs = schedule.get("epochs" if schedule["schedule"] == "Warmup" else "warmup", 0)
+            if isinstance(epochs, int) and epochs > 0:
+                found.add(epochs)
+    return sorted(found)
 
 
 def learning_curves(ds: xr.Dataset, methods: Sequence[str] = ("standard", "clip"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -129,3 +130,30 @@ def test_robustness_fonts_are_readable_at_a_notebooks_width():
     assert not small, f"shown below 8 pt in a notebook: {small}"
     first_column = [ax for ax in fig.axes if ax.get_subplotspec().is_first_col()]
     assert len(first_column) == 2 and all(ax.get_ylabel() == "accuracy" for ax in first_column)
+
+
+def test_history_labels_the_variable_counts_whole_epochs_and_marks_the_warmup():
+    run = classification_run("clip", False, [0.0, 0.1])
+    fig = plots.history(run)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "clean test accuracy"  # not the variable's name, test_acc
+    ticks = ax.xaxis.get_major_locator()()
+    assert len(ticks) and all(float(t).is_integer() for t in ticks)  # no epoch 2.5
+    assert not any("warm-up" in line.get_label() for line in ax.get_lines())  # none in config
+    for schedule, want in (({"schedule": "Constant"}, []),
+                           ({"schedule": "Warmup", "epochs": 0}, []),
+                           ({"schedule": "Warmup", "epochs": 1}, [1]),
+                           ({"schedule": "Discrepancy", "warmup": 6, "every": 2}, [6])):
+        run.attrs["method_config"] = json.dumps({"method": "CLIP", "schedule": schedule})
+        assert plots.warmups(run) == want
+        ax = plots.history(run).axes[0]
+        marks = [line for line in ax.get_lines() if "warm-up" in line.get_label()]
+        assert [line.get_xdata()[0] for line in marks] == want
+        assert [t.get_text() for t in ax.get_legend().get_texts() if "warm-up" in t.get_text()] \
+            == [f"end of warm-up (λ = 0 for {w} epoch{'s' if w > 1 else ''})" for w in want]
+    # a sweep whose methods differ: method_config is a variable, one value per run
+    runs = [classification_run(m, False, [0.1]) for m in ("clip", "weight_decay")]
+    runs[0].attrs["method_config"] = json.dumps({"schedule": {"schedule": "Warmup", "epochs": 2}})
+    runs[1].attrs["method_config"] = json.dumps({"schedule": {"schedule": "Constant"}})
+    sweep = results.combine(runs)
+    assert "method_config" in sweep.data_vars and plots.warmups(sweep) == [2]

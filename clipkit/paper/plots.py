@@ -52,6 +52,13 @@ CURVES = {
 }
 
 
+def _attack_at(attack: str, eps: float) -> str:
+    """An attack at one radius, as a legend names it: ``Gaussian noise σ = 1``,
+    ``PGD-ℓ2 ε = 2`` (:data:`ATTACK_LABELS` without the brackets around the radius)."""
+    name = re.sub(r" \((.*)\)$", r" \1", ATTACK_LABELS.get(attack, attack))
+    return f"{name} = {eps:g}" if name != attack else f"{attack} at {eps:g}"
+
+
 def save(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 110) -> list[Path]:
     """Write ``fig`` as ``path.png`` and ``path.pdf`` (any suffix of ``path`` is replaced)."""
     path = Path(path)
@@ -305,7 +312,7 @@ def tradeoff(ds: xr.Dataset, attack: str = "pgd_l2", eps: float | None = None) -
     xs = np.where(lam > 0, lam, zero_at)
     # clean accuracy and the attacks may count different test images: the legend says which
     curves = [(ax, ds, "clean_acc", "o-", f"clean{_images(ds, 'clean_acc')}"),
-              (ax, sub, "robust_acc", "s--", f"{ATTACK_LABELS.get(attack, attack)} = {eps:g}"
+              (ax, sub, "robust_acc", "s--", f"{_attack_at(attack, eps)}"
                                              f"{_images(ds, 'robust_acc')}")]
     if "certified_acc" in ds and attack.startswith("pgd_l2"):
         cert, c_eps = certified_at(ds.certified_acc)  # the report column's radius
@@ -317,7 +324,8 @@ def tradeoff(ds: xr.Dataset, attack: str = "pgd_l2", eps: float | None = None) -
         draw = a.semilogx if a is ax else a.loglog
         for i, (label, line) in enumerate(_series(d, var, ["lam"])):
             ok = ~np.isnan(line.values)
-            draw(xs[ok], line.values[ok], style, color=f"C{i}", label=f"{name} {label}")
+            draw(xs[ok], line.values[ok], style, color=f"C{i}",
+                 label=f"{label} — {name}" if label else name)
     for a in (ax, bx):
         a.set_xlabel("λ (λ = 0 drawn at the far left)")
         a.legend(fontsize=6)

@@ -75,12 +75,12 @@ def test_the_figures_draw_the_chosen_lines_with_their_names(grid):
     np.testing.assert_allclose(line.get_xdata(), [0.0, 1.0, 2.0])  # pgd_l2's grid, no NaN
     np.testing.assert_allclose(line.get_ydata(), want.dropna("eps").values)
     # the trade-off is over every λ of the other choices, at pgd_l2's largest ε
-    assert "clean CLIP, corrected" in labels(tradeoff)
-    assert "PGD-ℓ2 (ε) = 2 CLIP, corrected" in labels(tradeoff)
+    assert "CLIP, corrected — clean" in labels(tradeoff)
+    assert "CLIP, corrected — PGD-ℓ2 ε = 2" in labels(tradeoff)
     # certified at the positive ε of its grid nearest 0.1 (pgd_l2 here has 1 and 2)
-    assert "certified ℓ2, ε = 1 CLIP, corrected" in labels(tradeoff)
+    assert "CLIP, corrected — certified ℓ2, ε = 1" in labels(tradeoff)
     noise = labels(explore.figures(grid, {"attack": "noise"})[2])
-    assert "Gaussian noise (σ) = 1 weight decay, published (sigmoid on logits)" in noise
+    assert "weight decay, published (sigmoid on logits) — Gaussian noise σ = 1" in noise
     everything = explore.figures(grid)[0]  # the defaults: all methods, settings and λ
     assert len(labels(everything)) == 2 * 2 * 3
 

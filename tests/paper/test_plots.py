@@ -55,7 +55,7 @@ def test_tradeoff_draws_an_eps_of_the_attack_and_labels_the_one_drawn():
     ds.clean_acc.attrs["description"] = "accuracy on the 1000 test images"
     ds.robust_acc.attrs["description"] = "accuracy under attack on 200 test images (...)"
     labels = [t.get_text() for t in plots.tradeoff(ds).axes[0].get_legend().get_texts()]
-    assert any(t.startswith("clean (1000 test images)") for t in labels)
+    assert any(t.endswith("— clean (1000 test images)") for t in labels)
     assert any("PGD" in t and "(200 test images)" in t for t in labels)
     assert plots.robustness(ds).axes[0].get_ylabel() == "accuracy (200 test images)"
     with pytest.raises(ValueError, match="tradeoff: attack 'pgd' is not in this result; it has: "
@@ -157,3 +157,16 @@ def test_history_labels_the_variable_counts_whole_epochs_and_marks_the_warmup():
     runs[1].attrs["method_config"] = json.dumps({"schedule": {"schedule": "Constant"}})
     sweep = results.combine(runs)
     assert "method_config" in sweep.data_vars and plots.warmups(sweep) == [2]
+
+
+def test_tradeoff_legend_names_the_line_then_what_it_measures():
+    ds = results.combine([classification_run("clip", False, [0.0, 0.1, 1.0]),
+                          classification_run("weight_decay", True, [0.0, 0.1, 1.0])])
+    labels = [t.get_text() for t in plots.tradeoff(ds, attack="noise").axes[0].get_legend()
+              .get_texts()]
+    assert "CLIP, corrected — Gaussian noise σ = 1" in labels
+    assert "weight decay, published (sigmoid on logits) — clean" in labels
+    assert not any("(σ) =" in t for t in labels)
+    labels = [t.get_text() for t in plots.tradeoff(ds, attack="pgd_l2").axes[1].get_legend()
+              .get_texts()]
+    assert "CLIP, corrected — lower" in labels

@@ -239,12 +239,20 @@ def summary_tables(summary_ds: xr.Dataset) -> list[Any]:
 
 def describe(ds: xr.Dataset) -> str:
     """One line: the kind of sweep, its dimensions and how its runs ended."""
-    dims = ", ".join(f"{d} {ds.sizes[d]}" for d in _swept(ds)) or "one run"
+    dims = ", ".join(_seeds(ds) if d == "seed" else f"{d} {ds.sizes[d]}"
+                     for d in _swept(ds)) or "one run"
     line = f"{kind(ds)} sweep: {dims}"
     if "status" in ds and ds.status.ndim:
         states, counts = np.unique(ds.status.values, return_counts=True)
         line += "; runs: " + ", ".join(f"{c} {s}" for s, c in zip(states, counts, strict=True))
     return line
+
+
+def _seeds(ds: xr.Dataset) -> str:
+    """``1 seed (0)``, ``3 seeds (0, 1, 2)``: the count, and the values where they are few."""
+    n = ds.sizes["seed"]
+    values = f" ({', '.join(str(v.item()) for v in ds.seed)})" if n <= 5 else ""
+    return f"{n} seed{'s' if n > 1 else ''}{values}"
 
 
 class Explorer:

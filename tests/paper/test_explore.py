@@ -52,6 +52,21 @@ def test_a_sweep_opens_from_its_combined_file_or_its_runs(tmp_path, grid):
                                         "runs: 4 done")
 
 
+def test_describe_counts_the_seeds_and_names_them_where_few():
+    def sweep(seeds):
+        runs = []
+        for s in seeds:
+            run = classification_run("clip", False, [0.1], seed=s)
+            run.attrs[results.SWEPT_ATTR] = ["method", "last_activation", "seed"]
+            runs.append(run)
+        return results.combine(runs)
+
+    one = explore.describe(sweep([0]))
+    assert one == "classification sweep: method 1, last_activation 1, 1 seed (0); runs: 1 done"
+    assert "3 seeds (0, 1, 2);" in explore.describe(sweep([0, 1, 2]))
+    assert "8 seeds;" in explore.describe(sweep(range(8)))  # many: the count only
+
+
 def test_classification_controls(grid):
     c = explore.controls(grid)
     assert list(c) == ["method", "last_activation", "dataset", "lam", "attack"]

@@ -170,3 +170,11 @@ def test_tradeoff_legend_names_the_line_then_what_it_measures():
     labels = [t.get_text() for t in plots.tradeoff(ds, attack="pgd_l2").axes[1].get_legend()
               .get_texts()]
     assert "CLIP, corrected — lower" in labels
+
+
+def test_theory_lipschitz_notes_the_floor_only_where_a_value_is_at_it():
+    run = theory_run(0)
+    assert "drawn at it" not in plots.theory_lipschitz(run).axes[0].get_title()
+    run["clip_lip"] = run.clip_lip.where(run.lam_rel != 2.0, 1e-7)  # below the floor: drawn at it
+    title = plots.theory_lipschitz(run).axes[0].get_title()
+    assert title == "Lipschitz constant against λ (p = 1); values < 0.0001 drawn at it"

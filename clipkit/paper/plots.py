@@ -191,13 +191,17 @@ def history(ds: xr.Dataset, var: str = "test_acc") -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for label, line in _series(ds, var, ["epoch"]):
         ax.plot(line.epoch, line, label=label)
+    last = int(ds.epoch.max()) if "epoch" in ds.coords and ds.sizes.get("epoch") else 0
     for w in warmups(ds):
-        ax.axvline(w, color="0.3", ls="--", lw=1,
-                   label=f"end of warm-up (λ = 0 for {w} epoch{'s' if w > 1 else ''})")
+        if w < last:  # a warm-up as long as the run would only stretch the axis
+            ax.axvline(w, color="0.3", ls="--", lw=1,
+                       label=f"end of warm-up (λ = 0 for {w} epoch{'s' if w > 1 else ''})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 2.5
     ax.set_xlabel("epoch")
     ax.set_ylabel(var_label(var))
-    ax.legend(fontsize=6)
+    if var.endswith("acc"):
+        ax.set_ylim(0, 1)  # as on every accuracy axis: a zoomed 0.08-0.12 read as a big change
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -182,7 +182,8 @@ def _run_lines(runs: Path, profile: str, data: dict[str, xr.Dataset | None]) -> 
 def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
           commands: dict[str, str] | None = None, timings: dict[str, float] | None = None,
           total_seconds: float | None = None, earlier: dict[str, int] | None = None) -> Path:
-    """Regenerate ``paper/figures``, ``paper/tables`` and ``paper/README.md`` from the sweeps.
+    """Regenerate ``paper/figures``, ``paper/tables``, ``paper/results`` (each sweep's
+    combined result without trained weights, for the explorer) and ``paper/README.md``.
 
     Args:
         runs: the folder holding one output folder per sweep (``theory``, ``table``, ...).
@@ -234,6 +235,7 @@ def build(runs: str | Path, paper: str | Path, *, profile: str = "quick",
     }
     fill["figure_list"] = "\n".join(f"* `{p.relative_to(paper)}`" for p in figs.made
                                     if p.suffix == ".png")
+    runinfo.save_for_explorer(data, paper / "results")
     report = paper / "README.md"
     report.write_text(string.Template(TEMPLATE.read_text()).substitute(fill))
     return report

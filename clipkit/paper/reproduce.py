@@ -105,7 +105,7 @@ def _edited(path: Path) -> bool:
 
 #: the folders of ``paper/`` the report owns: a file there that the report did not build
 #: this time (a figure an older version drew) is removed, so none outlives its code
-BUILT_FOLDERS = ("figures", "tables")
+BUILT_FOLDERS = ("figures", "tables", "results")
 
 
 def _install(staging: Path, paper: Path) -> None:
@@ -120,7 +120,7 @@ def _install(staging: Path, paper: Path) -> None:
             os.replace(src, dst)
             built.add(rel)
     for folder in BUILT_FOLDERS:
-        for old in sorted((paper / folder).glob("*")):
+        for old in sorted((paper / folder).rglob("*")):
             if old.is_file() and old.relative_to(paper) not in built:
                 old.unlink()
 
@@ -208,6 +208,8 @@ def _run(args: argparse.Namespace, names: list[str], paper: Path, runs: Path) ->
     print(f"\nreproduction finished in {total / 60:.1f} min")
     print(f"figures: {paper / 'figures'}")
     print(f"tables:  {paper / 'tables'}")
+    print(f"results: {paper / 'results'} (without trained weights; "
+          "open them with notebooks/explore.ipynb)")
     print(f"report:  {path}")
     print(f"runs:    {runs} (open them with notebooks/explore.ipynb)")
     return 0

@@ -34,6 +34,23 @@ def load_sweep(runs: Path, name: str) -> xr.Dataset | None:
     return ds
 
 
+#: what a published result leaves out: a path's trained weights, the bulk of a table sweep
+WEIGHT_PREFIXES = ("param_", "buffer_")
+
+
+def save_for_explorer(data: dict[str, xr.Dataset | None], folder: Path) -> list[Path]:
+    """Each sweep's combined result without its trained weights, as
+    ``folder/<sweep>/combined.nc``: what the explorer opens (``sweep_dir``) without the
+    sweep being run again. The weights are left out (``param_*``, ``buffer_*``; a rerun of
+    the sweep has them): every figure and table is drawn from the other variables."""
+    written = []
+    for name, ds in data.items():
+        if ds is not None:
+            slim = ds.drop_vars([v for v in ds.data_vars if str(v).startswith(WEIGHT_PREFIXES)])
+            written.append(results.save(slim, folder / name / results.COMBINED_NAME))
+    return written
+
+
 @functools.lru_cache(maxsize=4096)
 def _file_attrs(path: str, version: tuple[int, int, int]) -> dict:
     with xr.open_dataset(path, engine=results.ENGINE) as ds:

@@ -412,14 +412,16 @@ def test_a_rebuilt_report_removes_the_figures_and_tables_it_no_longer_makes(tmp_
     from clipkit.paper import reproduce
     paper, staging = tmp_path / "paper", tmp_path / "paper" / ".report-x"
     for rel, text in (("figures/history.png", "old"), ("figures/curves.png", "old"),
-                      ("tables/old.md", "old"), ("table.yaml", "spec"), ("README.md", "old")):
+                      ("tables/old.md", "old"), ("table.yaml", "spec"), ("README.md", "old"),
+                      ("results/gone/combined.nc", "old"), ("results/theory/combined.nc", "old")):
         (paper / rel).parent.mkdir(parents=True, exist_ok=True)
         (paper / rel).write_text(text)
-    for rel in ("figures/curves.png", "tables/new.md", "README.md"):
+    for rel in ("figures/curves.png", "tables/new.md", "README.md", "results/theory/combined.nc"):
         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
         (staging / rel).write_text("new")
     reproduce._install(staging, paper)
     assert sorted(str(p.relative_to(paper)) for p in paper.rglob("*") if p.is_file()) == [
-        "README.md", "figures/curves.png", "table.yaml", "tables/new.md"]
+        "README.md", "figures/curves.png", "results/theory/combined.nc", "table.yaml",
+        "tables/new.md"]
     assert (paper / "figures" / "curves.png").read_text() == "new"
     assert (paper / "table.yaml").read_text() == "spec"  # the specs are not the report's

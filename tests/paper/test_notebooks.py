@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from clipkit.experiments import results
-from clipkit.paper import report
+from clipkit.paper import explore, report
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 pytestmark = pytest.mark.slow
@@ -344,6 +344,17 @@ def test_report_builds_figures_tables_and_readme(tmp_path, theory, classificatio
         assert f"{name}.png" in figures and f"{name}.pdf" in figures, name
     assert (tmp_path / "paper" / "tables" / "theory.md").is_file()
     assert "λ*" in text
+    # each sweep's combined result, for the explorer, without trained weights
+    for name, run in (("theory", theory), ("tradeoff", ds)):
+        kept = explore.open_sweep(tmp_path / "paper" / "results" / name)
+        dropped = {v for v in run.data_vars if v.startswith(("param_", "buffer_"))}
+        assert set(kept.data_vars) == set(results.combine([run]).data_vars) - dropped
+    # a sweep that keeps its trained weights (a notebook of one's own over ck.fit_path)
+    weighted = theory.assign(param_0_weight=(("row",), np.ones(3)))
+    from clipkit.paper.runinfo import save_for_explorer
+    (path,) = save_for_explorer({"mine": weighted, "none": None}, tmp_path / "explorer")
+    assert path == tmp_path / "explorer" / "mine" / results.COMBINED_NAME
+    assert set(results.load(path).data_vars) == set(theory.data_vars)
     # the device sentence comes from the runs' provenance (these ran on the CPU)
     minutes = (theory.attrs["wall_time"] + 2 * ds.attrs["wall_time"]) / 60
     assert f"device: **cpu**; 3 finished runs computed for {minutes:.1f} min" in text

@@ -83,10 +83,8 @@ def theory_lipschitz(ds: xr.Dataset, power: int = 1) -> plt.Figure:
     ax.set_ylim(bottom=_FLOOR * 0.5)
     ax.set_xlabel("λ")
     ax.set_ylabel("Lip(f_λ)")
-    # the note only where it applies: a value below the floor, drawn at it
-    at_floor = any(bool((v < _FLOOR).any()) for v in floored)
-    note = f"; values < {_FLOOR:g} drawn at it" if at_floor else ""
-    ax.set_title(f"Lipschitz constant against λ (p = {power}){note}", fontsize=9)
+    ax.set_title(f"Lipschitz constant against λ (p = {power}){_floor_note(floored)}",
+                 fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -120,6 +118,13 @@ def theory_distance(ds: xr.Dataset, power: int = 1) -> plt.Figure:
     return fig
 
 
+def _floor_note(drawn: list[xr.DataArray]) -> str:
+    """A log axis cannot show 0 (the constant is reached): values below _FLOOR are drawn at
+    it, and the title says so only where some value is."""
+    return f"; values < {_FLOOR:g} drawn at it" if any(bool((v < _FLOOR).any())
+                                                       for v in drawn) else ""
+
+
 def theory_power(ds: xr.Dataset) -> plt.Figure:
     """Power 1 against power 2: Lip(f_λ) and the distance to ȳ against λ/λ*."""
     if "power" not in ds.dims or ds.sizes["power"] < 2:
@@ -141,7 +146,9 @@ def theory_power(ds: xr.Dataset) -> plt.Figure:
         a.legend(fontsize=7)
     ax.set_ylim(bottom=_FLOOR * 0.5)
     ax.set_ylabel("Lip(f_λ)")
-    ax.set_title("p = 1 reaches the constant at λ*; p = 2 never does: Lip ≈ λ*/(2λ)", fontsize=9)
+    note = _floor_note([ds.exact_lip, ds.clip_lip])
+    ax.set_title(f"p = 1 reaches the constant at λ*; p = 2 never does: Lip ≈ λ*/(2λ){note}",
+                 fontsize=9)
     bx.set_ylabel("sup |f_λ − ȳ| / spread(y)")
     bx.set_title("distance to the optimal constant", fontsize=9)
     fig.tight_layout()

@@ -180,3 +180,7 @@ def test_theory_lipschitz_notes_the_floor_only_where_a_value_is_at_it():
     run["clip_lip"] = run.clip_lip.where(run.lam_rel != 2.0, 1e-7)  # below the floor: drawn at it
     title = plots.theory_lipschitz(run).axes[0].get_title()
     assert title == "Lipschitz constant against λ (p = 1); values < 0.0001 drawn at it"
+    both = theory_run(0)  # theory_power, p = 1 and 2: the same rule
+    assert "drawn at it" not in plots.theory_power(both).axes[0].get_title()
+    both["exact_lip"] = both.exact_lip.where(both.lam_rel < 1.0, 0.0)  # p = 1 at the constant
+    assert "drawn at it" in plots.theory_power(both).axes[0].get_title()

@@ -113,6 +113,9 @@ class Attack:
         if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y):
             raise ValueError("attack(model, x, y): x and y must be tensors of the same length")
         check_in_range(x, self.clamp, "x", f"{type(self).__name__}(clamp=...)")
+        _, dtype = device_dtype(model)
+        if x.is_floating_point() and dtype.is_floating_point and x.dtype != dtype:
+            x = x.to(dtype)  # float32 images on a float64 model, as robust_accuracy does
         with eval_mode(model):
             return self._perturb(model, x.detach(), y.detach()).detach()
 

@@ -49,14 +49,12 @@ from clipkit.analysis.lipschitz import (
     require_chain,
     solve,
 )
-from clipkit.analysis.lipschitz.structure import float64_copy
-from clipkit.analysis.lipschitz.upper import lipschitz_upper, matrix_norm
+from clipkit.analysis.lipschitz.upper import lipschitz_upper
+from clipkit.analysis.logit_rounding import logits_with_error
 from clipkit.core.utils import (
     check_class_labels,
     check_int,
     check_model_takes,
-    device_dtype,
-    eval_mode,
 )
 
 __all__ = ["certified_accuracy", "certified_radius", "margin_bounds"]
@@ -74,6 +72,10 @@ def _check_data(data: object) -> tuple[Tensor, Tensor]:
 def _check_inputs(model: nn.Module, data: object) -> tuple[Tensor, Tensor]:
     """x and the labels y as class indices, checked against the model (its classes >= 2)."""
     x, y = _check_data(data)
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x.reshape(len(x), -1))).any(1).sum())
+        raise ValueError(f"data[0] (x): {bad} of {len(x)} inputs contain NaN or infinite "
+                         f"values; a certificate needs finite inputs")
     out = check_model_takes(model, x, "data[0] (x)", place=True)
     if out.dim() != 2 or out.shape[1] < 2:
         raise ValueError(f"certified robustness needs a classifier with logits of shape "
@@ -97,64 +99,9 @@ def _check_eps(eps: object) -> list[float]:
     return out
 
 
-def _logits(model: nn.Module, chain: MLPChain | None, x: Tensor, batch_size: int
-            ) -> tuple[Tensor, Tensor]:
-    """Logits in float64 and a bound-like scale of their rounding error per point (N,).
-
-    MLPs go through the chain in float64; the error of layer k's pre-activations is at most
-    about n_k·u·(|W_k||h_k| + |b_k|) (u the unit roundoff, n_k the fan-in; Higham 2002,
-    §3.1), and a later layer amplifies it by at most the product of its norms and top slopes.
-    That catches large terms that cancel (a bias of 1e12 removed by the next layer), which
-    the logits' own size would not show. Other models run as a float64 copy, where the
-    scale is left at 0 (the relative margin of :func:`_margins` remains).
-    """
-    out, err = [], []
-    other = None
-    if chain is None:
-        try:
-            other = float64_copy(model)
-        except RuntimeError:  # e.g. hook-based weight_norm cannot be deep-copied
-            other = model
-    amplify = _amplification(chain) if chain is not None else None
-    with eval_mode(model), torch.no_grad():
-        for xb in x.split(batch_size):
-            if chain is not None:
-                x0 = xb.reshape(len(xb), -1).to("cpu", torch.float64)
-                zs = chain.forward(x0)
-                inputs = [x0, *(act(z) for act, z in zip(chain.acts, zs, strict=False))]
-                e = torch.zeros(len(xb), dtype=torch.float64)
-                for k, (w, b, h) in enumerate(zip(chain.weights, chain.biases, inputs,
-                                                  strict=True)):
-                    size = h.abs() @ w.abs().T + b.abs()
-                    e = e + 4 * (w.shape[1] + 1) * _U * size.amax(1) * amplify[k]
-                out.append(zs[-1])
-                err.append(e)
-            else:
-                dev, dt = device_dtype(other)
-                out.append(other(xb.to(dev, dt)).to("cpu", torch.float64))
-                err.append(torch.zeros(len(xb), dtype=torch.float64))
-    return torch.cat(out), torch.cat(err)
-
-
-_U = 2.0**-53  # float64 unit roundoff
-
-
-def _amplification(chain: MLPChain) -> list[float]:
-    """For each layer k, a bound on how much an error in its output z_k can grow by the
-    logits: the product of the later layers' norms and largest |slopes|."""
-    gains = [1.0] * len(chain.weights)
-    acc = 1.0
-    for k in range(len(chain.weights) - 1, -1, -1):
-        gains[k] = acc
-        if k > 0:
-            lo, hi = chain.slopes[k - 1]
-            acc *= matrix_norm(chain.weights[k]) * max(abs(lo), abs(hi))
-    return gains
-
-
 def _margins(logits: Tensor, y: Tensor, err: Tensor | None = None) -> Tensor:
     """g_j = f_y - f_j for all j (N, C), lowered by a rounding margin (a relative 1e-9, and
-    twice the per-point error scale ``err`` of :func:`_logits`); +inf at j = y."""
+    twice the per-point error scale ``err`` of ``logits_with_error``); +inf at j = y."""
     fy = logits.gather(1, y.view(-1, 1))
     g = fy - logits
     g = g - 1e-9 * (1 + fy.abs() + logits.abs())
@@ -206,7 +153,7 @@ def certified_radius(model: nn.Module, data: tuple[Tensor, Tensor], lipschitz: T
     x, y = _check_inputs(model, data)
     chain = mlp_chain(model, tuple(x.shape[1:]))
     y = y.to("cpu", torch.long)
-    logits, err = _logits(model, chain, x, batch_size)
+    logits, err = logits_with_error(model, chain, x, batch_size)
     return _radius(_margins(logits, y, err), y, lipschitz)
 
 
@@ -262,6 +209,7 @@ def certified_accuracy(
     if pairwise is None:
         pairwise = bound == "local"
     attrs: dict = {"n": len(x), "pairwise": int(bool(pairwise))}
+    norms: list[float] | None = None  # a CNN's layer bounds, for its logits' rounding
     if isinstance(bound, int | float) and not isinstance(bound, bool):
         if not (math.isfinite(bound) and bound >= 0):
             raise ValueError(f"bound must be 'global', 'local' or a finite Lipschitz bound "
@@ -275,7 +223,8 @@ def certified_accuracy(
             raise ValueError("pairwise margin bounds need an MLP (LipSDP-neuron); a "
                              "convolutional network is certified with the product bound")
         chain = None
-        est, _ = lipschitz_upper(model, input_shape)
+        est, layers = lipschitz_upper(model, input_shape)
+        norms = [lb.bound for lb in layers]
         lipschitz = float(est.value)
         attrs.update(bound=f"global {est.method}", lipschitz=lipschitz)
     elif bound == "global":
@@ -292,8 +241,8 @@ def certified_accuracy(
             " (pass its .upper)" if hasattr(bound, "upper") else "")
         raise ValueError(f"bound must be 'global', 'local' or a number, got {got}")
     # One forward over the points serves the margins of every bound.
-    logits, err = _logits(model, chain, x, batch_size)
-    correct = logits.argmax(1) == y
+    logits, err = logits_with_error(model, chain, x, batch_size, norms)
+    correct = (logits.argmax(1) == y) & torch.isfinite(logits).all(1)  # NaN logits: wrong
     g = _margins(logits, y, err)
     r = None if lipschitz is None else _radius(g, y, lipschitz)
     if r is not None:

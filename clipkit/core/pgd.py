@@ -112,11 +112,17 @@ def pgd(
 
 def check_in_range(x: Tensor, clamp: tuple[float, float] | None, name: str, setting: str
                    ) -> None:
-    """A ValueError when inputs lie outside the data range that an attack clamps to.
+    """A ValueError when inputs are not finite or lie outside the data range that an attack
+    clamps to.
 
     Clamping such inputs would move them far more than ε (standardized data, say, into
     [0, 1]), and the accuracy measured would be that of other inputs.
     """
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x.reshape(len(x), -1))).any(1).sum()) if x.ndim else 1
+        raise ValueError(f"{name}: {bad} of {len(x) if x.ndim else 1} inputs contain NaN or "
+                         f"infinite values (their logits would be NaN, and argmax would "
+                         f"count them as class 0)")
     if clamp is None or x.numel() == 0:
         return
     lo, hi = float(x.min()), float(x.max())

@@ -156,7 +156,7 @@ def check_model_takes(model: nn.Module, x: Tensor, name: str = "x", place: bool 
     with eval_mode(model), torch.no_grad():
         try:
             return model(sample)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:  # BatchNorm2d raises ValueError for 3-D x
             raise ValueError(
                 f"{name}: the model does not take these inputs (shape {tuple(x.shape)}, "
                 f"{x.dtype}, i.e. samples of shape {tuple(x.shape[1:])}): {exc}") from exc

@@ -315,3 +315,17 @@ def test_pgd_restarts_never_fool_fewer_points_and_stay_in_the_ball():
         attacks.PGD(eps=0.5, restarts=2, random_start=False)
     with pytest.raises(ValueError, match="restarts must be an int >= 1"):
         attacks.PGD(eps=0.5, restarts=0)
+
+
+@pytest.mark.parametrize("make", [lambda: attacks.PGD(eps=0.3), lambda: attacks.FGSM(eps=0.1),
+                                  lambda: attacks.PGD(eps=0.3, norm="linf")])
+def test_an_attack_called_on_a_float64_model_takes_float32_images(make):
+    """robust_accuracy casts the images to the model's dtype; a direct call failed with
+    torch's "Input type (float) and bias type (double) should be the same"."""
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    x, y = torch.rand(5, 1, 6, 6), torch.tensor([0, 1, 2, 0, 1])
+    adv = make()(cnn.double().eval(), x, y)
+    assert adv.dtype == torch.float64 and adv.shape == x.shape
+    same = make()(cnn, x.double(), y)
+    torch.testing.assert_close(adv, same, rtol=0, atol=0)

@@ -173,3 +173,75 @@ def test_large_terms_that_cancel_are_not_taken_for_a_margin():
     assert float(certify.certified_radius(model, (x, y), certify.margin_bounds(model, (1,)))) == 0
     for bound in ("global", "local"):
         assert float(certify.certified_accuracy(model, (x, y), [1e-5], bound=bound)[0]) == 0
+
+
+def _cancelling_cnn(kind: str) -> nn.Sequential:
+    """Conv (or batch norm) adds 2^40 to channel 0, the last layer removes it: the exact
+    logits at x = 1.3e-4 are (x, 1.5 x), margin -6.5e-5 (misclassified as class 1), while
+    float64 rounds logit 0 to 2.44e-4 and the margin's sign flips."""
+    big = 2.0**40
+    first = nn.Conv2d(1, 2, 1) if kind == "conv" else nn.Conv2d(1, 2, 1, bias=False)
+    layers = [first] if kind == "conv" else [first, nn.BatchNorm2d(2)]
+    model = nn.Sequential(*layers, nn.MaxPool2d(1), nn.Flatten(), nn.Linear(2, 2)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 1.5]).view(2, 1, 1, 1))
+        if kind == "conv":
+            model[0].bias.copy_(torch.tensor([big, 0.0]))
+        else:
+            model[1].bias.copy_(torch.tensor([big, 0.0]))
+        model[-1].weight.copy_(torch.eye(2))
+        model[-1].bias.copy_(torch.tensor([-big, 0.0]))
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["conv", "batchnorm"])
+def test_large_terms_that_cancel_in_a_cnn_are_not_taken_for_a_margin(kind):
+    """The MLP case above, for a chain of layers that is not an MLP: the float64 copy's
+    margin had no rounding allowance, and the point was certified at eps 1e-6 and 1e-5 with
+    the product bound and with a given one."""
+    model = _cancelling_cnn(kind)
+    x = torch.full((1, 1, 1, 1), 1.3e-4, dtype=torch.float64)
+    y = torch.tensor([0])
+    with torch.no_grad():
+        assert float(model(x)[0, 0] - model(x)[0, 1]) > 0  # what float64 says: class 0
+    for bound in ("global", 2.0):
+        acc = certify.certified_accuracy(model, (x, y), [1e-6, 1e-5], bound=bound)
+        assert acc.values.tolist() == [0.0, 0.0], bound
+    assert float(certify.certified_radius(model, (x, y), 2.0)[0]) == 0
+    # a well-scaled CNN keeps its certificates: the allowance is rounding-sized
+    small = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2)).double()
+    with torch.no_grad():
+        small[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+        small[0].bias.zero_()
+        small[3].weight.copy_(torch.eye(2))
+        small[3].bias.zero_()
+    x = torch.full((1, 1, 1, 1), 0.5, dtype=torch.float64)  # logits (0.5, 0)
+    radius = float(certify.certified_radius(small.eval(), (x, y), 1.0 / 2**0.5)[0])
+    assert radius == pytest.approx(0.5, rel=1e-8)  # margin / (sqrt(2) L), less 1e-9 relative
+
+
+def test_inputs_that_are_not_finite_are_refused():
+    """A NaN pixel made NaN logits, which argmax counted as class 0: 'certified' and
+    'robust' at every radius for the label-0 points."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    x = torch.rand(5, 1, 2, 2)
+    x[2, 0, 1, 1] = float("nan")
+    y = torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"1 of 5 inputs contain NaN or infinite"):
+        certify.certified_accuracy(model, (x, y), [0.0, 0.1], bound=1.0)
+    from clipkit.analysis import attacks
+    with pytest.raises(ValueError, match=r"1 of 5 inputs contain NaN or infinite"):
+        attacks.robust_accuracy(model, (x, y), attacks.PGD(eps=0.1), [0.1])
+    with pytest.raises(ValueError, match=r"NaN or infinite"):
+        attacks.PGD(eps=0.1)(model, x, y)
+
+
+def test_images_without_their_channel_axis_are_named_for_a_batchnorm_cnn():
+    """BatchNorm2d raises a ValueError ("expected 4D input"), which the input check did not
+    catch: torch's bare message, which names no input."""
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(),
+                        nn.Linear(2 * 4 * 4, 3)).eval()
+    x, y = torch.rand(4, 6, 6), torch.zeros(4, dtype=torch.long)  # (N, 6, 6): no channel
+    with pytest.raises(ValueError, match=r"data\[0\] \(x\): the model does not take these "
+                                         r"inputs \(shape \(4, 6, 6\)"):
+        certify.certified_accuracy(cnn, (x, y), [0.1], bound=1.0)

@@ -136,3 +136,25 @@ def test_a_nearby_point_off_the_kinks_gives_an_attained_slope():
     assert float(sigma[0]) == pytest.approx((1 + 5**0.5) / 2)
     assert float(confirmed_norms(model, x, sigma)[0]) == pytest.approx(1.0, rel=1e-12)
     assert lipschitz.bracket(model, x.repeat(4, 1), **FAST).lower <= 1.0 + 1e-12
+
+
+def test_the_jacobian_ascent_stops_where_the_jacobian_is_piecewise_constant(monkeypatch):
+    """On a ReLU / max-pooling CNN the ascent's gradient is 0 and Adam does not move: its
+    200 steps were 60-75 % of the bracket's time and never raised the bound."""
+    from clipkit.analysis.lipschitz import lower
+    calls = []
+    real = lower.dense_jacobians
+    monkeypatch.setattr(lower, "dense_jacobians", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(3 * 3 * 3, 2)).eval()
+    starts = torch.rand(4, 1, 8, 8)
+    one = lower.jacobian_ascent(cnn, starts, steps=1)
+    calls.clear()
+    many = lower.jacobian_ascent(cnn, starts, steps=200)
+    assert torch.equal(one, many)
+    assert len(calls) <= 4  # one step, the value reached and its kink check: not 200
+    smooth = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
+    calls.clear()
+    lower.jacobian_ascent(smooth, starts, steps=20)
+    assert len(calls) >= 20  # a smooth net's ascent runs its steps

@@ -24,6 +24,7 @@ from clipkit.analysis.lipschitz.structure import (
     CONVS,
     ISOMETRIES,
     MAXPOOLS,
+    PADS,
     float64_copy,
     model_layers,
 )
@@ -107,7 +108,7 @@ def _absolute(m: nn.Module, h: Tensor, y: Tensor) -> tuple[Tensor | None, int]:
         shape = (1, -1, *[1] * (h.ndim - 2))
         return ((h.abs() + m.running_mean.abs().view(shape)) * s.abs().view(shape)
                 + beta.abs().view(shape)), 3
-    if isinstance(m, MAXPOOLS + ISOMETRIES):
+    if isinstance(m, MAXPOOLS + ISOMETRIES + PADS):
         return None, 0
     return y.abs(), 0  # an activation
 

@@ -158,3 +158,27 @@ def test_the_jacobian_ascent_stops_where_the_jacobian_is_piecewise_constant(monk
     calls.clear()
     lower.jacobian_ascent(smooth, starts, steps=20)
     assert len(calls) >= 20  # a smooth net's ascent runs its steps
+
+
+def test_constant_padding_is_a_layer_of_norm_one():
+    """ZeroPad2d was refused although the same padding written as Conv2d(padding=1) is read:
+    padding copies each entry once, Lipschitz 1 (also with a nonzero constant)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 3).double()
+    padded = nn.Sequential(nn.ZeroPad2d(1), conv, nn.ReLU(), nn.Flatten(),
+                           nn.Linear(2 * 6 * 6, 2).double()).eval()
+    inline = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1).double(), nn.ReLU(), nn.Flatten(),
+                           padded[4]).eval()
+    with torch.no_grad():
+        inline[0].weight.copy_(conv.weight)
+        inline[0].bias.copy_(conv.bias)
+    x = torch.rand(6, 1, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(padded(x), inline(x))
+    ups = [lipschitz.lipschitz_upper(m, (1, 6, 6))[0].value for m in (padded, inline)]
+    # the unpadded conv on the padded 8x8 input is a larger operator than the padded conv
+    # on 6x6 (whose inputs have a zero border): the product bound is a little looser
+    assert ups[1] <= ups[0] <= 1.05 * ups[1]
+    br = lipschitz.bracket(padded, x, **FAST)
+    assert br.lower <= br.upper
+    shifted = nn.Sequential(nn.ConstantPad1d(2, 5.0), nn.Flatten()).eval()
+    assert lipschitz.lipschitz_upper(shifted, (1, 4))[0].value == pytest.approx(1.0)

@@ -132,10 +132,13 @@ AVGPOOLS = (
     nn.AdaptiveAvgPool3d,
 )
 MAXPOOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+#: constant padding (ZeroPad1d/2d/3d among them): copies every entry once, Lipschitz 1
+PADS = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 SUPPORTED = "Linear, Conv1d/2d/3d, BatchNorm1d/2d/3d (eval, running stats), AvgPool, " \
-    "AdaptiveAvgPool, MaxPool, Flatten, Unflatten, Dropout, Identity, ReLU, ReLU6, LeakyReLU, " \
-    "Hardtanh, Sigmoid, Tanh, Softplus, ELU, and nested nn.Sequential of these"
+    "AdaptiveAvgPool, MaxPool, ConstantPad/ZeroPad, Flatten, Unflatten, Dropout, Identity, " \
+    "ReLU, ReLU6, LeakyReLU, Hardtanh, Sigmoid, Tanh, Softplus, ELU, and nested " \
+    "nn.Sequential of these"
 
 
 def model_layers(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -286,7 +289,8 @@ def softplus_jump(m: nn.Softplus) -> float:
 
 
 def check_supported(name: str, m: nn.Module) -> None:
-    ok = isinstance(m, (nn.Linear, *ISOMETRIES, *CONVS, *AVGPOOLS, *MAXPOOLS, *BATCHNORMS))
+    ok = isinstance(m, (nn.Linear, *ISOMETRIES, *CONVS, *AVGPOOLS, *MAXPOOLS, *BATCHNORMS,
+                        *PADS))
     if not ok and activation_slopes(m) is None:
         raise UnsupportedModuleError(
             f"unsupported module {name} ({type(m).__name__}): no Lipschitz bound known to "

@@ -16,6 +16,7 @@ from clipkit.analysis.lipschitz.structure import (
     CONVS,
     ISOMETRIES,
     MAXPOOLS,
+    PADS,
     activation_slopes,
     check_supported,
     float64_copy,
@@ -171,8 +172,8 @@ def layer_norms(
     Linear: ||W||_2 by SVD (exact). Conv / AvgPool: Lanczos on the true operator A^T A
     (forward = the layer without bias, adjoint by autograd), bound = estimate / sqrt(1 - eps).
     BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps). MaxPool: sqrt(max window coverage).
-    Flatten / Unflatten / Dropout (eval) / Identity: 1. Activations: max(|lo|, |hi|) of their
-    slope interval (see ``activation_slopes``).
+    Flatten / Unflatten / Dropout (eval) / Identity / ConstantPad (ZeroPad): 1. Activations:
+    max(|lo|, |hi|) of their slope interval (see ``activation_slopes``).
 
     Raises:
         UnsupportedModuleError: for any layer outside this list, naming it.
@@ -209,6 +210,9 @@ def layer_norms(
                 out.append(LayerBound(name, kind, in_shape, v, v, "sqrt(max window coverage)"))
             elif isinstance(m, ISOMETRIES):
                 out.append(LayerBound(name, kind, in_shape, 1.0, 1.0, "isometry / identity"))
+            elif isinstance(m, PADS):
+                out.append(LayerBound(name, kind, in_shape, 1.0, 1.0,
+                                      "constant padding: each entry copied once"))
             else:
                 lo, hi = activation_slopes(m)  # type: ignore[misc]
                 v = max(abs(lo), abs(hi))

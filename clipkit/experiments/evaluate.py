@@ -58,6 +58,7 @@ from clipkit.core.utils import (
     check_int,
     check_model_takes,
     device_dtype,
+    seeded,
 )
 from clipkit.experiments.regression import (
     evaluate_regression,
@@ -153,14 +154,16 @@ def train_lambda_grid(
         weights = [v for v in path.data_vars if str(v).startswith(("param_", "buffer_"))]
         hist = path.drop_vars(weights)
         hist = hist.sel(seed=seed, drop=True).drop_attrs(deep=False)
-        models = [None if "diverged" in hist and int(hist.diverged[i]) > 0
-                  else model_at(path, model_fn, lam=lv, seed=seed) for i, lv in enumerate(lams)]
+        with seeded(seed):  # model_fn() builds the structure: leave the caller's generator
+            models = [None if "diverged" in hist and int(hist.diverged[i]) > 0
+                      else model_at(path, model_fn, lam=lv, seed=seed)
+                      for i, lv in enumerate(lams)]
         warn_at_chance(hist, data[1])
         return models, hist
     models, histories = [], []
     for lv in lams:
-        torch.manual_seed(seed)
-        net = model_fn()
+        with seeded(seed):  # the same initial weights for every λ; the caller's generator kept
+            net = model_fn()
         histories.append(fit(net, data, method.replace(lam=lv), seed=seed,
                              on_nonfinite=on_nonfinite, **fit_kwargs))
         models.append(None if diverged_epoch(histories[-1]) > 0 else net.eval())

@@ -37,8 +37,12 @@ def test_every_attack_name_builds_an_attack_and_unknown_names_are_named():
 def test_a_lambda_grid_gives_one_model_per_lambda_and_histories_over_lam_and_epoch(method,
                                                                                    images):
     lams = [0.0, 0.1] if method.name == "WeightDecay" else [0.0]
+    torch.manual_seed(123)
     models, hist = ck.evaluate.train_lambda_grid(model_fn, images, method, lams, seed=1,
                                                  epochs=2, batch_size=20, progress=False)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(3))  # the caller's generator untouched (was reseeded)
     assert len(models) == len(lams) and hist.loss.dims == ("lam", "epoch")
     assert list(hist.lam.values) == lams
     assert not any(v.startswith(("param_", "buffer_")) for v in hist)

@@ -51,3 +51,38 @@ def test_kill_workers_also_kills_their_descendants_in_other_sessions(tmp_path):
         time.sleep(0.1)
     for fut in futures:
         assert fut.exception(timeout=30) is not None  # the points did not finish
+
+
+POOL_THEN_WAIT = """
+import multiprocessing, sys, time
+from concurrent.futures import ProcessPoolExecutor
+sys.path.insert(0, {tests!r})
+from test_kill_workers import start_grandchild_and_wait
+from clipkit.experiments.sweep.executors import exit_with_parent
+pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                           initializer=exit_with_parent, initargs=(0.1,))
+futures = [pool.submit(start_grandchild_and_wait, {pid_file!r}) for _ in range(3)]
+time.sleep(600)
+"""
+
+
+def test_workers_and_their_kernels_end_when_the_sweep_is_killed(tmp_path):
+    """A SIGKILL of `clipkit sweep` runs none of its cleanup: its worker ran the points
+    already queued to it, unlocked, then waited forever (an outside audit's reproducer)."""
+    pid_file = tmp_path / "pid"
+    script = POOL_THEN_WAIT.format(tests=str(Path(__file__).parent), pid_file=str(pid_file))
+    sweep = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline, "the worker did not start its process"
+        time.sleep(0.1)
+    kernel = int(pid_file.read_text())
+    worker = psutil.Process(kernel).ppid()
+    assert worker != sweep.pid and psutil.Process(worker).ppid() == sweep.pid
+    sweep.kill()
+    sweep.wait()
+    deadline = time.monotonic() + 30
+    while not (gone(worker) and gone(kernel)):
+        assert time.monotonic() < deadline, "the worker or its kernel outlived the sweep"
+        time.sleep(0.1)
+    assert pid_file.read_text() == str(kernel)  # no queued point started after the kill

@@ -32,12 +32,45 @@ def _init_worker(slots: Any, gpus: Sequence[str], stderr_log: str) -> None:
     The kernels inherit this process's stderr; their chatter (and papermill's warnings)
     goes to ``OUT/workers.log`` instead of through the progress bar.
     """
+    exit_with_parent()
     fd = os.open(stderr_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # umask decides
     os.dup2(fd, 2)
     os.close(fd)
     gpu = gpu_for_worker(slots.get(), gpus)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def exit_with_parent(poll: float = PARENT_POLL_SECONDS) -> None:
+    """In a pool worker: a daemon thread that, once the sweep's process is gone (killed, or
+    crashed, so that its cleanup never ran), kills this worker's descendants (its kernel, in
+    a session of its own) and the worker itself.
+
+    Without it a worker outlived a SIGKILL of ``clipkit sweep``: it ran the points already
+    queued to it into the output folder, whose lock had died with the sweep (a resumed sweep
+    would run them beside it), then waited forever. The parent is polled (os.getppid()
+    changes when it dies) rather than with Linux's PR_SET_PDEATHSIG, which is Linux only and
+    fires when the *thread* that started the worker ends, not the process.
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        import psutil
+
+        while os.getppid() == parent:
+            threading.Event().wait(poll)
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="clipkit-exit-with-parent", daemon=True).start()
 
 
 def gpu_for_worker(slot: int, gpus: Sequence[str]) -> str | None:

@@ -222,3 +222,29 @@ def test_the_lam_list_offers_what_the_chosen_method_was_run_at():
     assert ex.redraws == 4  # one per change made above, none from replacing the list
     for widget in ex.widgets.values():
         widget.close()
+
+
+PAPER_RESULTS = Path(__file__).resolve().parents[2] / "paper" / "results"
+
+
+@pytest.mark.parametrize("sweep", ["tradeoff", "theory", "regression", "table",
+                                   "table_goal97"])
+def test_the_papers_own_results_open_in_the_explorer(sweep):
+    """paper/results is what explore.ipynb opens as committed (its default sweep_dir is the
+    trade-off): every sweep of paper/ is there, without trained weights, and draws."""
+    ds = explore.open_sweep(PAPER_RESULTS / sweep)
+    assert not any(str(v).startswith(("param_", "buffer_")) for v in ds.data_vars)
+    assert (ds.status == "done").all()
+    figs = explore.figures(ds)
+    assert figs and all(f.axes for f in figs)
+    for f in figs:
+        matplotlib.pyplot.close(f)
+    assert explore.summary(ds).data_vars
+
+
+def test_the_explorer_notebook_defaults_to_the_papers_tradeoff():
+    import json
+    notebook = json.loads((PAPER_RESULTS.parents[1] / "notebooks" / "explore.ipynb").read_text())
+    cell = next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))
+    assert 'sweep_dir: str = "../paper/results/tradeoff"' in "".join(cell["source"])
+    assert (PAPER_RESULTS / "tradeoff" / results.COMBINED_NAME).is_file()

@@ -315,6 +315,13 @@ def test_explore_opens_a_sweep_and_writes_the_tradeoff(tmp_path, classification)
     assert float(summary.eps_max.sel(attack="pgd_l2")) == 2.0
 
 
+def test_explore_runs_as_committed_on_the_papers_tradeoff(tmp_path):
+    """A fresh clone's Run All: the default sweep_dir is paper/results/tradeoff."""
+    summary = results.load(execute("explore", tmp_path))
+    assert "paper/results/tradeoff" in json.loads(summary.attrs["config"])["source"]
+    assert summary.sizes["lam"] > 1 and "clean_acc" in summary
+
+
 def test_a_report_with_a_diverged_lambda_builds(tmp_path, theory, diverged):
     ds, _ = diverged
     runs = tmp_path / "runs"

@@ -53,6 +53,7 @@ from clipkit.analysis.lipschitz.upper import lipschitz_upper
 from clipkit.analysis.logit_rounding import logits_with_error
 from clipkit.core.utils import (
     check_class_labels,
+    check_finite,
     check_int,
     check_model_takes,
 )
@@ -72,10 +73,7 @@ def _check_data(data: object) -> tuple[Tensor, Tensor]:
 def _check_inputs(model: nn.Module, data: object) -> tuple[Tensor, Tensor]:
     """x and the labels y as class indices, checked against the model (its classes >= 2)."""
     x, y = _check_data(data)
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x.reshape(len(x), -1))).any(1).sum())
-        raise ValueError(f"data[0] (x): {bad} of {len(x)} inputs contain NaN or infinite "
-                         f"values; a certificate needs finite inputs")
+    check_finite(x, "data[0] (x)")
     out = check_model_takes(model, x, "data[0] (x)", place=True)
     if out.dim() != 2 or out.shape[1] < 2:
         raise ValueError(f"certified robustness needs a classifier with logits of shape "

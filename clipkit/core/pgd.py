@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from clipkit.core.utils import broadcast_to, flat_norm
+from clipkit.core.utils import broadcast_to, check_finite, flat_norm
 
 __all__ = ["check_in_range", "pgd", "project_ball", "uniform_ball"]
 
@@ -118,11 +118,7 @@ def check_in_range(x: Tensor, clamp: tuple[float, float] | None, name: str, sett
     Clamping such inputs would move them far more than ε (standardized data, say, into
     [0, 1]), and the accuracy measured would be that of other inputs.
     """
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x.reshape(len(x), -1))).any(1).sum()) if x.ndim else 1
-        raise ValueError(f"{name}: {bad} of {len(x) if x.ndim else 1} inputs contain NaN or "
-                         f"infinite values (their logits would be NaN, and argmax would "
-                         f"count them as class 0)")
+    check_finite(x, name)
     if clamp is None or x.numel() == 0:
         return
     lo, hi = float(x.min()), float(x.max())

@@ -133,6 +133,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def check_finite(x: Tensor, name: str = "x") -> None:
+    """A ValueError naming ``x`` and how many of its samples (dim 0) hold NaN or inf: their
+    outputs would be NaN, which an argmax counts as class 0 (so "correct" for label 0)."""
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        n = len(x) if x.ndim else 1
+        bad = int((~torch.isfinite(x.reshape(n, -1))).any(1).sum())
+        raise ValueError(f"{name}: {bad} of {n} inputs contain NaN or infinite values (their "
+                         f"outputs would be NaN, which argmax counts as class 0)")
+
+
 def check_int(value: Any, name: str, low: int = 0) -> int:
     """``value`` if it is an int >= ``low`` (a bool is not an int), else a ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:

@@ -182,3 +182,11 @@ def test_constant_padding_is_a_layer_of_norm_one():
     assert br.lower <= br.upper
     shifted = nn.Sequential(nn.ConstantPad1d(2, 5.0), nn.Flatten()).eval()
     assert lipschitz.lipschitz_upper(shifted, (1, 4))[0].value == pytest.approx(1.0)
+
+
+def test_a_bracket_of_inputs_that_are_not_finite_names_how_many():
+    x = torch.rand(4, 3, dtype=torch.float64)
+    x[1, 2] = float("inf")
+    model = nn.Sequential(nn.Linear(3, 2)).double().eval()
+    with pytest.raises(ValueError, match=r"x: 1 of 4 inputs contain NaN or infinite"):
+        lipschitz.bracket(model, x, **FAST)

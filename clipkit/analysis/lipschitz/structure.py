@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from clipkit.analysis.lipschitz.estimate import UnsupportedModuleError
-from clipkit.core.utils import check_int
+from clipkit.core.utils import check_finite, check_int
 
 
 def float64_copy(model: nn.Module) -> nn.Module:
@@ -72,8 +72,7 @@ def check_samples(x: Tensor) -> None:
             "x must be a tensor of sample inputs with a leading batch dimension "
             f"(shape (N, *input_shape), N >= 1); got {getattr(x, 'shape', type(x))}"
         )
-    if not torch.isfinite(x).all():
-        raise ValueError("x contains non-finite values")
+    check_finite(x, "x")
 
 
 #: Elementwise activations: the interval [lo, hi] that every difference quotient

@@ -154,10 +154,15 @@ def test_the_jacobian_ascent_stops_where_the_jacobian_is_piecewise_constant(monk
     many = lower.jacobian_ascent(cnn, starts, steps=200)
     assert torch.equal(one, many)
     assert len(calls) <= 4  # one step, the value reached and its kink check: not 200
+    taken = []
+    lower.jacobian_ascent(cnn, starts, steps=200, taken=taken)
+    assert taken == [0]  # what the bracket reports as the ascent's iterations
+    br = lipschitz.bracket(cnn, starts, **FAST)
+    assert next(e for e in br.estimates if e.method == "Jacobian-norm ascent").iterations == 0
     smooth = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
     calls.clear()
-    lower.jacobian_ascent(smooth, starts, steps=20)
-    assert len(calls) >= 20  # a smooth net's ascent runs its steps
+    lower.jacobian_ascent(smooth, starts, steps=20, taken=taken)
+    assert len(calls) >= 20 and taken[-1] == 20  # a smooth net's ascent runs its steps
 
 
 def test_constant_padding_is_a_layer_of_norm_one():

@@ -161,10 +161,12 @@ def bracket(
     steepest = sig.topk(min(ascent_starts, len(sig))).indices
     if ascent_steps > 0 and len(steepest) * n_out * x[0].numel() <= MAX_DENSE:
         t0 = time.perf_counter()
-        asc = jacobian_ascent(model, x[steepest], steps=ascent_steps, domain=domain)
+        taken: list[int] = []
+        asc = jacobian_ascent(model, x[steepest], steps=ascent_steps, domain=domain,
+                              taken=taken)
         where = f" in [{domain[0]:g}, {domain[1]:g}]" if domain is not None else ""
         estimates.append(Estimate(float(asc.max()), "lower", "Jacobian-norm ascent",
-                                  ascent_steps, seed, time.perf_counter() - t0,
+                                  taken[0], seed, time.perf_counter() - t0,
                                   f"Adam on x{where} from the top {len(steepest)} samples, "
                                   "float64"))
 

@@ -72,6 +72,7 @@ def jacobian_ascent(
     steps: int = 100,
     lr: float = 0.05,
     domain: tuple[float, float] | None = None,
+    taken: list[int] | None = None,
 ) -> Tensor:
     """sigma_max(J_f(x_i)) after Adam ascent on the inputs x_i, from ``starts`` (float64).
 
@@ -82,8 +83,9 @@ def jacobian_ascent(
     is an attained lower bound of the global constant; the ascent finds inputs away from the
     data where the slope is larger. The norms are those at the final inputs. Dense
     Jacobians: meant for a few starts (the bracket uses its top-Jacobian samples). For
-    piecewise-linear nets (ReLU) J is piecewise constant and the ascent does not move;
-    for affine maps it stops at once.
+    piecewise-linear nets (ReLU) J is piecewise constant and the ascent does not move: it
+    stops at its first gradient, which is 0; for affine maps it stops at once. ``taken``: a
+    list that gets the number of Adam steps applied appended (what the bracket reports).
     """
     check_samples(starts)
     steps = check_int(steps, "steps", 0)
@@ -96,6 +98,7 @@ def jacobian_ascent(
     v = starts.detach().to(device, torch.float64).clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=lr)
     with eval_mode(model64):
+        made = 0  # Adam steps applied
         for step in range(steps):
             objective = norms(v).sum()
             if not objective.requires_grad:  # J does not depend on x (an affine map)
@@ -108,10 +111,13 @@ def jacobian_ascent(
                 break
             v.grad = grad
             opt.step()
+            made += 1
             if domain is not None:
                 with torch.no_grad():
                     v.clamp_(*domain)
         reached = v.detach()
+        if taken is not None:
+            taken.append(made)
         return confirmed_norms(model64, reached, norms(reached).detach())
 
 

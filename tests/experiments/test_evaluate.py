@@ -74,6 +74,7 @@ def test_a_diverging_lambda_is_recorded_and_the_others_train_as_without_it(image
                                       on_nonfinite="ignore")
 
 
+@pytest.mark.filterwarnings("ignore:test accuracy after the last epoch is at chance")  # tiny runs
 def test_a_diverged_lambda_has_nan_results_and_a_grid_where_all_diverged_is_an_error(images):
     lams = [0.0, 1e10]
     models, hist = ck.evaluate.train_lambda_grid(
@@ -121,6 +122,7 @@ def test_bad_arguments_are_named_before_any_training(images):
         ck.evaluate.evaluate_classifier(model, images, eval_data=(x * math.nan, y), attacks={})
 
 
+@pytest.mark.filterwarnings("ignore:test accuracy after the last epoch is at chance")  # tiny runs
 def test_a_classification_result_has_the_documented_variables(images):
     lams = [0.0, 1.0]
     models, hist = ck.evaluate.train_lambda_grid(model_fn, images, ck.WeightDecay(), lams,

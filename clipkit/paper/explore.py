@@ -58,8 +58,9 @@ def open_sweep(folder: str | os.PathLike[str]) -> xr.Dataset:
             f"no sweep in {str(folder.absolute())!r} (no {results.COMBINED_NAME}, no run "
             f"files). Make one from the repository's root with\n    {MAKE_A_SWEEP}\n"
             f"(a few minutes on a CPU; paper/theory.yaml or paper/regression.yaml likewise) "
-            f"and set sweep_dir to its folder (from notebooks/: \"../runs/tradeoff\"); "
-            f"`make reproduce` makes every sweep of paper/ under runs/paper-quick/")
+            f"and set sweep_dir to its folder (from notebooks/: \"../runs/tradeoff\"); the "
+            f"paper's own sweeps are in paper/results/ (from notebooks/: "
+            f"\"../paper/results/tradeoff\"), which `make reproduce` rewrites")
     return results.open_sweep(folder)
 
 
@@ -151,8 +152,13 @@ def _legend_outside(fig: plt.Figure) -> plt.Figure:
     """The legend of a one-panel figure to the right of it (a line per choice can be many)."""
     (ax,) = fig.axes
     handles, labels = ax.get_legend_handles_labels()
-    if ax.get_legend() is not None:
-        ax.get_legend().remove()
+    moved = ax.get_legend() is not None or bool(fig.legends)
+    for legend in [ax.get_legend(), *fig.legends]:
+        if legend is not None:
+            legend.remove()  # robustness' own sits under its panels: too wide for one panel
+    if moved and handles:
+        fig.set_figheight(fig.get_figwidth() * 0.75)
+        fig.tight_layout()
         ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
                   borderaxespad=0.0)
     return fig
@@ -239,13 +245,23 @@ def summary_tables(summary_ds: xr.Dataset) -> list[Any]:
 
 def describe(ds: xr.Dataset) -> str:
     """One line: the kind of sweep, its dimensions and how its runs ended."""
-    dims = ", ".join(_seeds(ds) if d == "seed" else f"{d} {ds.sizes[d]}"
-                     for d in _swept(ds)) or "one run"
+    dims = ", ".join(_seeds(ds) if d == "seed" else _count(ds, d) for d in _swept(ds)) \
+        or "one run"
     line = f"{kind(ds)} sweep: {dims}"
     if "status" in ds and ds.status.ndim:
         states, counts = np.unique(ds.status.values, return_counts=True)
         line += "; runs: " + ", ".join(f"{c} {s}" for s, c in zip(states, counts, strict=True))
     return line
+
+
+def _count(ds: xr.Dataset, dim: str) -> str:
+    """``2 datasets (fashion-mnist, mnist)``, ``7 λ values``: a swept dimension's size, its
+    values where they are few."""
+    n = ds.sizes[dim]
+    name = {"lam": "λ value", "last_activation": "setting"}.get(dim, dim.replace("_", " "))
+    shown = [plots.line_label(dim, v.item()).split(" = ")[-1] for v in ds[dim]]
+    values = f" ({', '.join(shown)})" if n <= 5 else ""
+    return f"{n} {name}{'s' if n > 1 else ''}{values}"
 
 
 def _seeds(ds: xr.Dataset) -> str:

@@ -22,7 +22,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
-from matplotlib.ticker import MaxNLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from clipkit.paper.labels import LABEL_ORDER, METHOD_NAMES, line_label, var_label
 from clipkit.paper.rows import certified_at, run_of
@@ -324,18 +325,38 @@ def tradeoff(ds: xr.Dataset, attack: str = "pgd_l2", eps: float | None = None) -
             curves.append((ax, xr.Dataset({"certified_acc": cert}), "certified_acc", "d-.",
                            f"certified ℓ2, ε = {c_eps:g}{_images(ds, 'certified_acc')}"))
     curves += [(bx, ds, "lip_lower", "o-", "lower"), (bx, ds, "lip_upper", "v:", "upper")]
+    # colour: the configuration (method, setting, ...); marker and line style: the measure.
+    # One legend entry each, not one per pair: 4 configurations x 5 measures made 20
+    # entries that covered the panels.
+    configs: dict[str, str] = {}
     for a, d, var, style, name in curves:
         draw = a.semilogx if a is ax else a.loglog
         for i, (label, line) in enumerate(_series(d, var, ["lam"])):
             ok = ~np.isnan(line.values)
-            draw(xs[ok], line.values[ok], style, color=f"C{i}",
+            draw(xs[ok], line.values[ok], style, color=f"C{i}",  # the line's full name
                  label=f"{label} — {name}" if label else name)
+            configs.setdefault(label, f"C{i}")
+    ticks = sorted(set(xs.tolist()))  # every λ of the sweep labelled, λ = 0 as "0"
+    names = ["0" if t == zero_at and 0 in lam else f"{t:g}" for t in ticks]
     for a in (ax, bx):
-        a.set_xlabel("λ (λ = 0 drawn at the far left)")
-        a.legend(fontsize=6)
+        a.set_xticks(ticks, names)
+        a.xaxis.set_minor_locator(NullLocator())  # no unlabelled ticks between the λ
+        a.set_xlabel("λ (log scale; λ = 0 drawn left of the smallest λ > 0)" if 0 in lam
+                     and len(pos) else "λ")
+        shade = "0.3" if len(configs) > 1 else "C0"
+        a.legend(handles=[Line2D([], [], color=shade, marker=style[0], linestyle=style[1:],
+                                 label=name) for b, _, _, style, name in curves if b is a],
+                 fontsize=8)
+    named = {label: color for label, color in configs.items() if label}
+    if named:
+        fig.legend(handles=[Line2D([], [], color=c, lw=2.5, label=label)
+                            for label, c in named.items()],
+                   loc="lower center", ncol=min(3, len(named)), fontsize=8, frameon=False)
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     bx.set_ylabel("Lipschitz bracket")
     fig.suptitle("Accuracy, robustness and Lipschitz constant as λ varies")
-    fig.tight_layout()
+    rows = -(-len(named) // 3) if named else 0
+    fig.set_figheight(4 + 0.25 * rows)
+    fig.tight_layout(rect=(0, 0.25 * rows / fig.get_figheight() + (0.02 if rows else 0), 1, 1))
     return fig

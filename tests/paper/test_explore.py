@@ -40,7 +40,7 @@ def test_a_missing_sweep_names_the_command_that_makes_one(tmp_path):
         with pytest.raises(FileNotFoundError) as err:
             explore.open_sweep(folder)
         assert explore.MAKE_A_SWEEP in str(err.value) and str(folder) in str(err.value)
-        assert "runs/paper-quick/" in str(err.value)
+        assert "paper/results/" in str(err.value)  # the paper's own, ready to open
 
 
 def test_a_sweep_opens_from_its_combined_file_or_its_runs(tmp_path, grid):
@@ -48,7 +48,8 @@ def test_a_sweep_opens_from_its_combined_file_or_its_runs(tmp_path, grid):
     assert explore.describe(explore.open_sweep(tmp_path)).startswith("classification sweep")
     results.save(grid, tmp_path / results.COMBINED_NAME)
     opened = explore.open_sweep(tmp_path)
-    assert explore.describe(opened) == ("classification sweep: method 2, last_activation 2; "
+    assert explore.describe(opened) == ("classification sweep: 2 methods (CLIP, weight decay), "
+                                        "2 settings (corrected, published (sigmoid on logits)); "
                                         "runs: 4 done")
 
 
@@ -62,7 +63,8 @@ def test_describe_counts_the_seeds_and_names_them_where_few():
         return results.combine(runs)
 
     one = explore.describe(sweep([0]))
-    assert one == "classification sweep: method 1, last_activation 1, 1 seed (0); runs: 1 done"
+    assert one == ("classification sweep: 1 method (CLIP), 1 setting (corrected), 1 seed (0); "
+                   "runs: 1 done")  # was "method 1, last_activation 1": read as method #1
     assert "3 seeds (0, 1, 2);" in explore.describe(sweep([0, 1, 2]))
     assert "8 seeds;" in explore.describe(sweep(range(8)))  # many: the count only
 
@@ -90,12 +92,11 @@ def test_the_figures_draw_the_chosen_lines_with_their_names(grid):
     np.testing.assert_allclose(line.get_xdata(), [0.0, 1.0, 2.0])  # pgd_l2's grid, no NaN
     np.testing.assert_allclose(line.get_ydata(), want.dropna("eps").values)
     # the trade-off is over every λ of the other choices, at pgd_l2's largest ε
-    assert "CLIP, corrected — clean" in labels(tradeoff)
-    assert "CLIP, corrected — PGD-ℓ2 ε = 2" in labels(tradeoff)
+    assert {"clean", "PGD-ℓ2 ε = 2", "CLIP, corrected"} <= set(labels(tradeoff))
     # certified at the positive ε of its grid nearest 0.1 (pgd_l2 here has 1 and 2)
-    assert "CLIP, corrected — certified ℓ2, ε = 1" in labels(tradeoff)
+    assert "certified ℓ2, ε = 1" in labels(tradeoff)
     noise = labels(explore.figures(grid, {"attack": "noise"})[2])
-    assert "weight decay, published (sigmoid on logits) — Gaussian noise σ = 1" in noise
+    assert {"weight decay, published (sigmoid on logits)", "Gaussian noise σ = 1"} <= set(noise)
     everything = explore.figures(grid)[0]  # the defaults: all methods, settings and λ
     assert len(labels(everything)) == 2 * 2 * 3
 

@@ -218,7 +218,9 @@ def figures(ds: xr.Dataset, choice: Mapping[str, Any] | None = None) -> list[plt
 def summary(ds: xr.Dataset) -> xr.Dataset:
     """One number per run (and λ): the variables without a curve dimension (epoch, x_grid,
     sample, eps) and the runs' status; for a classification sweep also the accuracy under
-    each attack at its largest ε (``robust_acc_max_eps``, ``eps_max``)."""
+    each attack at its largest ε (``robust_acc_max_eps``, ``eps_max``); a regression sweep's
+    exact constant named by its interval (``lip_exact_on_[-1, 1]``), which the global
+    bracket beside it may exceed."""
     curves = {"epoch", "x_grid", "sample", "eps"}
     keep = [v for v, da in ds.data_vars.items() if not curves & set(da.dims)
             and (v == "status" or da.dtype.kind not in "USO")]  # no texts: config, error, ...
@@ -230,6 +232,9 @@ def summary(ds: xr.Dataset) -> xr.Dataset:
                                          dim="attack").assign_coords(attack=ds.attack.values),
             eps_max=("attack", [float(r.eps[-1]) for r in per_attack]),
         )
+    if "lip_exact" in out and "x_grid" in ds.coords:  # beside a global bracket: say where
+        lo, hi = float(ds.x_grid.min()), float(ds.x_grid.max())
+        out = out.rename(lip_exact=f"lip_exact_on_[{lo:g}, {hi:g}]")
     return out.drop_attrs()
 
 
@@ -292,7 +297,8 @@ class Explorer:
                 raise ValueError(f"{name} = {value!r} is not in this sweep; it has: "
                                  f"{', '.join(repr(v) for _, v in options)}")
             self.widgets[name] = widgets.Dropdown(
-                options=options, value=value, description="λ" if name == "lam" else name,
+                options=options, value=value,
+                description={"lam": "λ", "last_activation": "setting"}.get(name, name),
                 style={"description_width": "initial"}, layout={"width": "max-content"})
         self._handles: list[Any] = []
         self._refreshing = False

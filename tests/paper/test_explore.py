@@ -69,6 +69,11 @@ def test_describe_counts_the_seeds_and_names_them_where_few():
     assert "8 seeds;" in explore.describe(sweep(range(8)))  # many: the count only
 
 
+def test_the_setting_dropdown_is_named_as_the_docs_name_it(grid):
+    boxes = explore.Explorer(grid).widgets
+    assert boxes["last_activation"].description == "setting" and boxes["lam"].description == "λ"
+
+
 def test_classification_controls(grid):
     c = explore.controls(grid)
     assert list(c) == ["method", "last_activation", "dataset", "lam", "attack"]
@@ -172,6 +177,9 @@ def test_a_regression_sweep_shows_each_method_of_one_run():
     drawn = {line.get_label().split(":")[0]: line.get_ydata() for line in fig.axes[0].get_lines()
              if ":" in line.get_label()}
     np.testing.assert_allclose(drawn["clip"], sweep.f.sel({"seed": 1, "method": "clip"}))
+    # the exact constant is on the grid's interval, the bracket global: the summary says so
+    table = explore.summary(results.load(PAPER_RESULTS / "regression" / results.COMBINED_NAME))
+    assert "lip_exact_on_[-1, 1]" in table and "lip_exact" not in table
 
 
 def test_something_else_is_refused_with_what_it_accepts():

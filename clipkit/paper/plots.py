@@ -188,10 +188,20 @@ def robustness(ds: xr.Dataset, attacks: Sequence[str] | None = None) -> plt.Figu
 
 def history(ds: xr.Dataset, var: str = "test_acc") -> plt.Figure:
     """A history variable (default test accuracy) against the epoch, one line per
-    configuration; a dashed line marks where a warm-up at λ = 0 ends (see :func:`warmups`)."""
+    configuration (the mean over seeds); a dashed line marks where a warm-up at λ = 0 ends
+    (see :func:`warmups`), circles the epochs whose weights some seed kept and tested
+    (``selected``), whose accuracy the tables and the λ panel report."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for label, line in _series(ds, var, ["epoch"]):
-        ax.plot(line.epoch, line, label=label)
+    kept = dict(_series(ds, "selected", ["epoch"])) if "selected" in ds else {}
+    for i, (label, line) in enumerate(_series(ds, var, ["epoch"])):
+        ax.plot(line.epoch, line, color=f"C{i}", label=label)
+        chosen = kept.get(label)
+        if chosen is not None and bool((chosen > 0).any()):
+            at = chosen.epoch.values[chosen.values > 0]
+            ax.plot(at, line.sel(epoch=at), "o", mfc="none", color=f"C{i}", ms=7,
+                    label="_kept")
+    if any(bool((c > 0).any()) for c in kept.values()):
+        ax.plot([], [], "o", mfc="none", color="0.3", label="tested epoch (a seed's kept weights)")
     last = int(ds.epoch.max()) if "epoch" in ds.coords and ds.sizes.get("epoch") else 0
     for w in warmups(ds):
         if w < last:  # a warm-up as long as the run would only stretch the axis
@@ -199,7 +209,8 @@ def history(ds: xr.Dataset, var: str = "test_acc") -> plt.Figure:
                        label=f"end of warm-up (λ = 0 for {w} epoch{'s' if w > 1 else ''})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 2.5
     ax.set_xlabel("epoch")
-    ax.set_ylabel(var_label(var))
+    seeds = ds.sizes.get("seed", 1) if "seed" in ds[var].dims else 1
+    ax.set_ylabel(var_label(var) + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
     if var.endswith("acc"):
         ax.set_ylim(0, 1)  # as on every accuracy axis: a zoomed 0.08-0.12 read as a big change
     ax.legend(fontsize=8)

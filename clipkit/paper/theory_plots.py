@@ -57,9 +57,12 @@ def theory_fits(ds: xr.Dataset, power: int = 1, n_lam: int = 4) -> plt.Figure:
         ax.axhline(ymean, color="C3", ls="--", lw=1, label="label mean ȳ")
         ax.axhline(0.0, color="k", ls=":", lw=0.8)
         ax.set_xlabel("x")
-        ax.legend(fontsize=7, loc="lower right")
+        # under its panel: inside, the legend covered the data and the fits' right end
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3,
+                  frameon=False)
     axes[0].set_ylabel("f(x)")
     fig.suptitle("As λ grows, CLIP tends to the label mean; weight regularization to 0")
+    fig.set_figheight(4.9)
     fig.tight_layout()
     return fig
 

@@ -194,3 +194,12 @@ def test_theory_lipschitz_notes_the_floor_only_where_a_value_is_at_it():
     assert "drawn at it" not in plots.theory_power(both).axes[0].get_title()
     both["exact_lip"] = both.exact_lip.where(both.lam_rel < 1.0, 0.0)  # p = 1 at the constant
     assert "drawn at it" in plots.theory_power(both).axes[0].get_title()
+
+
+def test_theory_fits_legends_sit_under_their_panels():
+    """Inside (lower right) they covered the data points and the fits' right end."""
+    fig = plots.theory_fits(theory_run(0))
+    fig.canvas.draw()
+    for ax in fig.axes:
+        box = ax.get_legend().get_window_extent().transformed(fig.transFigure.inverted())
+        assert box.y1 <= ax.get_position().y0

@@ -101,7 +101,10 @@ def regression_fits(ds: xr.Dataset) -> plt.Figure:
     ax.set_xlabel("x")
     ax.set_ylabel("f(x)")
     ax.set_title(f"1-D nonlinear regression{seed}")
-    ax.legend(fontsize=7)
+    # under the panel: inside, it covered the data around the first peak
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+              frameon=False)
+    fig.set_figheight(5.4)
     fig.tight_layout()
     return fig
 

@@ -144,7 +144,7 @@ def theory_power(ds: xr.Dataset) -> plt.Figure:
         bx.semilogx(rel, d.exact_dist / spread, "o-", color=f"C{i}", label=f"exact, p={p}")
         bx.semilogx(rel, d.clip_dist / spread, "s--", color=f"C{i}", label=f"CLIP, p={p}")
     for a in (ax, bx):
-        a.axvline(1.0, color="C3", ls="--", lw=1)
+        a.axvline(1.0, color="C3", ls="--", lw=1, label="λ = λ* (p = 1)")
         a.set_xlabel("λ / λ*  (λ* of p = 1)")
         a.legend(fontsize=7)
     ax.set_ylim(bottom=_FLOOR * 0.5)

@@ -203,3 +203,14 @@ def test_theory_fits_legends_sit_under_their_panels():
     for ax in fig.axes:
         box = ax.get_legend().get_window_extent().transformed(fig.transFigure.inverted())
         assert box.y1 <= ax.get_position().y0
+
+
+def test_regression_legend_sits_under_the_panel_and_theory_power_names_lambda_star():
+    fig = plots.regression_fits(regression_run(0))
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    box = ax.get_legend().get_window_extent().transformed(fig.transFigure.inverted())
+    assert box.y1 <= ax.get_position().y0  # inside, it covered the data of the first peak
+    power = plots.theory_power(theory_run(0))
+    for a in power.axes:
+        assert "λ = λ* (p = 1)" in [t.get_text() for t in a.get_legend().get_texts()]

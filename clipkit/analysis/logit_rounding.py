@@ -25,6 +25,7 @@ from clipkit.analysis.lipschitz.structure import (
     ISOMETRIES,
     MAXPOOLS,
     PADS,
+    batchnorm_parts,
     float64_copy,
     model_layers,
 )
@@ -101,12 +102,10 @@ def _absolute(m: nn.Module, h: Tensor, y: Tensor) -> tuple[Tensor | None, int]:
         return m._conv_forward(h.abs(), m.weight.abs(), bias), m.weight[0].numel()
     if isinstance(m, AVGPOOLS):  # nonnegative weights: |A||h| = A|h|
         return m(h.abs()), _window(m, h, y)
-    if isinstance(m, BATCHNORMS):  # (h - mu) s + beta per channel, s = gamma / sqrt(var + eps)
-        gamma = m.weight if m.weight is not None else torch.ones_like(m.running_var)
-        beta = m.bias if m.bias is not None else torch.zeros_like(m.running_var)
-        s = gamma / torch.sqrt(m.running_var + m.eps)
+    if isinstance(m, BATCHNORMS):  # (h - mu) s + beta per channel
+        s, beta, mu = batchnorm_parts(m)
         shape = (1, -1, *[1] * (h.ndim - 2))
-        return ((h.abs() + m.running_mean.abs().view(shape)) * s.abs().view(shape)
+        return ((h.abs() + mu.abs().view(shape)) * s.abs().view(shape)
                 + beta.abs().view(shape)), 3
     if isinstance(m, MAXPOOLS + ISOMETRIES + PADS):
         return None, 0

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from clipkit.analysis.lipschitz.structure import (
     ISOMETRIES,
     activation_slopes,
+    batchnorm_parts,
     check_supported,
     model_layers,
 )
@@ -63,13 +64,8 @@ def _affine(m: nn.Module) -> tuple[Tensor, Tensor] | None:
              else torch.zeros(w.shape[0], dtype=torch.float64))
         return w, b
     if isinstance(m, nn.BatchNorm1d):
-        var = m.running_var.to("cpu", torch.float64)
-        g = (m.weight.detach().to("cpu", torch.float64) if m.weight is not None
-             else torch.ones_like(var))
-        beta = (m.bias.detach().to("cpu", torch.float64) if m.bias is not None
-                else torch.zeros_like(var))
-        s = g / torch.sqrt(var + m.eps)
-        return torch.diag(s), beta - s * m.running_mean.to("cpu", torch.float64)
+        s, beta, mu = (t.cpu() for t in batchnorm_parts(m))
+        return torch.diag(s), beta - s * mu
     return None
 
 

@@ -101,6 +101,16 @@ def activation_slopes(module: nn.Module) -> tuple[float, float] | None:
     return None
 
 
+def batchnorm_parts(m: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """An eval-mode batch norm's per-channel scale s = gamma / sqrt(var + eps), shift beta
+    and running mean mu, in float64 on its device: it computes (h - mu) s + beta (gamma 1
+    and beta 0 without affine parameters)."""
+    var = m.running_var.detach().double()
+    gamma = m.weight.detach().double() if m.weight is not None else torch.ones_like(var)
+    beta = m.bias.detach().double() if m.bias is not None else torch.zeros_like(var)
+    return gamma / torch.sqrt(var + m.eps), beta, m.running_mean.detach().double()
+
+
 def kinks(module: nn.Module) -> tuple[float, ...]:
     """Breakpoints of a piecewise-linear activation."""
     if isinstance(module, nn.Identity):

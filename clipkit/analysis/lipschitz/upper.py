@@ -18,6 +18,7 @@ from clipkit.analysis.lipschitz.structure import (
     MAXPOOLS,
     PADS,
     activation_slopes,
+    batchnorm_parts,
     check_supported,
     float64_copy,
     model_layers,
@@ -201,9 +202,7 @@ def layer_norms(
                     f"Lanczos on the layer's operator, +certified margin (delta={delta:g})", k,
                 ))
             elif isinstance(m, BATCHNORMS):
-                w = m.weight if m.weight is not None else torch.ones_like(m.running_var)
-                scale = w.detach().double() / torch.sqrt(m.running_var.double() + m.eps)
-                v = float(scale.abs().max())
+                v = float(batchnorm_parts(m)[0].abs().max())
                 out.append(LayerBound(name, kind, in_shape, v, v, "max |gamma|/sqrt(var+eps)"))
             elif isinstance(m, MAXPOOLS):
                 v = _maxpool_constant(m, in_shape, tuple(y.shape[1:]))
@@ -294,9 +293,7 @@ def merged_upper_bound(model: nn.Module, input_shape: Sequence[int]) -> Estimate
             if isinstance(m, nn.Linear):
                 blocks[-1] = m.weight.detach().double() @ blocks[-1]
             elif isinstance(m, nn.BatchNorm1d):
-                w = m.weight if m.weight is not None else torch.ones_like(m.running_var)
-                s = w.detach().double() / torch.sqrt(m.running_var.double() + m.eps)
-                blocks[-1] = s[:, None] * blocks[-1]
+                blocks[-1] = batchnorm_parts(m)[0][:, None] * blocks[-1]
             elif isinstance(m, (*ISOMETRIES, nn.Identity)):
                 pass  # Flatten of (N, ...) to (N, n) or Dropout in eval: the identity on vectors
             elif activation_slopes(m) is not None:

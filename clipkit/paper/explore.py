@@ -39,6 +39,8 @@ KINDS = {"classification": "robust_acc", "theory": "exact_f", "regression": "tes
 MAKE_A_SWEEP = "clipkit sweep paper/tradeoff.yaml --profile quick --out runs/tradeoff"
 _SLOTS = {"classification": 3, "theory": 3, "regression": 1}  # figure areas per kind
 ALL = "all"  # the choice of every value of a dimension (a line each)
+#: how a dimension is named to a reader (a dropdown, the description), as the docs name it
+DIM_NAMES = {"lam": "λ", "last_activation": "setting"}
 
 
 def open_sweep(folder: str | os.PathLike[str]) -> xr.Dataset:
@@ -250,8 +252,7 @@ def summary_tables(summary_ds: xr.Dataset) -> list[Any]:
 
 def describe(ds: xr.Dataset) -> str:
     """One line: the kind of sweep, its dimensions and how its runs ended."""
-    dims = ", ".join(_seeds(ds) if d == "seed" else _count(ds, d) for d in _swept(ds)) \
-        or "one run"
+    dims = ", ".join(_count(ds, d) for d in _swept(ds)) or "one run"
     line = f"{kind(ds)} sweep: {dims}"
     if "status" in ds and ds.status.ndim:
         states, counts = np.unique(ds.status.values, return_counts=True)
@@ -260,20 +261,13 @@ def describe(ds: xr.Dataset) -> str:
 
 
 def _count(ds: xr.Dataset, dim: str) -> str:
-    """``2 datasets (fashion-mnist, mnist)``, ``7 λ values``: a swept dimension's size, its
-    values where they are few."""
+    """``3 seeds (0, 1, 2)``, ``2 datasets (fashion-mnist, mnist)``, ``7 λ values``: a swept
+    dimension's size, its values where they are few."""
     n = ds.sizes[dim]
-    name = {"lam": "λ value", "last_activation": "setting"}.get(dim, dim.replace("_", " "))
+    name = "λ value" if dim == "lam" else DIM_NAMES.get(dim, dim.replace("_", " "))
     shown = [plots.line_label(dim, v.item()).split(" = ")[-1] for v in ds[dim]]
     values = f" ({', '.join(shown)})" if n <= 5 else ""
     return f"{n} {name}{'s' if n > 1 else ''}{values}"
-
-
-def _seeds(ds: xr.Dataset) -> str:
-    """``1 seed (0)``, ``3 seeds (0, 1, 2)``: the count, and the values where they are few."""
-    n = ds.sizes["seed"]
-    values = f" ({', '.join(str(v.item()) for v in ds.seed)})" if n <= 5 else ""
-    return f"{n} seed{'s' if n > 1 else ''}{values}"
 
 
 class Explorer:
@@ -298,7 +292,7 @@ class Explorer:
                                  f"{', '.join(repr(v) for _, v in options)}")
             self.widgets[name] = widgets.Dropdown(
                 options=options, value=value,
-                description={"lam": "λ", "last_activation": "setting"}.get(name, name),
+                description=DIM_NAMES.get(name, name),
                 style={"description_width": "initial"}, layout={"width": "max-content"})
         self._handles: list[Any] = []
         self._refreshing = False
